@@ -1,0 +1,238 @@
+"""The `kdbench` command: run, table, methods, synth, prepare."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from kdbench.errors import KdbenchError
+
+PRESET_STUDENTS = {
+    "quick": "resnet18_thin",
+    "cpu": "resnet18_thin",
+    "paper": "resnet18_thin,resnet34_thin,xception",
+}
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv(text)]
+    except ValueError as exc:
+        raise KdbenchError(f"--seeds expects integers like 0,1,2, got {text!r}") from exc
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from kdbench.config import RunSpec, parse_set, resolve_config
+    from kdbench.data.datasets import open_dataset
+    from kdbench.models.backbones import BACKBONES
+    from kdbench.progress import console
+    from kdbench.registry import load_registry, select_methods
+    from kdbench.train.runner import Context, ensure_teacher, pick_device, run_one
+
+    device = pick_device(args.device)
+    preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
+    registry = load_registry(args.registry)
+    entries = select_methods(registry, args.methods)
+    overrides = parse_set(args.set)
+    unknown = sorted(set(overrides) - {"data", "train", "teacher", "student"} - set(registry))
+    if unknown:
+        raise KdbenchError(
+            f"unknown --set target {unknown[0]!r}; use data.*, train.*, teacher.*, student.* or "
+            "<method>.<hyper-parameter>"
+        )
+    config = resolve_config(preset, args.dataset, overrides)
+    students = _csv(args.students or PRESET_STUDENTS[preset])
+    for s in students:
+        if s not in BACKBONES:
+            raise KdbenchError(f"unknown student {s!r}; choose from {', '.join(BACKBONES)}")
+    modes = _csv(args.modes)
+    bad_modes = [m for m in modes if m not in ("rgb", "both")]
+    if bad_modes:
+        raise KdbenchError(f"unknown mode {bad_modes[0]!r}; --modes takes rgb, both or rgb,both")
+    seeds = _seeds(args.seeds)
+    plan = [(e, m) for e in entries for m in e.modes if m == "none" or m in modes]
+    for e, m in plan:  # resolve and check every override before hours of training start
+        e.resolve()
+        e.hparams(args.dataset, overrides.get(e.name))
+    if not plan:
+        raise KdbenchError(f"no method of {args.methods!r} runs in modes {args.modes!r}")
+    data = open_dataset(args.dataset, args.data_root, config["data"]["size"],
+                        config["data"]["frames"], progress=not args.no_progress)
+    console.print(f"kdbench run: preset [bold]{preset}[/], dataset [bold]{args.dataset}[/] "
+                  f"({data.root}), device {device}, "
+                  f"{len(plan) * len(students) * len(seeds)} runs -> {args.results}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ctx = Context(data, args.dataset, config, Path(args.results), device, args.resume,
+                  not args.no_progress)
+    t0 = time.perf_counter()
+    teacher = ensure_teacher(ctx)
+    for seed in seeds:
+        for student in students:
+            for entry, mode in plan:
+                spec = RunSpec(args.dataset, student, entry.name, mode, seed, config,
+                               entry.hparams(args.dataset, overrides.get(entry.name)))
+                run_one(ctx, spec, entry, teacher if mode != "none" else None)
+    console.print(f"all runs finished in {time.perf_counter() - t0:.0f} s; "
+                  f"`kdbench table --results {args.results}` lists them")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from kdbench.progress import stdout_console
+    from kdbench.report.listing import COLUMNS, collect_runs
+
+    df = collect_runs(Path(args.results))
+    if df.empty:
+        raise KdbenchError(f"no runs under {args.results}; start some with `kdbench run`")
+    table = Table(title=f"runs in {args.results}")
+    for col in COLUMNS:
+        table.add_column(col, justify="right" if col in ("acc", "auc", "eer", "video_auc",
+                                                          "wall_s", "seed") else "left")
+    for _, row in df.iterrows():
+        cells = []
+        for col in COLUMNS:
+            v = row[col]
+            if v is None or (isinstance(v, float) and v != v):
+                cells.append("-")
+            elif isinstance(v, float):
+                cells.append(f"{v:.0f}" if col == "wall_s" else f"{v:.4f}")
+            else:
+                cells.append(str(v))
+        table.add_row(*cells)
+    stdout_console().print(table)
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from kdbench.progress import stdout_console
+    from kdbench.registry import load_registry
+
+    table = Table(title="registered methods")
+    for col in ("name", "entry", "modes", "defaults", "source"):
+        table.add_column(col)
+    for e in load_registry(args.registry).values():
+        table.add_row(e.name, e.entry, ",".join(e.modes), str(e.defaults), str(e.source))
+    stdout_console().print(table)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from kdbench.data.datasets import default_data_root
+    from kdbench.data.synthetic import SynthConfig, generate
+    from kdbench.progress import console
+
+    root = Path(args.root) if args.root else default_data_root() / "synthetic" / "videos"
+    t0 = time.perf_counter()
+    generate(root, replace(SynthConfig(), seed=args.seed), workers=args.workers,
+             progress=not args.no_progress)
+    console.print(f"synthetic FF++-shaped dataset at {root} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from kdbench.data.prepare import FF_METHODS, ffpp_items, prepare_items
+    from kdbench.progress import console
+
+    if args.source != "ff++":
+        raise KdbenchError(f"prepare {args.source!r} is not available yet; use ff++")
+    methods = tuple(_csv(args.methods)) if args.methods else FF_METHODS
+    items = ffpp_items(Path(args.root), args.compression, methods,
+                       Path(args.splits) if args.splits else None)
+    t0 = time.perf_counter()
+    counts = prepare_items(items, Path(args.out), f"ff_{args.compression}", args.frames,
+                           args.size, args.detector, args.workers, not args.no_progress)
+    console.print(f"prepared {counts['prepared']}, skipped (already done) {counts['skipped']}, "
+                  f"failed {counts['failed']} videos in {time.perf_counter() - t0:.1f} s "
+                  f"-> {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train the teacher (once) and the students")
+    run.add_argument("--methods", default="all", help="comma list of registry names, or all")
+    run.add_argument("--dataset", default="synthetic")
+    run.add_argument("--data-root", type=Path, default=None,
+                     help="prepared folder (real datasets) or synthetic cache folder")
+    run.add_argument("--students", default=None, help="comma list (default: the preset's)")
+    run.add_argument("--modes", default="rgb,both")
+    run.add_argument("--seeds", default="0")
+    run.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None,
+                     help="default: paper on CUDA, cpu otherwise")
+    run.add_argument("--results", default="results")
+    run.add_argument("--registry", type=Path, action="append", default=[],
+                     help="extra registry YAML adding or overriding methods (repeatable)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a setting, e.g. train.lr=0.001 or at.beta=500")
+    run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
+    run.add_argument("--resume", action="store_true", help="continue unfinished runs")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="list the runs of a result store")
+    table.add_argument("--results", default="results")
+    table.set_defaults(func=cmd_table)
+
+    methods = sub.add_parser("methods", help="list the registered methods")
+    methods.add_argument("--registry", type=Path, action="append", default=[])
+    methods.set_defaults(func=cmd_methods)
+
+    synth = sub.add_parser("synth", help="generate the embedded synthetic forgery videos")
+    synth.add_argument("--root", default=None)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--no-progress", action="store_true")
+    synth.set_defaults(func=cmd_synth)
+
+    prep = sub.add_parser("prepare", help="videos -> face crops + index")
+    prep.add_argument("source", choices=("ff++",))
+    prep.add_argument("--root", required=True)
+    prep.add_argument("--out", required=True)
+    prep.add_argument("--compression", default="c40", choices=("c40", "c23", "raw"))
+    prep.add_argument("--methods", default=None)
+    prep.add_argument("--splits", default=None, help="folder of train/val/test.json")
+    prep.add_argument("--frames", type=int, default=32)
+    prep.add_argument("--size", type=int, default=299)
+    prep.add_argument("--detector", default="center")
+    prep.add_argument("--workers", type=int, default=2)
+    prep.add_argument("--no-progress", action="store_true")
+    prep.set_defaults(func=cmd_prepare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(show_time=False, show_path=False)])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KdbenchError as exc:
+        print(f"kdbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdbench: interrupted; finished epochs are kept - continue with --resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

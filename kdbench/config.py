@@ -1,0 +1,135 @@
+"""Presets (quick, cpu, paper), `--set key=value` overrides and the spec of one run."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kdbench.errors import KdbenchError
+
+SECTIONS = ("data", "train", "teacher", "student")
+
+_BASE: dict[str, Any] = {
+    "data": {"size": 64, "frames": 8, "workers": 0},
+    "train": {
+        "epochs": 10,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "step_size": 5,
+        "gamma": 0.1,
+        "weight_decay": 0.0,
+        "amp": False,
+        "select": "acc",
+        "eval_batch_size": 256,
+    },
+    "teacher": {
+        "backbone": "resnet18_thin",
+        "proj_dim": 128,
+        "hp_cutoff": 0.33,
+        "seed": 0,
+        "pretrained": None,
+    },
+    "student": {"pretrained": None},
+    # per-dataset overrides of the sections above
+    "datasets": {},
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # smoke size: every method of the registry in minutes on 2 CPU cores
+    "quick": {
+        "data": {"size": 32, "frames": 4},
+        "train": {"epochs": 2, "batch_size": 64, "step_size": 1, "gamma": 0.5},
+        "teacher": {"proj_dim": 64},
+    },
+    # default without a GPU: the embedded dataset at a small resolution
+    "cpu": {},
+    # DESIGN.md paper setting
+    "paper": {
+        "data": {"size": 299, "frames": 32, "workers": 4},
+        "train": {"epochs": 15, "batch_size": 64, "lr": 1e-4, "step_size": 5, "gamma": 0.1},
+        "teacher": {"backbone": "xception", "proj_dim": 256},
+        "datasets": {"celebdf": {"train": {"lr": 1e-3}}},
+    },
+}
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``base`` with ``update`` merged in recursively."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings (values as YAML scalars) into a nested dict."""
+    nested: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise KdbenchError(f"--set expects key=value (e.g. train.lr=0.001), got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise KdbenchError(f"--set {item!r} conflicts with another --set of {part}")
+        node[leaf] = value
+    return nested
+
+
+def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Preset + its per-dataset overrides + the ``--set`` overrides of the config sections."""
+    if preset not in PRESETS:
+        raise KdbenchError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    cfg = deep_merge(_BASE, PRESETS[preset])
+    per_dataset = cfg.pop("datasets").get(dataset, {})
+    cfg = deep_merge(cfg, per_dataset)
+    section_overrides = {k: v for k, v in overrides.items() if k in SECTIONS}
+    for section, values in section_overrides.items():
+        if not isinstance(values, dict):
+            raise KdbenchError(f"--set {section}=... needs a key, e.g. {section}.<name>=value")
+        unknown = sorted(set(values) - set(cfg[section]))
+        if unknown:
+            raise KdbenchError(
+                f"unknown setting {section}.{unknown[0]}; known: "
+                + ", ".join(f"{section}.{k}" for k in cfg[section])
+            )
+    cfg = deep_merge(cfg, section_overrides)
+    cfg["preset"] = preset
+    return cfg
+
+
+def config_hash(obj: Any, n: int = 8) -> str:
+    """Short stable hash of a JSON-serialisable object."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+@dataclass
+class RunSpec:
+    """One training run: what is trained, on what, and with which settings."""
+
+    dataset: str
+    student: str
+    method: str
+    mode: str
+    seed: int
+    config: dict[str, Any]
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def relpath(self) -> str:
+        return f"runs/{self.dataset}/{self.student}/{self.method}/{self.mode}/seed{self.seed}"

@@ -1,0 +1,33 @@
+"""Single-branch students: a staged backbone plus a pooled linear classifier."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from kdbench.models.backbones import build_backbone
+from kdbench.models.outputs import StudentOut
+
+
+class Student(nn.Module):
+    """S_B (backbone) + G_Sc (global average pool + linear); returns ``StudentOut``."""
+
+    def __init__(self, backbone: str, num_classes: int = 2, pretrained: str | None = None) -> None:
+        super().__init__()
+        self.name = backbone
+        self.backbone = build_backbone(backbone, pretrained)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.backbone.num_features, num_classes)
+
+    @property
+    def stage_channels(self) -> list[int]:
+        return self.backbone.stage_channels
+
+    def forward(self, x: Tensor) -> StudentOut:
+        feats = self.backbone(x)
+        pooled = self.pool(feats[-1]).flatten(1)
+        return StudentOut(logits=self.fc(pooled), feats=feats, pooled=pooled)
+
+
+def create_student(name: str, pretrained: str | None = None) -> Student:
+    """Create a student by backbone name (resnet18_thin, resnet34_thin, xception)."""
+    return Student(name, pretrained=pretrained)

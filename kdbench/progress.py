@@ -1,0 +1,49 @@
+"""Rich progress bars shared by generation, preparation and training."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import sys
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+def stdout_console() -> Console:
+    """Console for command output (tables): full width even when piped."""
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Progress]:
+    """A progress bar on stderr with a free-text ``info`` field (loss, throughput)."""
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+    bar_add = bar.add_task
+
+    def add_task(description: str, **kwargs):
+        kwargs.setdefault("info", "")
+        return bar_add(description, **kwargs)
+
+    bar.add_task = add_task  # type: ignore[method-assign]
+    with bar:
+        yield bar

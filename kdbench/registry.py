@@ -1,0 +1,145 @@
+"""The method registry: registry.yaml (+ user registries) -> Distiller classes."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kdbench.errors import KdbenchError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY = REPO_ROOT / "registry.yaml"
+VALID_MODES = ("none", "rgb", "both")
+
+
+@dataclass
+class MethodEntry:
+    """One registry entry; ``source`` is the registry file it came from."""
+
+    name: str
+    entry: str
+    modes: list[str]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: Path = DEFAULT_REGISTRY
+
+    def hparams(self, dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults, then the per-dataset overrides, then ``--set <method>.<key>=...``."""
+        params = {**self.defaults, **self.datasets.get(dataset, {})}
+        for key, value in (overrides or {}).items():
+            if key not in self.defaults:
+                known = ", ".join(f"{self.name}.{k}" for k in self.defaults) or "none"
+                raise KdbenchError(
+                    f"unknown hyper-parameter {self.name}.{key}; known: {known}"
+                )
+            params[key] = value
+        return params
+
+    def resolve(self) -> type:
+        """Import the entry point (``module:Class`` or ``path/to/file.py:Class``)."""
+        from methods.base import Distiller
+
+        target, sep, cls_name = self.entry.rpartition(":")
+        if not sep or not target or not cls_name:
+            raise KdbenchError(
+                f"{self.source}: method {self.name!r} has entry {self.entry!r}; "
+                "expected module:Class or path/to/file.py:Class"
+            )
+        try:
+            if target.endswith(".py"):
+                module = _import_file(self._path(target))
+            else:
+                module = importlib.import_module(target)
+        except KdbenchError:
+            raise
+        except Exception as exc:  # an import error inside the user's module
+            raise KdbenchError(
+                f"{self.source}: cannot import {target!r} for method {self.name!r}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        cls = getattr(module, cls_name, None)
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise KdbenchError(
+                f"{self.source}: {self.entry!r} (method {self.name!r}) is not a Distiller "
+                "subclass; derive it from methods.base.Distiller"
+            )
+        return cls
+
+    def _path(self, target: str) -> Path:
+        path = Path(target).expanduser()
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+
+def _import_file(path: Path):
+    if not path.is_file():
+        raise KdbenchError(f"method file {path} not found; fix the entry path in the registry")
+    name = f"kdbench_user_{abs(hash(str(path)))}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
+    if not isinstance(raw, dict) or not isinstance(raw.get("entry"), str):
+        raise KdbenchError(
+            f"{source}: method {name!r} needs an 'entry: module:Class' (or file.py:Class) mapping"
+        )
+    modes = raw.get("modes", ["rgb", "both"])
+    if not isinstance(modes, list) or not modes or any(m not in VALID_MODES for m in modes):
+        raise KdbenchError(
+            f"{source}: method {name!r} has modes {modes!r}; use a list of {', '.join(VALID_MODES)}"
+        )
+    defaults = raw.get("defaults") or {}
+    datasets = raw.get("datasets") or {}
+    if not isinstance(defaults, dict) or not isinstance(datasets, dict):
+        raise KdbenchError(f"{source}: method {name!r}: 'defaults' and 'datasets' must be mappings")
+    return MethodEntry(name, raw["entry"], list(modes), dict(defaults),
+                       {k: dict(v or {}) for k, v in datasets.items()}, source)
+
+
+def read_registry(path: Path) -> dict[str, MethodEntry]:
+    """Parse one registry file; every problem is reported as a one-line KdbenchError."""
+    path = Path(path)
+    if not path.is_file():
+        raise KdbenchError(f"registry file {path} not found; check the --registry path")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where else ""
+        raise KdbenchError(f"{path}: malformed YAML{line}; fix the file's syntax") from exc
+    if not isinstance(raw, dict):
+        raise KdbenchError(f"{path}: expected a mapping of method name -> entry")
+    return {str(name): _entry(str(name), value, path.resolve()) for name, value in raw.items()}
+
+
+def load_registry(extra: list[Path] | None = None) -> dict[str, MethodEntry]:
+    """The built-in registry, then each user registry adding or overriding entries."""
+    entries = read_registry(DEFAULT_REGISTRY)
+    for path in extra or []:
+        entries.update(read_registry(path))
+    return entries
+
+
+def select_methods(registry: dict[str, MethodEntry], spec: str) -> list[MethodEntry]:
+    """``all`` or a comma-separated list of names; unknown names raise with the known ones."""
+    if spec.strip() == "all":
+        return list(registry.values())
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise KdbenchError(
+            f"unknown method {unknown[0]!r}; known: {', '.join(registry)} "
+            "(add one with --registry FILE)"
+        )
+    return [registry[n] for n in names]

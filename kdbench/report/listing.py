@@ -1,0 +1,39 @@
+"""`kdbench table`: the finished (and unfinished) runs of a result store as a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from kdbench.train.store import read_json
+
+COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
+           "eer", "video_auc", "wall_s"]
+
+
+def collect_runs(results: Path) -> pd.DataFrame:
+    """One row per run folder (students and teachers), finished or not."""
+    rows = []
+    for kind in ("teachers", "runs"):
+        for folder in sorted({p.parent for p in (Path(results) / kind).rglob("*")
+                              if p.name in ("metrics.json", "last.pt", "history.jsonl")}):
+            rows.append(_row(folder, kind, Path(results)))
+    return pd.DataFrame(rows, columns=COLUMNS + ["path"])
+
+
+def _row(folder: Path, kind: str, results: Path) -> dict:
+    metrics_path = folder / "metrics.json"
+    m = read_json(metrics_path) if metrics_path.is_file() else {}
+    parts = folder.relative_to(results / kind).parts
+    if kind == "teachers":
+        base = {"dataset": parts[0], "student": parts[-1], "method": "teacher", "mode": "both",
+                "seed": m.get("seed")}
+    else:
+        dataset, student, method, mode, seed = (list(parts) + [None] * 5)[:5]
+        base = {"dataset": dataset, "student": student, "method": method, "mode": mode,
+                "seed": int(seed[4:]) if seed and seed.startswith("seed") else seed}
+    test = m.get("test", {})
+    return {**base, "status": m.get("status", "unfinished"), "best_epoch": m.get("best_epoch"),
+            **{k: test.get(k) for k in ("acc", "auc", "eer", "video_auc")},
+            "wall_s": m.get("wall_time_s"), "path": str(folder)}

@@ -1,0 +1,181 @@
+"""Runs the suite: the teacher once per (dataset, teacher config), then each student run."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdbench.config import RunSpec, config_hash
+from kdbench.data.datasets import PreparedData
+from kdbench.data.loader import FrameSplit
+from kdbench.models.cost import count_params, gflops
+from kdbench.models.students import create_student
+from kdbench.models.teacher import DualBranchTeacher
+from kdbench.progress import console
+from kdbench.registry import REPO_ROOT, MethodEntry
+from kdbench.train.store import atomic_write_json, read_json
+from kdbench.train.teacher_task import TeacherTask
+from kdbench.train.trainer import Trainer, seed_everything
+
+
+def pick_device(name: str | None) -> torch.device:
+    """``cuda`` when available unless ``name`` says otherwise."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from kdbench.errors import KdbenchError
+
+        raise KdbenchError("--device cuda asked for but no CUDA device is visible; use --device cpu")
+    return torch.device(name)
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def versions() -> dict[str, str]:
+    import timm
+
+    import kdbench
+
+    return {"kdbench": kdbench.__version__, "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__}
+
+
+@dataclass
+class Context:
+    """What every run of one `kdbench run` invocation shares."""
+
+    data: PreparedData
+    dataset: str
+    config: dict[str, Any]
+    results: Path
+    device: torch.device
+    resume: bool = False
+    progress: bool = True
+    _splits: dict[str, FrameSplit] | None = None
+
+    @property
+    def splits(self) -> dict[str, FrameSplit]:
+        if self._splits is None:
+            self._splits = {s: FrameSplit(self.data.frames, self.data.split(s))
+                            for s in ("train", "val", "test")}
+        return self._splits
+
+    def trainer(self, learner, run_dir: Path, seed: int, label: str) -> Trainer:
+        return Trainer(learner, self.splits, self.config["train"], self.config["data"]["size"],
+                       run_dir, self.device, seed, label, self.config["data"]["workers"],
+                       self.progress)
+
+
+def _finished(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        metrics = read_json(path)
+        if metrics.get("status") == "finished":
+            return metrics
+    return None
+
+
+def _fresh(run_dir: Path, resume: bool) -> None:
+    """Without --resume an unfinished run starts over."""
+    if not resume and run_dir.exists():
+        for name in ("last.pt", "best.pt", "history.jsonl", "metrics.json"):
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn.Module,
+            extra: dict[str, Any]) -> dict[str, Any]:
+    result = dict(result)
+    result.pop("history")
+    metrics = {
+        "status": "finished", **extra, "dataset": ctx.dataset, "preset": ctx.config["preset"],
+        "config": ctx.config, "versions": versions(), "git_commit": git_commit(),
+        "device": str(ctx.device), **result, "params": count_params(model),
+        "gflops": gflops(model, ctx.config["data"]["size"]),
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def teacher_dir(ctx: Context) -> Path:
+    cfg = ctx.config
+    key = config_hash({"dataset": ctx.dataset, "data": {k: v for k, v in cfg["data"].items()
+                                                        if k != "workers"},
+                       "train": cfg["train"], "teacher": cfg["teacher"]})
+    return ctx.results / "teachers" / ctx.dataset / f"{cfg['teacher']['backbone']}-{key}"
+
+
+def build_teacher(cfg: dict[str, Any]) -> DualBranchTeacher:
+    t = cfg["teacher"]
+    return DualBranchTeacher(t["backbone"], t["proj_dim"], t["hp_cutoff"], t["pretrained"])
+
+
+def ensure_teacher(ctx: Context) -> DualBranchTeacher:
+    """Train the teacher for this dataset and config once; later calls load it."""
+    run_dir = teacher_dir(ctx)
+    seed = ctx.config["teacher"]["seed"]
+    seed_everything(seed)
+    teacher = build_teacher(ctx.config)
+    done = _finished(run_dir)
+    if done is None:
+        _fresh(run_dir, ctx.resume)
+        console.print(f"[bold]teacher[/] {run_dir}")
+        task = TeacherTask(teacher)
+        result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=ctx.resume)
+        done = _record(ctx, run_dir, result, teacher,
+                       {"role": "teacher", "backbone": teacher.name, "seed": seed})
+        _summary("teacher", done)
+    else:
+        state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
+        TeacherTask(teacher).load_state_dict(state)
+        console.print(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
+    return teacher.to(ctx.device).eval()
+
+
+def _summary(name: str, m: dict[str, Any]) -> None:
+    t = m["test"]
+    console.print(
+        f"[green]done[/] {name}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "
+        f"video-auc {t['video_auc']:.4f} (best epoch {m['best_epoch']}, {m['wall_time_s']:.0f} s)"
+    )
+
+
+def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
+            teacher: DualBranchTeacher | None) -> dict[str, Any]:
+    """Train one student with one method, mode and seed; returns its metrics."""
+    run_dir = ctx.results / spec.relpath
+    name = f"{spec.student}/{spec.method}/{spec.mode}/seed{spec.seed}"
+    done = _finished(run_dir)
+    if done is not None:
+        console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
+        return done
+    _fresh(run_dir, ctx.resume)
+    cls = entry.resolve()
+    seed_everything(spec.seed)
+    student = create_student(spec.student, ctx.config["student"]["pretrained"])
+    distiller = cls(student, teacher if spec.mode != "none" else None, spec.mode, **spec.hparams)
+    result = ctx.trainer(distiller, run_dir, spec.seed, name).fit(resume=ctx.resume)
+    metrics = _record(ctx, run_dir, result, student, {
+        "role": "student", "student": spec.student, "method": spec.method, "mode": spec.mode,
+        "seed": spec.seed, "hparams": spec.hparams, "entry": entry.entry,
+        "teacher": str(teacher_dir(ctx)) if teacher is not None else None,
+    })
+    _summary(name, metrics)
+    return metrics
+
+

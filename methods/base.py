@@ -1,0 +1,68 @@
+"""The Distiller interface: the one thing a distillation method implements."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from kdbench.models.outputs import StudentOut, TeacherOut
+
+MODES = ("none", "rgb", "both")
+
+
+class Distiller(nn.Module):
+    """Wraps a student (trained) and a frozen teacher (may be None for teacher-free methods).
+
+    Subclasses implement ``forward_train`` returning ``(logits, {name: weighted loss})``; the
+    trainer sums the terms, calls backward once, then ``after_backward``, then steps.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, mode: str, **hparams):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.student = student
+        self.mode = mode
+        self.hparams = hparams
+        # kept out of the module tree: the teacher is frozen and never saved with the student
+        self._teacher = [teacher] if teacher is not None else []
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return self._teacher[0] if self._teacher else None
+
+    def teacher_needs(self) -> set[str]:
+        """Teacher fields this method reads (subset of rgb, freq, rgb_proj, freq_proj)."""
+        return set()
+
+    def teacher_forward(self, x: Tensor) -> TeacherOut:
+        """Run the frozen teacher for only the fields this method needs."""
+        with torch.no_grad():
+            return self.teacher(x, needs=self.teacher_needs())
+
+    def forward_train(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def after_backward(self, step: int) -> dict[str, float]:
+        """Optional extra update after the backward pass; returns scalars to log."""
+        return {}
+
+    def trainable_modules(self) -> nn.ModuleDict:
+        """Modules whose parameters the trainer's optimizer owns (student + adaptors)."""
+        return nn.ModuleDict({"student": self.student})
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Inference uses the student alone."""
+        return self.student(x).logits
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def ce(self, out: StudentOut, batch: dict[str, Tensor]) -> Tensor:
+        """Cross-entropy of the student's logits against the labels."""
+        return nn.functional.cross_entropy(out.logits, batch["label"])

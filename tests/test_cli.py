@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from kdbench.cli import main
+from tests.conftest import write_prepared
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["run", "--dataset", "ff_c40", "--methods", "vanilla"], "kdbench prepare ff++"),
+        (["run", "--methods", "nope"], "unknown method 'nope'"),
+        (["run", "--methods", "vanilla", "--set", "train.lrr=1"], "unknown setting train.lrr"),
+        (["run", "--methods", "vanilla", "--set", "foo.x=1"], "unknown --set target 'foo'"),
+        (["run", "--methods", "vanilla", "--students", "vgg"], "unknown student 'vgg'"),
+        (["run", "--methods", "vanilla", "--seeds", "a"], "--seeds expects integers"),
+    ],
+)
+def test_bad_input_gives_one_line_error_and_exit_2(capsys, argv, message):
+    code, err = _run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdbench: error:")
+    assert message in lines[0]
+
+
+def test_missing_data_folder_names_the_fix(capsys, tmp_path):
+    code, err = _run(capsys, "run", "--methods", "vanilla", "--dataset", "ff_c40",
+                     "--data-root", str(tmp_path / "nowhere"))
+    assert code == 2 and "not found" in err and "--dataset synthetic" in err
+    raw = tmp_path / "ff"
+    (raw / "original_sequences").mkdir(parents=True)
+    code, err = _run(capsys, "run", "--methods", "vanilla", "--dataset", "ff_c40",
+                     "--data-root", str(raw))
+    assert code == 2 and "raw download" in err and "kdbench prepare ff++" in err
+
+
+def test_malformed_user_registry(capsys, tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("x: [\n")
+    code, err = _run(capsys, "methods", "--registry", str(bad))
+    assert code == 2 and "malformed YAML" in err
+
+
+@pytest.mark.slow
+def test_run_on_a_prepared_folder_writes_the_result_store(capsys, tmp_path):
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    results = tmp_path / "R"
+    argv = ["run", "--methods", "vanilla", "--dataset", "ff_c40", "--data-root", str(data),
+            "--preset", "quick", "--set", "data.size=16", "--results", str(results),
+            "--no-progress"]
+    assert main(argv) == 0
+    run = results / "runs/ff_c40/resnet18_thin/vanilla/none/seed0"
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["method"] == "vanilla" and m["preset"] == "quick"
+    for key in ("acc", "auc", "eer", "video_auc"):
+        assert 0.0 <= m["test"][key] <= 1.0
+    assert m["params"] > 1e6 and m["gflops"] > 0 and m["wall_time_s"] > 0
+    assert (run / "history.jsonl").read_text().count("\n") == 2
+    teachers = list((results / "teachers/ff_c40").glob("*/metrics.json"))
+    assert len(teachers) == 1 and json.loads(teachers[0].read_text())["role"] == "teacher"
+    # a second run skips finished work, and the table lists both runs
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "skip resnet18_thin/vanilla/none/seed0" in capsys.readouterr().err
+    assert main(["table", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "vanilla" in out and "teacher" in out and "finished" in out

@@ -1,0 +1,84 @@
+import textwrap
+
+import pytest
+
+from kdbench.errors import KdbenchError
+from kdbench.registry import load_registry, read_registry, select_methods
+from methods.base import Distiller
+
+USER_METHOD = '''
+from methods.base import Distiller
+
+
+class Mine(Distiller):
+    def forward_train(self, batch):
+        out = self.student(batch["image"])
+        return out.logits, {"loss_ce": self.ce(out, batch)}
+'''
+
+
+def test_builtin_registry_has_vanilla():
+    reg = load_registry()
+    assert "vanilla" in reg
+    assert issubclass(reg["vanilla"].resolve(), Distiller)
+
+
+def test_method_from_a_file_path_outside_the_repo(tmp_path):
+    (tmp_path / "mine.py").write_text(USER_METHOD)
+    (tmp_path / "my.yaml").write_text(textwrap.dedent("""
+        mine:
+          entry: mine.py:Mine
+          modes: [rgb]
+          defaults: {w: 2.0}
+          datasets: {celebdf: {w: 5.0}}
+    """))
+    reg = load_registry([tmp_path / "my.yaml"])
+    assert set(reg) >= {"vanilla", "mine"}
+    cls = reg["mine"].resolve()
+    assert cls.__name__ == "Mine" and issubclass(cls, Distiller)
+    assert reg["mine"].hparams("synthetic") == {"w": 2.0}
+    assert reg["mine"].hparams("celebdf") == {"w": 5.0}
+    assert reg["mine"].hparams("celebdf", {"w": 1.0}) == {"w": 1.0}
+    with pytest.raises(KdbenchError, match="unknown hyper-parameter mine.v"):
+        reg["mine"].hparams("synthetic", {"v": 1})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: [unclosed\n", "malformed YAML"),
+        ("- just a list\n", "expected a mapping"),
+        ("m: {modes: [rgb]}\n", "needs an 'entry"),
+        ("m: {entry: x:Y, modes: [rgb, fancy]}\n", "has modes"),
+    ],
+)
+def test_malformed_registry_is_a_one_line_error(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(KdbenchError, match=message) as info:
+        read_registry(path)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_entries_fail_on_resolve(tmp_path):
+    (tmp_path / "notd.py").write_text("class Thing:\n    pass\n")
+    (tmp_path / "r.yaml").write_text(
+        "a: {entry: notd.py:Thing}\nb: {entry: missing.py:X}\nc: {entry: no_such_module:X}\n"
+        "d: {entry: nocolon}\n"
+    )
+    reg = read_registry(tmp_path / "r.yaml")
+    with pytest.raises(KdbenchError, match="not a Distiller subclass"):
+        reg["a"].resolve()
+    with pytest.raises(KdbenchError, match="not found"):
+        reg["b"].resolve()
+    with pytest.raises(KdbenchError, match="cannot import"):
+        reg["c"].resolve()
+    with pytest.raises(KdbenchError, match="expected module:Class"):
+        reg["d"].resolve()
+
+
+def test_select_methods():
+    reg = load_registry()
+    assert [e.name for e in select_methods(reg, "all")] == list(reg)
+    with pytest.raises(KdbenchError, match="unknown method 'nope'"):
+        select_methods(reg, "vanilla,nope")

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+import torch
+
+from kdbench.config import resolve_config
+from kdbench.data.loader import FrameSplit, epoch_batches
+from kdbench.errors import KdbenchError
+from kdbench.models.students import create_student
+from kdbench.train.trainer import Trainer, seed_everything
+from methods.vanilla import Vanilla
+
+TIMING_KEYS = {"train_images_per_s", "train_time_s"}
+
+
+def _trainer(data, run_dir, learner=None, epochs=3):
+    cfg = resolve_config("quick", "synthetic", {"train": {"epochs": epochs, "batch_size": 4}})
+    splits = {s: FrameSplit(data.frames, data.split(s)) for s in ("train", "val", "test")}
+    seed_everything(0)
+    learner = learner or Vanilla(create_student("resnet18_thin"), None, "none")
+    return Trainer(learner, splits, cfg["train"], 16, run_dir, torch.device("cpu"), seed=0,
+                   progress=False)
+
+
+def _strip(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
+    full = _trainer(tiny_data, tmp_path / "a").fit()
+    assert _trainer(tiny_data, tmp_path / "b").fit(stop_after=1) is None
+    first = [json.loads(line) for line in (tmp_path / "b/history.jsonl").read_text().splitlines()]
+    assert len(first) == 1
+    resumed = _trainer(tiny_data, tmp_path / "b").fit(resume=True)
+    assert resumed["test"] == full["test"]
+    assert resumed["best_epoch"] == full["best_epoch"]
+    assert _strip(resumed["history"]) == _strip(full["history"])
+    a = torch.load(tmp_path / "a/best.pt", weights_only=True)
+    b = torch.load(tmp_path / "b/best.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("last.pt", "best.pt", "history.jsonl"):
+        assert (tmp_path / "b" / name).is_file()
+
+
+def test_training_learns_the_tiny_task(tiny_data, tmp_path):
+    result = _trainer(tiny_data, tmp_path, epochs=4).fit()
+    h = result["history"]
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert 0.0 <= result["test"]["acc"] <= 1.0 and 0.0 <= result["test"]["auc"] <= 1.0
+    assert result["best_epoch"] == 1 + max(range(len(h)), key=lambda i: (h[i]["val_acc"], -i))
+
+
+class _NanAfterFirstEpoch(Vanilla):
+    calls = 0
+
+    def forward_train(self, batch):
+        logits, losses = super().forward_train(batch)
+        type(self).calls += 1
+        if type(self).calls > 3:  # 3 steps = one epoch of 12 frames at batch 4
+            losses["loss_kd"] = torch.tensor(float("nan"))
+        return logits, losses
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_data, tmp_path):
+    learner = _NanAfterFirstEpoch(create_student("resnet18_thin"), None, "none")
+    with pytest.raises(KdbenchError, match=r"loss_kd became NaN/inf at epoch 2"):
+        _trainer(tiny_data, tmp_path, learner=learner).fit()
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
+
+
+def test_epoch_batches_are_deterministic_and_cover_the_data():
+    a = epoch_batches(10, 4, shuffle=True, seed=3, epoch=2, drop_last=True)
+    b = epoch_batches(10, 4, shuffle=True, seed=3, epoch=2, drop_last=True)
+    assert all((x[0] == y[0]).all() and (x[1] == y[1]).all() for x, y in zip(a, b))
+    assert [len(p) for p, _ in a] == [4, 4]
+    c = epoch_batches(10, 4, shuffle=True, seed=3, epoch=3, drop_last=True)
+    assert any((x[0] != y[0]).any() for x, y in zip(a, c))
+    ordered = epoch_batches(10, 4, shuffle=False, seed=0, epoch=0, drop_last=False)
+    assert [p.tolist() for p, _ in ordered] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert not any(f.any() for _, f in ordered)
+
+
+def test_flip_flag_mirrors_the_image(tiny_data):
+    split = FrameSplit(tiny_data.frames, tiny_data.split("train"))
+    import numpy as np
+
+    pos = np.array([1, 0])
+    out = split[(pos, np.array([True, False]))]
+    ref = split[(pos, np.array([False, False]))]
+    assert torch.equal(out["image"][0], ref["image"][0].flip(-1))
+    assert torch.equal(out["image"][1], ref["image"][1])
+    assert out["label"].tolist() == split.labels[pos].tolist()
