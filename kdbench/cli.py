@@ -29,8 +29,6 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import torch
-
     from kdbench.config import RunSpec, parse_set, resolve_config
     from kdbench.data.datasets import open_dataset
     from kdbench.models.backbones import BACKBONES
@@ -60,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise KdbenchError(f"unknown mode {bad_modes[0]!r}; --modes takes rgb, both or rgb,both")
     seeds = _seeds(args.seeds)
     plan = [(e, m) for e in entries for m in e.modes if m == "none" or m in modes]
-    for e, m in plan:  # resolve and check every override before hours of training start
+    for e, _ in plan:  # resolve and check every override before hours of training start
         e.resolve()
         e.hparams(args.dataset, overrides.get(e.name))
     if not plan:
@@ -70,7 +68,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"kdbench run: preset [bold]{preset}[/], dataset [bold]{args.dataset}[/] "
                   f"({data.root}), device {device}, "
                   f"{len(plan) * len(students) * len(seeds)} runs -> {args.results}")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ctx = Context(data, args.dataset, config, Path(args.results), device, args.resume,
                   not args.no_progress)
     t0 = time.perf_counter()

@@ -17,10 +17,10 @@ SECTIONS = ("data", "train", "teacher", "student")
 _BASE: dict[str, Any] = {
     "data": {"size": 64, "frames": 8, "workers": 0},
     "train": {
-        "epochs": 10,
+        "epochs": 12,
         "batch_size": 64,
         "lr": 1e-3,
-        "step_size": 5,
+        "step_size": 8,
         "gamma": 0.1,
         "weight_decay": 0.0,
         "amp": False,

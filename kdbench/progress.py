@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -26,16 +26,17 @@ def stdout_console() -> Console:
 
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Progress]:
-    """A progress bar on stderr with a free-text ``info`` field (loss, throughput)."""
+    """A progress bar on stderr with a free-text ``info`` field (loss, throughput); shown on a
+    terminal only (logs get the one-line summaries the callers print instead)."""
     bar = Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
-        disable=not enabled,
+        disable=not (enabled and console.is_terminal),
         transient=False,
     )
     bar_add = bar.add_task

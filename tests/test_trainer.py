@@ -47,7 +47,8 @@ def test_training_learns_the_tiny_task(tiny_data, tmp_path):
     h = result["history"]
     assert h[-1]["train_loss"] < h[0]["train_loss"]
     assert 0.0 <= result["test"]["acc"] <= 1.0 and 0.0 <= result["test"]["auc"] <= 1.0
-    assert result["best_epoch"] == 1 + max(range(len(h)), key=lambda i: (h[i]["val_acc"], -i))
+    best = max(range(len(h)), key=lambda i: (h[i]["val_acc"], h[i]["val_auc"], -i))
+    assert result["best_epoch"] == best + 1
 
 
 class _NanAfterFirstEpoch(Vanilla):
@@ -67,6 +68,18 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_data, t
         _trainer(tiny_data, tmp_path, learner=learner).fit()
     ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 1
+
+
+def test_selection_prefers_accuracy_then_auc_then_the_earlier_epoch():
+    from kdbench.train.trainer import _better
+
+    best = {"val": {"acc": 0.8, "auc": 0.6}}
+    assert _better({"acc": 0.81, "auc": 0.1}, best, "acc")
+    assert _better({"acc": 0.8, "auc": 0.7}, best, "acc")
+    assert not _better({"acc": 0.8, "auc": 0.6}, best, "acc")
+    assert not _better({"acc": float("nan"), "auc": 0.9}, best, "acc")
+    assert _better({"eer": 0.1, "auc": 0.5}, {"val": {"eer": 0.2, "auc": 0.9}}, "eer")
+    assert _better({"acc": 0.5, "auc": 0.5}, None, "acc")
 
 
 def test_epoch_batches_are_deterministic_and_cover_the_data():

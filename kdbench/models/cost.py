@@ -24,7 +24,9 @@ def count_params(model: nn.Module) -> int:
 
 def gflops(model: nn.Module, size: int) -> float:
     """GFLOPs of one ``size`` x ``size`` image through ``model`` (inference path, logits)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
 
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     was_training = model.training

@@ -19,7 +19,8 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 def rgb_projector(cin: int, dim: int) -> nn.Sequential:
     """G_Tr: three conv+BN+ReLU."""
-    return nn.Sequential(*_conv_bn_relu(cin, dim), *_conv_bn_relu(dim, dim), *_conv_bn_relu(dim, dim))
+    layers = _conv_bn_relu(cin, dim) + _conv_bn_relu(dim, dim) + _conv_bn_relu(dim, dim)
+    return nn.Sequential(*layers)
 
 
 def freq_projector(cin: int, dim: int) -> nn.Sequential:

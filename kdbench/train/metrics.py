@@ -49,7 +49,9 @@ def video_auc(probs: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> floa
     return auc(score, vlabel.astype(int))
 
 
-def detection_metrics(probs: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> dict[str, float]:
+def detection_metrics(
+    probs: np.ndarray, labels: np.ndarray, videos: np.ndarray
+) -> dict[str, float]:
     """All metrics of one split, plus its size and fake fraction (the majority baseline)."""
     labels = np.asarray(labels)
     return {

@@ -13,6 +13,7 @@ import torch
 from kdbench.config import RunSpec, config_hash
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
+from kdbench.errors import KdbenchError
 from kdbench.models.cost import count_params, gflops
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
@@ -28,9 +29,9 @@ def pick_device(name: str | None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from kdbench.errors import KdbenchError
-
-        raise KdbenchError("--device cuda asked for but no CUDA device is visible; use --device cpu")
+        raise KdbenchError(
+            "--device cuda asked for but no CUDA device is visible; use --device cpu"
+        )
     return torch.device(name)
 
 

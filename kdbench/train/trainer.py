@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
-from kdbench.progress import progress_bar
+from kdbench.progress import console, progress_bar
 from kdbench.train.metrics import detection_metrics
 from kdbench.train.store import atomic_torch_save, atomic_write_jsonl
 
@@ -55,13 +55,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _better(val: dict[str, float], best: dict[str, Any] | None, key: str) -> bool:
-    """Higher selection metric wins (lower for eer); ties keep the earlier epoch."""
-    if best is None:
-        return True
-    new, old = val[key], best["val"][key]
-    if new is None or (isinstance(new, float) and math.isnan(new)):
-        return False
-    return new < old if key == "eer" else new > old
+    """Higher selection metric wins (lower for eer); a tie goes to the higher AUC, then to the
+    earlier epoch. NaN never wins."""
+
+    def score(m: dict[str, float]) -> tuple[float, float]:
+        main = m[key] if m[key] is not None else math.nan
+        main = -main if key == "eer" else main
+        auc = m.get("auc")
+        return (-math.inf if math.isnan(main) else main,
+                -math.inf if auc is None or math.isnan(auc) else auc)
+
+    return best is None or score(val) > score(best["val"])
 
 
 class Trainer:
@@ -196,8 +200,11 @@ class Trainer:
                     best = {"epoch": epoch + 1, "val": val}
                     atomic_torch_save(self.run_dir / "best.pt", self.learner.state_dict())
                 wall += time.perf_counter() - t0
-                bar.update(task, info=f"loss {row['train_loss']:.4f}  val acc {val['acc']:.3f} "
-                                      f"auc {val['auc']:.3f}")
+                summary = (f"loss {row['train_loss']:.4f}  val acc {val['acc']:.4f} "
+                           f"auc {val['auc']:.4f}  {row['train_images_per_s']:.0f} img/s")
+                bar.update(task, info=summary)
+                console.print(f"{self.label} epoch {epoch + 1}/{cfg['epochs']}: {summary}",
+                              highlight=False)
                 atomic_torch_save(last, {
                     "epoch": epoch + 1, "learner": self.learner.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
