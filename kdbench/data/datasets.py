@@ -1,0 +1,91 @@
+"""Dataset names -> prepared folders (generating/preparing the embedded synthetic set on use)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kdbench.errors import DataError, KdbenchError
+from kdbench.train.store import read_json
+
+REAL_DATASETS = {
+    "ff_c40": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression c40 --out DIR",
+    "ff_c23": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression c23 --out DIR",
+    "ff_raw": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression raw --out DIR",
+    "celebdf": "kdbench prepare celebdf --root <Celeb-DF folder> --out DIR",
+}
+DATASETS = ("synthetic", *REAL_DATASETS)
+
+
+def default_data_root() -> Path:
+    """``$KDBENCH_DATA`` or ``~/.cache/kdbench``."""
+    return Path(os.environ.get("KDBENCH_DATA", Path.home() / ".cache" / "kdbench")).expanduser()
+
+
+@dataclass
+class PreparedData:
+    """A prepared folder: uint8 frames [N, S, S, 3] (memory-mapped) and their index."""
+
+    root: Path
+    frames: np.ndarray
+    index: pd.DataFrame
+    meta: dict
+
+    def split(self, name: str) -> pd.DataFrame:
+        rows = self.index[self.index.split == name]
+        if rows.empty:
+            raise DataError(f"{self.root} has no {name!r} frames; re-run the preparation")
+        return rows
+
+
+def load_prepared(root: Path, dataset: str) -> PreparedData:
+    """Open a prepared folder, checking it holds ``dataset``."""
+    root = Path(root)
+    meta_path = root / "prepared.json"
+    if not meta_path.is_file():
+        hint = REAL_DATASETS.get(dataset, "kdbench synth")
+        raw = " (this looks like the raw download)" if (root / "original_sequences").is_dir() else ""
+        raise DataError(
+            f"{root} is not a prepared {dataset} folder{raw}; prepare it with `{hint}` and pass "
+            "--data-root DIR, or use --dataset synthetic"
+        )
+    meta = read_json(meta_path)
+    if meta.get("dataset") != dataset:
+        raise DataError(
+            f"{root} holds prepared {meta.get('dataset')!r}, not {dataset!r}; "
+            f"use --dataset {meta.get('dataset')} or point --data-root at a {dataset} folder"
+        )
+    frames = np.load(root / "frames.npy", mmap_mode="r")
+    index = pd.read_csv(root / "index.csv", dtype={"video": str})
+    if len(index) != len(frames):
+        raise DataError(f"{root}: index.csv and frames.npy disagree; re-run the preparation")
+    return PreparedData(root, frames, index, meta)
+
+
+def open_dataset(
+    name: str, data_root: Path | None, size: int, frames: int, progress: bool = True
+) -> PreparedData:
+    """Resolve a dataset name to prepared data. ``synthetic`` is generated and prepared on first
+    use under ``data_root/synthetic``; the real ones need ``data_root`` = a prepared folder."""
+    if name == "synthetic":
+        from kdbench.data.synthetic_prepare import ensure_synthetic
+
+        root = Path(data_root) if data_root else default_data_root() / "synthetic"
+        return load_prepared(ensure_synthetic(root, size, frames, progress), name)
+    if name not in REAL_DATASETS:
+        raise KdbenchError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if data_root is None:
+        raise DataError(
+            f"dataset {name} needs --data-root pointing at a prepared folder: run "
+            f"`{REAL_DATASETS[name]}` first, or use --dataset synthetic (no download needed)"
+        )
+    if not Path(data_root).is_dir():
+        raise DataError(
+            f"data folder {data_root} not found; prepare {name} with `{REAL_DATASETS[name]}`, "
+            "or use --dataset synthetic"
+        )
+    return load_prepared(Path(data_root), name)

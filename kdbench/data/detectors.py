@@ -1,0 +1,65 @@
+"""Face detectors for preparation: a box per frame, or None when no face is found."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1
+
+
+class Detector(Protocol):
+    """Returns the face box of an RGB uint8 frame (or None); ``enlarge`` scales it for the crop."""
+
+    enlarge: float
+
+    def __call__(self, frame: np.ndarray) -> Box | None: ...
+
+
+class CenterDetector:
+    """For pre-cropped or centred data: the central square covering ``fraction`` of the short
+    side."""
+
+    enlarge = 1.0
+
+    def __init__(self, fraction: float = 0.8) -> None:
+        self.fraction = fraction
+
+    def __call__(self, frame: np.ndarray) -> Box:
+        h, w = frame.shape[:2]
+        side = self.fraction * min(h, w)
+        cx, cy = w / 2, h / 2
+        return (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+
+
+DETECTORS = {"center": CenterDetector}
+
+
+def make_detector(name: str) -> Detector:
+    """Create a detector by name."""
+    from kdbench.errors import KdbenchError
+
+    if name not in DETECTORS:
+        raise KdbenchError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return DETECTORS[name]()
+
+
+def square_crop(frame: np.ndarray, box: Box, enlarge: float, size: int) -> np.ndarray:
+    """Enlarge ``box`` by ``enlarge`` around its centre, make it square, crop (zero padding past
+    the border) and resize to ``size`` x ``size`` uint8."""
+    from PIL import Image
+
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * enlarge
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    side_i = max(1, round(side))
+    h, w = frame.shape[:2]
+    canvas = np.zeros((side_i, side_i, 3), dtype=np.uint8)
+    sx0, sy0 = max(left, 0), max(top, 0)
+    sx1, sy1 = min(left + side_i, w), min(top + side_i, h)
+    if sx1 > sx0 and sy1 > sy0:
+        canvas[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = frame[sy0:sy1, sx0:sx1]
+    img = Image.fromarray(canvas).resize((size, size), Image.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)

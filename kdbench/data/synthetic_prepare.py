@@ -1,0 +1,30 @@
+"""The embedded synthetic dataset: generate the FF++-shaped video tree, then prepare it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdbench.data.prepare import ffpp_items, prepare_items
+from kdbench.data.synthetic import MANIPULATIONS, SynthConfig, generate
+
+
+def ensure_synthetic(
+    root: Path, size: int, frames: int, progress: bool = True, cfg: SynthConfig | None = None
+) -> Path:
+    """Generate the videos (once) and prepare them at ``size``/``frames`` (once per setting);
+    returns the prepared folder."""
+    cfg = cfg or SynthConfig()
+    videos = Path(root) / "videos"
+    generate(videos, cfg, workers=max(1, min(2, _cpus())), progress=progress)
+    out = Path(root) / f"prepared-s{size}-f{frames}"
+    if not (out / "prepared.json").is_file():
+        items = ffpp_items(videos, "c40", MANIPULATIONS)
+        prepare_items(items, out, "synthetic", frames, size, "center",
+                      workers=max(1, min(2, _cpus())), progress=progress)
+    return out
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
