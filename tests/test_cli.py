@@ -74,3 +74,43 @@ def test_run_on_a_prepared_folder_writes_the_result_store(capsys, tmp_path):
     assert main(["table", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "vanilla" in out and "teacher" in out and "finished" in out
+
+
+LOGIT_KD = '''
+import torch.nn.functional as F
+
+from methods.base import Distiller
+
+
+class LogitKD(Distiller):
+    def teacher_needs(self):
+        return set()
+
+    def forward_train(self, batch):
+        out = self.student(batch["image"])
+        t = self.teacher_forward(batch["image"]).logits
+        kd = F.kl_div(F.log_softmax(out.logits / 4, 1), F.softmax(t / 4, 1),
+                      reduction="batchmean") * 16
+        return out.logits, {"loss_ce": self.ce(out, batch), "loss_kd": self.hparams["w"] * kd}
+'''
+
+
+@pytest.mark.slow
+def test_user_registry_method_runs_without_touching_the_repo(capsys, tmp_path):
+    ext = tmp_path / "elsewhere"
+    ext.mkdir()
+    (ext / "logit_kd.py").write_text(LOGIT_KD)
+    (ext / "my.yaml").write_text(
+        "logit_kd:\n  entry: logit_kd.py:LogitKD\n  modes: [rgb]\n  defaults: {w: 0.5}\n"
+    )
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    results = tmp_path / "R"
+    argv = ["run", "--methods", "logit_kd", "--dataset", "ff_c40", "--data-root", str(data),
+            "--preset", "quick", "--set", "data.size=16", "--set", "logit_kd.w=2.0",
+            "--registry", str(ext / "my.yaml"), "--results", str(results), "--no-progress"]
+    assert main(argv) == 0
+    m = json.loads((results / "runs/ff_c40/resnet18_thin/logit_kd/rgb/seed0/metrics.json")
+                   .read_text())
+    assert m["hparams"] == {"w": 2.0} and m["entry"] == "logit_kd.py:LogitKD"
+    hist = (results / "runs/ff_c40/resnet18_thin/logit_kd/rgb/seed0/history.jsonl").read_text()
+    assert "train_loss_kd" in hist

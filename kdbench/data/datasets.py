@@ -48,7 +48,8 @@ def load_prepared(root: Path, dataset: str) -> PreparedData:
     meta_path = root / "prepared.json"
     if not meta_path.is_file():
         hint = REAL_DATASETS.get(dataset, "kdbench synth")
-        raw = " (this looks like the raw download)" if (root / "original_sequences").is_dir() else ""
+        is_raw = (root / "original_sequences").is_dir()
+        raw = " (this looks like the raw download)" if is_raw else ""
         raise DataError(
             f"{root} is not a prepared {dataset} folder{raw}; prepare it with `{hint}` and pass "
             "--data-root DIR, or use --dataset synthetic"

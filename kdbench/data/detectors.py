@@ -28,9 +28,9 @@ class CenterDetector:
 
     def __call__(self, frame: np.ndarray) -> Box:
         h, w = frame.shape[:2]
-        side = self.fraction * min(h, w)
+        half = self.fraction * min(h, w) / 2
         cx, cy = w / 2, h / 2
-        return (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+        return (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
 
 
 DETECTORS = {"center": CenterDetector}

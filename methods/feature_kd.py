@@ -1,0 +1,59 @@
+"""Shared shape of the five baseline feature distillers: a pure loss on (student, teacher)
+features, applied to the RGB branch and, in ``both`` mode, to the frequency branch too
+(DESIGN decision 7: L = CE + w * (L_rgb + L_fre), separate adaptors per branch)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdbench.models.outputs import StudentOut, TeacherOut
+from methods.base import Distiller
+
+BRANCHES = {"rgb": ("rgb",), "both": ("rgb", "freq")}
+
+
+def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool the larger of two maps to the smaller's spatial size."""
+    if a.shape[-2:] == b.shape[-2:]:
+        return a, b
+    h, w = min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1])
+    return F.adaptive_avg_pool2d(a, (h, w)), F.adaptive_avg_pool2d(b, (h, w))
+
+
+class FeatureKD(Distiller):
+    """Subclasses set ``weight_key`` and implement ``branch_loss(s, t, branch)``; adaptors
+    that the optimizer must own go in ``self.adaptors`` (one entry per branch)."""
+
+    weight_key = "weight"
+
+    def __init__(self, student, teacher, mode: str, **hparams) -> None:
+        super().__init__(student, teacher, mode, **hparams)
+        self.branches = BRANCHES[mode]
+        self.weight = float(hparams[self.weight_key])
+        self.adaptors = nn.ModuleDict()
+
+    def teacher_needs(self) -> set[str]:
+        return set(self.branches)
+
+    def branch_loss(self, s: StudentOut, t: TeacherOut, branch: str) -> Tensor:
+        raise NotImplementedError
+
+    def forward_train(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        s = self.student(batch["image"])
+        t = self.teacher_forward(batch["image"])
+        losses = {"loss_ce": self.ce(s, batch)}
+        for branch in self.branches:
+            losses[f"loss_kd_{branch}"] = self.weight * self.branch_loss(s, t, branch)
+        return s.logits, losses
+
+    def trainable_modules(self) -> nn.ModuleDict:
+        return nn.ModuleDict({"student": self.student, "adaptors": self.adaptors})
+
+
+def teacher_feats(t: TeacherOut, branch: str) -> list[Tensor]:
+    return t.rgb if branch == "rgb" else t.freq
+
+
+def teacher_pooled(t: TeacherOut, branch: str) -> Tensor:
+    return t.rgb_pooled if branch == "rgb" else t.freq_pooled
