@@ -225,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
     except KdbenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permission denied, ...: say which file
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"kdbench: error: {exc.strerror or exc}{where}; finished runs are kept, fix it "
+              "and run again with --resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("kdbench: interrupted; finished epochs are kept - continue with --resume",
               file=sys.stderr)

@@ -114,3 +114,15 @@ def test_user_registry_method_runs_without_touching_the_repo(capsys, tmp_path):
     assert m["hparams"] == {"w": 2.0} and m["entry"] == "logit_kd.py:LogitKD"
     hist = (results / "runs/ff_c40/resnet18_thin/logit_kd/rgb/seed0/history.jsonl").read_text()
     assert "train_loss_kd" in hist
+
+
+def test_unwritable_results_folder_is_a_one_line_error(capsys, tmp_path):
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    blocker = tmp_path / "R"
+    blocker.write_text("a file where the results folder should be")
+    code, err = _run(capsys, "run", "--methods", "vanilla", "--dataset", "ff_c40",
+                     "--data-root", str(data), "--preset", "quick", "--set", "data.size=16",
+                     "--results", str(blocker), "--no-progress")
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("kdbench: error:")
+    assert str(blocker) in err
