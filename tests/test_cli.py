@@ -126,3 +126,20 @@ def test_unwritable_results_folder_is_a_one_line_error(capsys, tmp_path):
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("kdbench: error:")
     assert str(blocker) in err
+
+
+@pytest.mark.slow
+def test_teacher_without_checkpoint_is_trained_again(capsys, tmp_path):
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    results = tmp_path / "R"
+    argv = ["run", "--methods", "vanilla", "--dataset", "ff_c40", "--data-root", str(data),
+            "--preset", "quick", "--set", "data.size=16", "--set", "train.epochs=1",
+            "--results", str(results), "--no-progress"]
+    assert main(argv) == 0
+    (teacher,) = (results / "teachers/ff_c40").iterdir()
+    first = json.loads((teacher / "metrics.json").read_text())["test"]
+    (teacher / "best.pt").unlink()  # as in a committed result store (no checkpoints)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "training it again" in capsys.readouterr().err
+    assert json.loads((teacher / "metrics.json").read_text())["test"] == first

@@ -133,6 +133,10 @@ def ensure_teacher(ctx: Context) -> DualBranchTeacher:
     seed_everything(seed)
     teacher = build_teacher(ctx.config)
     done = _finished(run_dir)
+    if done is not None and not (run_dir / "best.pt").is_file():
+        # a committed result store keeps metrics but no checkpoints: retrain (deterministic)
+        console.print(f"teacher: {run_dir} has metrics but no best.pt; training it again")
+        done = None
     if done is None:
         _fresh(run_dir, ctx.resume)
         console.print(f"[bold]teacher[/] {run_dir}")
