@@ -26,6 +26,7 @@ _BASE: dict[str, Any] = {
         "amp": False,
         "select": "acc",
         "eval_batch_size": 256,
+        "teacher_cache_mb": 4096,  # 0 turns the per-run cache of teacher outputs off
     },
     "teacher": {
         "backbone": "resnet18_thin",

@@ -26,6 +26,7 @@ class Distiller(nn.Module):
         self.hparams = hparams
         # kept out of the module tree: the teacher is frozen and never saved with the student
         self._teacher = [teacher] if teacher is not None else []
+        self.teacher_cache = None  # set by the trainer (kdbench.train.teacher_cache)
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
@@ -37,10 +38,13 @@ class Distiller(nn.Module):
         """Teacher fields this method reads (subset of rgb, freq, rgb_proj, freq_proj)."""
         return set()
 
-    def teacher_forward(self, x: Tensor) -> TeacherOut:
-        """Run the frozen teacher for only the fields this method needs."""
+    def teacher_forward(self, batch: dict[str, Tensor]) -> TeacherOut:
+        """The frozen teacher's output for the batch (only the fields this method needs):
+        looked up in the engine's cache when it built one, computed otherwise."""
+        if self.teacher_cache is not None and "key" in batch:
+            return self.teacher_cache.lookup(batch["key"])
         with torch.no_grad():
-            return self.teacher(x, needs=self.teacher_needs())
+            return self.teacher(batch["image"], needs=self.teacher_needs())
 
     def forward_train(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError

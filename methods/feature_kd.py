@@ -41,7 +41,7 @@ class FeatureKD(Distiller):
 
     def forward_train(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         s = self.student(batch["image"])
-        t = self.teacher_forward(batch["image"])
+        t = self.teacher_forward(batch)
         losses = {"loss_ce": self.ce(s, batch)}
         for branch in self.branches:
             losses[f"loss_kd_{branch}"] = self.weight * self.branch_loss(s, t, branch)

@@ -88,7 +88,7 @@ class LogitKD(Distiller):
 
     def forward_train(self, batch):
         out = self.student(batch["image"])
-        t = self.teacher_forward(batch["image"]).logits
+        t = self.teacher_forward(batch).logits
         kd = F.kl_div(F.log_softmax(out.logits / 4, 1), F.softmax(t / 4, 1),
                       reduction="batchmean") * 16
         return out.logits, {"loss_ce": self.ce(out, batch), "loss_kd": self.hparams["w"] * kd}

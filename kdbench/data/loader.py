@@ -39,6 +39,7 @@ class FrameSplit(Dataset):
             "image": torch.from_numpy(images).permute(0, 3, 1, 2),
             "label": self.labels[pos],
             "pos": torch.as_tensor(pos),
+            "key": torch.as_tensor(2 * pos + flips),  # (frame, flip) slot of a teacher cache
         }
 
 

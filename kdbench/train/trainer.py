@@ -19,6 +19,7 @@ from kdbench.errors import KdbenchError
 from kdbench.progress import console, progress_bar
 from kdbench.train.metrics import detection_metrics
 from kdbench.train.store import atomic_torch_save, atomic_write_jsonl
+from kdbench.train.teacher_cache import TeacherCache
 
 CHECK_EVERY = 20  # steps between finiteness checks of the loss (each check syncs the device)
 
@@ -167,6 +168,22 @@ class Trainer:
                 "the method's loss weight with --set and run again"
             )
 
+    def _attach_teacher_cache(self) -> None:
+        """Give a distiller with a teacher the teacher's outputs for every training frame and
+        flip, computed once here (``train.teacher_cache_mb`` bounds the memory)."""
+        teacher = getattr(self.learner, "teacher", None)
+        budget = int(self.cfg.get("teacher_cache_mb", 0)) << 20
+        if teacher is None or not hasattr(self.learner, "teacher_cache") or budget <= 0:
+            return
+        t0 = time.perf_counter()
+        cache = TeacherCache.build(teacher, self.learner.teacher_needs(), self.splits["train"],
+                                   self.size, self.device, self.cfg["eval_batch_size"], budget)
+        self.learner.teacher_cache = cache
+        state = "over train.teacher_cache_mb, running the teacher live" if cache is None else (
+            f"{sum(t.numel() * t.element_size() for t in cache.store.values()) / 2**20:.0f} MB")
+        console.print(f"{self.label}: teacher cache {state} ({time.perf_counter() - t0:.0f} s)",
+                      highlight=False)
+
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train to the end and return the result (None if stopped early by ``stop_after``)."""
         cfg = self.cfg
@@ -185,6 +202,7 @@ class Trainer:
             sched.load_state_dict(ckpt["scheduler"])
             _set_rng_state(ckpt["rng"])
             start, history, best, wall = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["wall"]
+        self._attach_teacher_cache()
         n = len(self.splits["train"])
         with progress_bar(self.progress) as bar:
             for epoch in range(start, cfg["epochs"]):
