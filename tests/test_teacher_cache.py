@@ -69,3 +69,14 @@ def test_cached_training_resumes_exactly_and_tracks_the_live_teacher(tiny_data, 
     assert learner.teacher_cache is None
     for a, b in zip(full["history"], live["history"]):
         assert a["train_loss_kd_freq"] == pytest.approx(b["train_loss_kd_freq"], rel=1e-3)
+
+
+def test_cache_budget_does_not_change_the_teacher_identity(tiny_data, tmp_path):
+    from kdbench.train.runner import Context, teacher_dir
+
+    def tdir(overrides):
+        cfg = resolve_config("quick", "synthetic", overrides)
+        return teacher_dir(Context(tiny_data, "synthetic", cfg, tmp_path, torch.device("cpu")))
+
+    assert tdir({"train": {"teacher_cache_mb": 0}}) == tdir({})
+    assert tdir({"train": {"lr": 0.5}}) != tdir({})

@@ -113,11 +113,16 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
     return metrics
 
 
+NOT_TEACHER_SETTINGS = {"teacher_cache_mb"}  # settings that cannot change a trained teacher
+
+
 def teacher_dir(ctx: Context) -> Path:
     cfg = ctx.config
     key = config_hash({"dataset": ctx.dataset, "data": {k: v for k, v in cfg["data"].items()
                                                         if k != "workers"},
-                       "train": cfg["train"], "teacher": cfg["teacher"]})
+                       "train": {k: v for k, v in cfg["train"].items()
+                                 if k not in NOT_TEACHER_SETTINGS},
+                       "teacher": cfg["teacher"]})
     return ctx.results / "teachers" / ctx.dataset / f"{cfg['teacher']['backbone']}-{key}"
 
 
