@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ class Context:
     resume: bool = False
     progress: bool = True
     _splits: dict[str, FrameSplit] | None = None
+    commit: str | None = field(default_factory=git_commit)  # the code the runs start with
 
     @property
     def splits(self) -> dict[str, FrameSplit]:
@@ -105,7 +106,7 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
     result.pop("history")
     metrics = {
         "status": "finished", **extra, "dataset": ctx.dataset, "preset": ctx.config["preset"],
-        "config": ctx.config, "versions": versions(), "git_commit": git_commit(),
+        "config": ctx.config, "versions": versions(), "git_commit": ctx.commit,
         "device": str(ctx.device), **result, "params": count_params(model),
         "gflops": gflops(model, ctx.config["data"]["size"]),
     }
