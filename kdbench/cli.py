@@ -75,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for seed in seeds:
         for student in students:
             for entry, mode in plan:
-                spec = RunSpec(args.dataset, student, entry.name, mode, seed, config,
+                spec = RunSpec(args.dataset, student, entry.name, mode, seed,
                                entry.hparams(args.dataset, overrides.get(entry.name)))
                 run_one(ctx, spec, entry, teacher if mode != "none" else None)
     console.print(f"all runs finished in {time.perf_counter() - t0:.0f} s; "

@@ -128,7 +128,6 @@ class RunSpec:
     method: str
     mode: str
     seed: int
-    config: dict[str, Any]
     hparams: dict[str, Any] = field(default_factory=dict)
 
     @property

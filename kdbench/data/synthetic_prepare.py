@@ -15,12 +15,13 @@ def ensure_synthetic(
     returns the prepared folder."""
     cfg = cfg or SynthConfig()
     videos = Path(root) / "videos"
-    generate(videos, cfg, workers=max(1, min(2, _cpus())), progress=progress)
+    workers = max(1, min(2, _cpus()))
+    generate(videos, cfg, workers=workers, progress=progress)
     out = Path(root) / f"prepared-s{size}-f{frames}"
     if not (out / "prepared.json").is_file():
         items = ffpp_items(videos, "c40", MANIPULATIONS)
         prepare_items(items, out, "synthetic", frames, size, "center",
-                      workers=max(1, min(2, _cpus())), progress=progress)
+                      workers=workers, progress=progress)
     return out
 
 
