@@ -32,6 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kdbench.config import RunSpec, parse_set, resolve_config
     from kdbench.data.datasets import open_dataset
     from kdbench.models.backbones import BACKBONES
+    from kdbench.plan import parse_sweep, plan_runs
     from kdbench.progress import console
     from kdbench.registry import load_registry, select_methods
     from kdbench.train.runner import Context, ensure_teacher, pick_device, run_one
@@ -57,12 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     if bad_modes:
         raise KdbenchError(f"unknown mode {bad_modes[0]!r}; --modes takes rgb, both or rgb,both")
     seeds = _seeds(args.seeds)
-    plan = [(e, m) for e in entries for m in e.modes if m == "none" or m in modes]
-    for e, _ in plan:  # resolve and check every override before hours of training start
-        e.resolve()
-        e.hparams(args.dataset, overrides.get(e.name))
-    if not plan:
+    pairs = [(e, m) for e in entries for m in e.modes if m == "none" or m in modes]
+    if not pairs:
         raise KdbenchError(f"no method of {args.methods!r} runs in modes {args.modes!r}")
+    for e, _ in pairs:  # resolve and check every override before hours of training start
+        e.resolve()
+    plan = plan_runs(pairs, args.dataset, overrides, [parse_sweep(s) for s in args.sweep])
     data = open_dataset(args.dataset, args.data_root, config["data"]["size"],
                         config["data"]["frames"], progress=not args.no_progress)
     console.print(f"kdbench run: preset [bold]{preset}[/], dataset [bold]{args.dataset}[/] "
@@ -74,10 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     teacher = ensure_teacher(ctx)
     for seed in seeds:
         for student in students:
-            for entry, mode in plan:
-                spec = RunSpec(args.dataset, student, entry.name, mode, seed,
-                               entry.hparams(args.dataset, overrides.get(entry.name)))
-                run_one(ctx, spec, entry, teacher if mode != "none" else None)
+            for p in plan:
+                spec = RunSpec(args.dataset, student, p.entry.name, p.mode, seed, p.hparams,
+                               p.variant)
+                run_one(ctx, spec, p.entry, teacher if p.mode != "none" else None)
     console.print(f"all runs finished in {time.perf_counter() - t0:.0f} s; "
                   f"`kdbench table --results {args.results}` lists them")
     return 0
@@ -108,6 +109,21 @@ def cmd_table(args: argparse.Namespace) -> int:
                 cells.append(str(v))
         table.add_row(*cells)
     stdout_console().print(table)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from kdbench.progress import console, stdout_console
+    from kdbench.report.gradsim import PANELS, plot_gradsim
+
+    out = Path(args.out) if args.out else Path(args.results) / "gradsim.png"
+    summary = plot_gradsim(Path(args.results), out, args.dataset)
+    for _, row in summary.iterrows():
+        stdout_console().print(
+            f"{row['dataset']}/{row['student']}/{row['method']}/{row['mode']}: "
+            + ", ".join(f"mean {c} {row[c]:+.4f}" for c in PANELS)
+            + f" ({row['seeds']} seeds, {row['records']} records)", highlight=False)
+    console.print(f"wrote {out}")
     return 0
 
 
@@ -178,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="extra registry YAML adding or overriding methods (repeatable)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override a setting, e.g. train.lr=0.001 or at.beta=500")
+    run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
+                     help="one run per value of a method hyper-parameter, e.g. d=128,256 or "
+                     "alpha=1,10,100 (repeatable: all combinations)")
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
     run.add_argument("--resume", action="store_true", help="continue unfinished runs")
     run.add_argument("--no-progress", action="store_true")
@@ -186,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="list the runs of a result store")
     table.add_argument("--results", default="results")
     table.set_defaults(func=cmd_table)
+
+    plot = sub.add_parser("plot", help="figures from the result store")
+    plot.add_argument("figure", choices=("gradsim",))
+    plot.add_argument("--results", default="results")
+    plot.add_argument("--dataset", default=None, help="only this dataset's runs")
+    plot.add_argument("--out", default=None, help="PNG path (default: <results>/gradsim.png)")
+    plot.set_defaults(func=cmd_plot)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.add_argument("--registry", type=Path, action="append", default=[])

@@ -129,7 +129,27 @@ class RunSpec:
     mode: str
     seed: int
     hparams: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""  # the hyper-parameters that differ from the registry's, e.g. "d=256"
+
+    @property
+    def label(self) -> str:
+        """Method name plus its variant: ``tokd`` or ``tokd@d=256``."""
+        return f"{self.method}@{self.variant}" if self.variant else self.method
 
     @property
     def relpath(self) -> str:
-        return f"runs/{self.dataset}/{self.student}/{self.method}/{self.mode}/seed{self.seed}"
+        return f"runs/{self.dataset}/{self.student}/{self.label}/{self.mode}/seed{self.seed}"
+
+
+def variant_tag(hparams: dict[str, Any], defaults: dict[str, Any]) -> str:
+    """``key=value,...`` of the hyper-parameters that differ from ``defaults`` (sorted), or ""."""
+    diff = {k: v for k, v in hparams.items() if k not in defaults or defaults[k] != v}
+    return ",".join(f"{k}={_fmt(v)}" for k, v in sorted(diff.items()))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)

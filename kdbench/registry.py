@@ -28,18 +28,31 @@ class MethodEntry:
     defaults: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: Path = DEFAULT_REGISTRY
+    # extra runs whenever the method runs: [{"set": {...}, "modes": [...]}]
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    # one name setting several hyper-parameters, e.g. alpha -> [alpha1, alpha2]
+    aliases: dict[str, list[str]] = field(default_factory=dict)
+
+    def knows(self, key: str) -> bool:
+        return key in self.defaults or key in self.aliases
 
     def hparams(self, dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Defaults, then the per-dataset overrides, then ``--set <method>.<key>=...``."""
+        """Defaults, then the per-dataset overrides, then ``--set <method>.<key>=...``
+        (an alias sets each hyper-parameter it names)."""
         params = {**self.defaults, **self.datasets.get(dataset, {})}
         for key, value in (overrides or {}).items():
-            if key not in self.defaults:
-                known = ", ".join(f"{self.name}.{k}" for k in self.defaults) or "none"
+            if not self.knows(key):
+                known = ", ".join(f"{self.name}.{k}" for k in [*self.defaults, *self.aliases])
                 raise KdbenchError(
-                    f"unknown hyper-parameter {self.name}.{key}; known: {known}"
+                    f"unknown hyper-parameter {self.name}.{key}; known: {known or 'none'}"
                 )
-            params[key] = value
+            for target in self.aliases.get(key, [key]):
+                params[target] = value
         return params
+
+    def variant_sets(self, mode: str) -> list[dict[str, Any]]:
+        """The hyper-parameter changes of the extra runs declared for ``mode``."""
+        return [dict(v["set"]) for v in self.variants if mode in v.get("modes", [mode])]
 
     def resolve(self) -> type:
         """Import the entry point (``module:Class`` or ``path/to/file.py:Class``)."""
@@ -103,8 +116,20 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
     datasets = raw.get("datasets") or {}
     if not isinstance(defaults, dict) or not isinstance(datasets, dict):
         raise KdbenchError(f"{source}: method {name!r}: 'defaults' and 'datasets' must be mappings")
+    aliases = raw.get("aliases") or {}
+    if not isinstance(aliases, dict) or any(
+            not isinstance(v, list) or any(t not in defaults for t in v) for v in aliases.values()):
+        raise KdbenchError(f"{source}: method {name!r}: 'aliases' must map a name to a list of "
+                           "hyper-parameters from 'defaults'")
+    variants = raw.get("variants") or []
+    if not isinstance(variants, list) or any(
+            not isinstance(v, dict) or not isinstance(v.get("set"), dict)
+            or any(k not in defaults for k in v["set"]) for v in variants):
+        raise KdbenchError(f"{source}: method {name!r}: 'variants' must be a list of "
+                           "{set: {hyper-parameter: value}, modes: [...]} mappings")
     return MethodEntry(name, raw["entry"], list(modes), dict(defaults),
-                       {k: dict(v or {}) for k, v in datasets.items()}, source)
+                       {k: dict(v or {}) for k, v in datasets.items()}, source,
+                       [dict(v) for v in variants], {k: list(v) for k, v in aliases.items()})
 
 
 def read_registry(path: Path) -> dict[str, MethodEntry]:

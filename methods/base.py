@@ -27,6 +27,10 @@ class Distiller(nn.Module):
         # kept out of the module tree: the teacher is frozen and never saved with the student
         self._teacher = [teacher] if teacher is not None else []
         self.teacher_cache = None  # set by the trainer (kdbench.train.teacher_cache)
+        # per-step records the trainer writes to <run>/<name>.jsonl every epoch
+        self.traces: dict[str, list[dict]] = {}
+        # facts about the run the method learns while training, kept in metrics.json
+        self.run_info: dict[str, object] = {}
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
@@ -45,6 +49,10 @@ class Distiller(nn.Module):
             return self.teacher_cache.lookup(batch["key"])
         with torch.no_grad():
             return self.teacher(batch["image"], needs=self.teacher_needs())
+
+    def on_fit_start(self, train_cfg: dict, steps_per_epoch: int) -> None:
+        """Optional: called once before training (and before a resumed checkpoint is loaded),
+        e.g. to build an optimizer of the method's own."""
 
     def forward_train(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError

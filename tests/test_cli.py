@@ -109,10 +109,10 @@ def test_user_registry_method_runs_without_touching_the_repo(capsys, tmp_path):
             "--preset", "quick", "--set", "data.size=16", "--set", "logit_kd.w=2.0",
             "--registry", str(ext / "my.yaml"), "--results", str(results), "--no-progress"]
     assert main(argv) == 0
-    m = json.loads((results / "runs/ff_c40/resnet18_thin/logit_kd/rgb/seed0/metrics.json")
+    m = json.loads((results / "runs/ff_c40/resnet18_thin/logit_kd@w=2/rgb/seed0/metrics.json")
                    .read_text())
     assert m["hparams"] == {"w": 2.0} and m["entry"] == "logit_kd.py:LogitKD"
-    hist = (results / "runs/ff_c40/resnet18_thin/logit_kd/rgb/seed0/history.jsonl").read_text()
+    hist = (results / "runs/ff_c40/resnet18_thin/logit_kd@w=2/rgb/seed0/history.jsonl").read_text()
     assert "train_loss_kd" in hist
 
 
@@ -143,3 +143,45 @@ def test_teacher_without_checkpoint_is_trained_again(capsys, tmp_path):
     assert main(argv) == 0
     assert "training it again" in capsys.readouterr().err
     assert json.loads((teacher / "metrics.json").read_text())["test"] == first
+
+
+@pytest.mark.slow
+def test_tokd_run_writes_gradient_traces_and_the_plot(capsys, tmp_path):
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    results = tmp_path / "R"
+    argv = ["run", "--methods", "tokd", "--dataset", "ff_c40", "--data-root", str(data),
+            "--preset", "quick", "--set", "data.size=16", "--set", "tokd.gradsim_every=1",
+            "--results", str(results), "--no-progress"]
+    assert main(argv) == 0
+    root = results / "runs/ff_c40/resnet18_thin"
+    # every setting that differs from the registry's names the run's folder
+    on_dir, off_dir = "tokd@gradsim_every=1", "tokd@gradsim_every=1,rotation=false"
+    for sub in (f"{on_dir}/rgb", f"{on_dir}/both", f"{off_dir}/both"):
+        m = json.loads((root / sub / "seed0/metrics.json").read_text())
+        assert m["status"] == "finished"
+    assert not (root / on_dir / "rgb/seed0/gradsim.jsonl").exists()
+    on = [json.loads(x) for x in (root / on_dir / "both/seed0/gradsim.jsonl").read_text()
+          .splitlines()]
+    off = [json.loads(x) for x in (root / off_dir / "both/seed0/gradsim.jsonl").read_text()
+           .splitlines()]
+    assert len(on) == len(off) > 0  # every step of both epochs
+    assert all(r["rotation"] for r in on) and not any(r["rotation"] for r in off)
+    m = json.loads((root / on_dir / "both/seed0/metrics.json").read_text())
+    assert m["run_info"]["d_effective"] == 256  # S_B(x) is 256 x 1 x 1 at 16 px
+    assert m["variant"] == "gradsim_every=1" and m["hparams"]["gradsim_every"] == 1
+    hist = (root / on_dir / "both/seed0/history.jsonl").read_text()
+    assert "rot_cos" in hist and "train_loss_kd_freq" in hist
+    capsys.readouterr()
+    png = tmp_path / "g.png"
+    assert main(["plot", "gradsim", "--results", str(results), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert f"{on_dir}/both" in out and f"{off_dir}/both" in out
+    # the same folder with other settings is refused, not silently reused
+    code, err = _run(capsys, *argv[:-1], "--set", "train.lr=0.5", "--no-progress")
+    assert code == 2 and "holds a finished run with other settings" in err
+
+
+def test_plot_without_traces_names_the_fix(capsys, tmp_path):
+    code, err = _run(capsys, "plot", "gradsim", "--results", str(tmp_path))
+    assert code == 2 and "kdbench run --methods tokd" in err

@@ -82,3 +82,15 @@ def test_select_methods():
     assert [e.name for e in select_methods(reg, "all")] == list(reg)
     with pytest.raises(KdbenchError, match="unknown method 'nope'"):
         select_methods(reg, "vanilla,nope")
+
+
+def test_malformed_variants_and_aliases_are_one_line_errors(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("m:\n  entry: methods.vanilla:Vanilla\n  defaults: {w: 1}\n"
+                   "  variants: [{set: {nope: 1}}]\n")
+    with pytest.raises(KdbenchError, match="'variants' must be"):
+        read_registry(bad)
+    bad.write_text("m:\n  entry: methods.vanilla:Vanilla\n  defaults: {w: 1}\n"
+                   "  aliases: {x: [nope]}\n")
+    with pytest.raises(KdbenchError, match="'aliases' must map"):
+        read_registry(bad)

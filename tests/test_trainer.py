@@ -42,6 +42,29 @@ def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
         assert (tmp_path / "b" / name).is_file()
 
 
+def _tokd():
+    from kdbench.models.teacher import DualBranchTeacher
+    from methods.tokd import TOKD
+
+    seed_everything(0)
+    teacher = DualBranchTeacher("resnet18_thin", proj_dim=8)
+    return TOKD(create_student("resnet18_thin"), teacher, "both", d=64, gradsim_every=1)
+
+
+def test_tokd_resume_restores_rotations_their_optimizer_and_the_trace(tiny_data, tmp_path):
+    full = _trainer(tiny_data, tmp_path / "a", learner=_tokd()).fit()
+    assert _trainer(tiny_data, tmp_path / "b", learner=_tokd()).fit(stop_after=1) is None
+    resumed = _trainer(tiny_data, tmp_path / "b", learner=_tokd()).fit(resume=True)
+    assert _strip(resumed["history"]) == _strip(full["history"])
+    trace_a = (tmp_path / "a/gradsim.jsonl").read_text()
+    assert trace_a == (tmp_path / "b/gradsim.jsonl").read_text()
+    assert len(trace_a.splitlines()) == 3 * 3  # 3 epochs x 3 steps, one record per step
+    a = torch.load(tmp_path / "a/last.pt", weights_only=False)["learner"]
+    b = torch.load(tmp_path / "b/last.pt", weights_only=False)["learner"]
+    assert torch.equal(a["rotations.rgb.weight"], b["rotations.rgb.weight"])
+    assert a["rotations.rgb.weight"].abs().sum() > 0  # the rotation moved
+
+
 def test_training_learns_the_tiny_task(tiny_data, tmp_path):
     result = _trainer(tiny_data, tmp_path, epochs=4).fit()
     h = result["history"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import platform
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +58,9 @@ def versions() -> dict[str, str]:
     import kdbench
 
     return {"kdbench": kdbench.__version__, "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__}
+            "torch": torch.__version__, "timm": timm.__version__,
+            # CPU results depend on the thread count (the order of float reductions)
+            "torch_threads": torch.get_num_threads()}
 
 
 @dataclass
@@ -91,6 +97,29 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
         if metrics.get("status") == "finished":
             return metrics
     return None
+
+
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a run's result (not workers or the cache budget)."""
+    return {"data": {k: v for k, v in config["data"].items() if k != "workers"},
+            "train": {k: v for k, v in config["train"].items() if k not in NOT_TEACHER_SETTINGS},
+            "teacher": config["teacher"], "student": config["student"]}
+
+
+def _check_same_run(run_dir: Path, done: dict[str, Any], ctx: Context,
+                    hparams: dict[str, Any]) -> None:
+    """A finished run folder must hold the run asked for; say so instead of reusing another."""
+    old, new = comparable_config(done.get("config", ctx.config)), comparable_config(ctx.config)
+    diffs = [f"{sec}.{k}: {old[sec][k]!r} -> {new[sec][k]!r}" for sec in new
+             for k in new[sec] if k in old.get(sec, {}) and old[sec][k] != new[sec][k]]
+    recorded = done.get("hparams", {})
+    diffs += [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in hparams.items()
+              if k in recorded and recorded[k] != v]
+    if diffs:
+        raise KdbenchError(
+            f"{run_dir} holds a finished run with other settings (preset "
+            f"{done.get('preset')!r}; {diffs[0]}); use another --results folder or delete it"
+        )
 
 
 def _fresh(run_dir: Path, resume: bool) -> None:
@@ -138,6 +167,16 @@ def ensure_teacher(ctx: Context) -> DualBranchTeacher:
     seed = ctx.config["teacher"]["seed"]
     seed_everything(seed)
     teacher = build_teacher(ctx.config)
+    while True:
+        with run_lock(run_dir) as mine:
+            if mine:
+                return _train_or_load_teacher(ctx, run_dir, teacher, seed)
+        console.print(f"teacher: another kdbench process is training {run_dir}; waiting")
+        time.sleep(30)
+
+
+def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
+                           seed: int) -> DualBranchTeacher:
     done = _finished(run_dir)
     if done is not None and not (run_dir / "best.pt").is_file():
         # a committed result store keeps metrics but no checkpoints: retrain (deterministic)
@@ -158,6 +197,12 @@ def ensure_teacher(ctx: Context) -> DualBranchTeacher:
     return teacher.to(ctx.device).eval()
 
 
+def _teacher_test(ctx: Context) -> dict[str, Any] | None:
+    """The test metrics of the teacher a run distilled from (it may be retrained later)."""
+    done = _finished(teacher_dir(ctx))
+    return done["test"] if done else None
+
+
 def _summary(name: str, m: dict[str, Any]) -> None:
     t = m["test"]
     console.print(
@@ -166,14 +211,60 @@ def _summary(name: str, m: dict[str, Any]) -> None:
     )
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[bool]:
+    """Claim ``run_dir`` for this process (``run.lock`` holds the pid); yields False when a
+    live process on this machine holds it, so two `kdbench run`s can share a result store."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / "run.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # left by a process that is gone
+                continue
+            except PermissionError:
+                pass
+            yield False
+            return
+    else:
+        yield False
+        return
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        yield True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
-            teacher: DualBranchTeacher | None) -> dict[str, Any]:
-    """Train one student with one method, mode and seed; returns its metrics."""
+            teacher: DualBranchTeacher | None) -> dict[str, Any] | None:
+    """Train one student with one method, mode and seed; returns its metrics (None when
+    another process is training that run)."""
     run_dir = ctx.results / spec.relpath
-    name = f"{spec.student}/{spec.method}/{spec.mode}/seed{spec.seed}"
+    name = f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
     done = _finished(run_dir)
     if done is not None:
+        _check_same_run(run_dir, done, ctx, spec.hparams)
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
+        return done
+    with run_lock(run_dir) as mine:
+        if not mine:
+            console.print(f"skip {name}: another kdbench process is training it")
+            return None
+        return _train_one(ctx, spec, entry, teacher, run_dir, name)
+
+
+def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
+               teacher: DualBranchTeacher | None, run_dir: Path, name: str) -> dict[str, Any]:
+    done = _finished(run_dir)  # finished by another process meanwhile
+    if done is not None:
         return done
     _fresh(run_dir, ctx.resume)
     cls = entry.resolve()
@@ -182,9 +273,11 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     distiller = cls(student, teacher if spec.mode != "none" else None, spec.mode, **spec.hparams)
     result = ctx.trainer(distiller, run_dir, spec.seed, name).fit(resume=ctx.resume)
     metrics = _record(ctx, run_dir, result, student, {
-        "role": "student", "student": spec.student, "method": spec.method, "mode": spec.mode,
-        "seed": spec.seed, "hparams": spec.hparams, "entry": entry.entry,
-        "teacher": str(teacher_dir(ctx)) if teacher is not None else None,
+        "role": "student", "student": spec.student, "method": spec.method,
+        "variant": spec.variant, "mode": spec.mode, "seed": spec.seed, "hparams": spec.hparams,
+        "entry": entry.entry, "teacher": str(teacher_dir(ctx)) if teacher is not None else None,
+        "teacher_test": _teacher_test(ctx) if teacher is not None else None,
+        "run_info": dict(getattr(distiller, "run_info", {})),
     })
     _summary(name, metrics)
     return metrics

@@ -194,10 +194,16 @@ class Trainer:
                                weight_decay=cfg["weight_decay"])
         sched = torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
         start, history, best, wall = 0, [], None, 0.0
+        steps_per_epoch = max(len(self.splits["train"]) // cfg["batch_size"], 1)
+        if hasattr(self.learner, "on_fit_start"):
+            self.learner.on_fit_start(cfg, steps_per_epoch)
+        traces: dict[str, list] = getattr(self.learner, "traces", {})
         last = self.run_dir / "last.pt"
         if resume and last.is_file():
             ckpt = torch.load(last, map_location=self.device, weights_only=False)
             self.learner.load_state_dict(ckpt["learner"])
+            for name, rows in ckpt.get("traces", {}).items():
+                traces[name] = list(rows)
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
             _set_rng_state(ckpt["rng"])
@@ -227,8 +233,11 @@ class Trainer:
                     "epoch": epoch + 1, "learner": self.learner.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "rng": _rng_state(), "best": best, "history": history, "wall": wall,
+                    "traces": traces,
                 })
                 atomic_write_jsonl(self.run_dir / "history.jsonl", history)
+                for name, rows in traces.items():
+                    atomic_write_jsonl(self.run_dir / f"{name}.jsonl", rows)
                 if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg["epochs"]:
                     return None
         state = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)

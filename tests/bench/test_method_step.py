@@ -28,6 +28,7 @@ def _stepper(name: str, mode: str, teacher, batch):
     d = entry.resolve()(create_student("resnet18_thin"), None if mode == "none" else teacher,
                         mode, **entry.hparams("synthetic"))
     opt = torch.optim.Adam(d.trainable_modules().parameters(), lr=1e-3)
+    d.on_fit_start({"lr": 1e-3, "step_size": 8, "gamma": 0.1}, steps_per_epoch=50)
     d.train()
 
     def step():

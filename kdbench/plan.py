@@ -1,0 +1,71 @@
+"""The runs one `kdbench run` asks for: methods x modes x (default, registry variants, sweeps)."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from kdbench.config import variant_tag
+from kdbench.errors import KdbenchError
+from kdbench.registry import MethodEntry
+
+
+@dataclass
+class Sweep:
+    """``--sweep [method.]key=v1,v2,...``: one run per value."""
+
+    method: str | None
+    key: str
+    values: list[Any]
+
+
+def parse_sweep(text: str) -> Sweep:
+    key, sep, raw = text.partition("=")
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    if not sep or not key.strip() or not values:
+        raise KdbenchError(f"--sweep expects key=v1,v2,... (e.g. d=128,256), got {text!r}")
+    method, _, name = key.strip().rpartition(".")
+    return Sweep(method or None, name, [yaml.safe_load(v) for v in values])
+
+
+@dataclass
+class PlannedRun:
+    entry: MethodEntry
+    mode: str
+    hparams: dict[str, Any]
+    variant: str
+
+
+def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
+              overrides: dict[str, dict[str, Any]], sweeps: list[Sweep]) -> list[PlannedRun]:
+    """Each (method, mode) runs with its hyper-parameters, then once per registry variant of
+    that mode and once per combination of the sweep values that apply to the method. A sweep
+    key that no selected method knows is an error. Runs with equal settings are listed once."""
+    for sw in sweeps:
+        if not any(_applies(sw, e) for e, _ in pairs):
+            names = ", ".join(sorted({e.name for e, _ in pairs}))
+            raise KdbenchError(f"--sweep {sw.key}: no selected method ({names}) has a "
+                               f"hyper-parameter {sw.key!r}; see `kdbench methods`")
+    planned, seen = [], set()
+    for entry, mode in pairs:
+        base = overrides.get(entry.name, {})
+        defaults = entry.hparams(dataset)
+        mine = [sw for sw in sweeps if _applies(sw, entry)]
+        changes = [{}, *entry.variant_sets(mode)]
+        if mine:
+            changes += [dict(zip([sw.key for sw in mine], combo))
+                        for combo in itertools.product(*(sw.values for sw in mine))]
+        for change in changes:
+            hp = entry.hparams(dataset, {**base, **change})
+            tag = variant_tag(hp, defaults)
+            if (entry.name, mode, tag) not in seen:
+                seen.add((entry.name, mode, tag))
+                planned.append(PlannedRun(entry, mode, hp, tag))
+    return planned
+
+
+def _applies(sw: Sweep, entry: MethodEntry) -> bool:
+    return (sw.method is None or sw.method == entry.name) and entry.knows(sw.key)

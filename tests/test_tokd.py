@@ -1,0 +1,253 @@
+"""TOKD: rotations stay in SO(d), the gradient the backbone receives, the rotation step, modes."""
+
+import pytest
+import torch
+from torch import nn
+
+from kdbench.errors import KdbenchError
+from kdbench.models.outputs import StudentOut, TeacherOut
+from methods.tokd import (
+    TOKD,
+    Rotation,
+    cayley,
+    per_sample_cosine,
+    rotate,
+    rotate_back,
+    rotation_loss,
+    tokd_kd_loss,
+)
+
+C, H, W, PROJ = 6, 2, 2, 4
+TRAIN_CFG = {"lr": 1e-2, "step_size": 5, "gamma": 0.1}
+
+
+class ToyStudent(nn.Module):
+    """S_B = one conv; keeps S_B(x) with its gradient for the tests."""
+
+    stage_channels = [C]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, C, 3, stride=4, padding=1)
+        self.fc = nn.Linear(C, 2)
+
+    def forward(self, x):
+        z = self.conv(x)
+        z.retain_grad()
+        self.z = z
+        pooled = z.mean((2, 3))
+        return StudentOut(logits=self.fc(pooled), feats=[z], pooled=pooled)
+
+
+class ToyTeacher(nn.Module):
+    """Fixed random projected features; asking for a field it was told to refuse raises."""
+
+    proj_dim = PROJ
+
+    def __init__(self, refuse: frozenset = frozenset()) -> None:
+        super().__init__()
+        self.refuse = refuse
+        g = torch.Generator().manual_seed(1)
+        self.w = {"rgb_proj": torch.randn(3, PROJ, generator=g),
+                  "freq_proj": torch.randn(3, PROJ, generator=g)}
+
+    def forward(self, x, needs=None):
+        needs = {"rgb_proj", "freq_proj"} if needs is None else needs
+        if needs & self.refuse:
+            raise AssertionError(f"teacher asked for {needs & self.refuse}")
+        small = nn.functional.adaptive_avg_pool2d(x, (H, W))
+        out = TeacherOut(logits=torch.zeros(len(x), 2))
+        for name in needs:
+            setattr(out, name, torch.einsum("bchw,cp->bphw", small, self.w[name]))
+        return out
+
+
+def _batch(b=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"image": torch.randn(b, 3, 4 * H, 4 * W, generator=g),
+            "label": torch.randint(0, 2, (b,), generator=g)}
+
+
+def _tokd(mode="both", seed=0, **hp):
+    torch.manual_seed(seed)
+    m = TOKD(ToyStudent(), ToyTeacher(hp.pop("refuse", frozenset())), mode, **hp)
+    m.on_fit_start(TRAIN_CFG, steps_per_epoch=10)
+    return m
+
+
+def test_cayley_stays_in_so_d_after_many_steps():
+    torch.manual_seed(0)
+    rot = Rotation(16)
+    opt = torch.optim.Adam(rot.parameters(), lr=0.05)
+    target = torch.randn(16, 16)
+    for _ in range(300):
+        loss = (rot.matrix() * target).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    r = rot.matrix()
+    assert (r - torch.eye(16)).abs().max() > 0.5  # it really moved
+    assert torch.allclose(r.T @ r, torch.eye(16), atol=1e-4)
+    assert abs(float(torch.linalg.det(r.detach())) - 1.0) < 1e-4
+    assert torch.equal(cayley(torch.zeros(5, 5)), torch.eye(5))
+
+
+def test_rotate_and_rotate_back_are_inverse_in_both_modes():
+    r = cayley(torch.randn(3, 3))
+    v = torch.randn(2, 3)
+    assert torch.allclose(rotate(v, r, "flat"), (r @ v.T).T, atol=1e-6)
+    assert torch.allclose(rotate_back(rotate(v, r, "flat"), r, "flat"), v, atol=1e-5)
+    m = torch.randn(2, 3, 4, 5)
+    expected = torch.einsum("dc,bchw->bdhw", r, m)
+    assert torch.allclose(rotate(m, r, "channel"), expected, atol=1e-6)
+    assert torch.allclose(rotate_back(rotate(m, r, "channel"), r, "channel"), m, atol=1e-5)
+
+
+def test_kd_loss_is_the_distance_of_l2_normalised_features():
+    fs = torch.tensor([[3.0, 4.0], [1.0, 0.0]]).view(2, 2, 1, 1)
+    ft = torch.tensor([[4.0, 3.0], [0.0, 2.0]]).view(2, 2, 1, 1)
+    # sample 1: (0.6, 0.8) vs (0.8, 0.6) -> 0.04 + 0.04; sample 2: (1, 0) vs (0, 1) -> 2
+    assert tokd_kd_loss(fs, ft).item() == pytest.approx((0.08 + 2.0) / 2)
+
+
+def test_rotation_loss_is_minus_the_summed_cosine_to_the_mean_gradient():
+    g1 = torch.tensor([[1.0, 0.0]])
+    g2 = torch.tensor([[0.0, 1.0]])
+    eye = torch.eye(2)
+    # each is at 45 degrees to the mean (0.5, 0.5)
+    assert rotation_loss([g1, g2], [eye, eye], "flat").item() == pytest.approx(-2 * 0.5 ** 0.5)
+
+
+def test_at_initialisation_the_forward_equals_an_unrotated_one():
+    batch = _batch()
+    on, off = _tokd(seed=3), _tokd(seed=3, rotation=False)
+    logits_on, loss_on = on.forward_train(batch)
+    logits_off, loss_off = off.forward_train(batch)
+    assert torch.equal(logits_on, logits_off)
+    for k in loss_on:
+        assert torch.allclose(loss_on[k], loss_off[k], atol=1e-6), k
+
+
+@pytest.mark.parametrize("mode", ["flat", "channel"])
+def test_backbone_gradient_is_cls_plus_rotated_back_branch_gradients(mode):
+    d = 10 if mode == "flat" else 4
+    m = _tokd(d=d, rotation_mode=mode, alpha1=3.0, alpha2=7.0)
+    with torch.no_grad():  # away from the identity
+        for rot in m.rotations.values():
+            rot.weight.normal_(0, 0.5)
+    batch = _batch()
+    _, losses = m.forward_train(batch)
+    z = m.student.z
+    rs = {b: cayley(m.rotations[b].weight) for b in ("rgb", "freq")}
+    ms = m._step_state["m"]
+    g_cls = torch.autograd.grad(losses["loss_ce"], z, retain_graph=True)[0]
+    g = {b: torch.autograd.grad(losses[f"loss_kd_{b}"], ms[b], retain_graph=True)[0]
+         for b in ("rgb", "freq")}
+    expected = g_cls.flatten(1) if mode == "flat" else g_cls.clone()
+    for b in ("rgb", "freq"):
+        head = rotate_back(g[b][:, :d], rs[b].detach(), mode)
+        expected = expected + torch.cat([head, g[b][:, d:]], 1)
+    z.grad = None  # torch.autograd.grad fills .grad of tensors that retain it
+    sum(losses.values()).backward()
+    assert torch.allclose(z.grad.flatten(1), expected.flatten(1), atol=1e-6)
+    assert all(r.weight.grad is None for r in m.rotations.values())  # detached in L_S
+
+
+def test_rotation_step_raises_the_cosine_of_conflicting_gradients():
+    torch.manual_seed(0)
+    b, d = 32, 8
+    shared = torch.randn(b, d)
+    g_r = shared + 2.0 * torch.randn(b, d)
+    g_f = -shared + 2.0 * torch.randn(b, d)  # pulls against g_r
+    rots = [Rotation(d), Rotation(d)]
+    opt = torch.optim.Adam([p for r in rots for p in r.parameters()], lr=0.02)
+
+    def cos():
+        with torch.no_grad():
+            r1, r2 = (r.matrix() for r in rots)
+            return float(per_sample_cosine(g_r @ r1, g_f @ r2).mean())
+
+    before = cos()
+    for _ in range(200):
+        loss = rotation_loss([g_r, g_f], [r.matrix() for r in rots], "flat")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before < -0.05
+    assert cos() > before + 0.3
+
+
+def test_after_backward_updates_the_rotations_and_logs_the_gradient_cosine():
+    m = _tokd(d=8, gradsim_every=2)
+    before = {b: r.weight.detach().clone() for b, r in m.rotations.items()}
+    for step in range(3):
+        _, losses = m.forward_train(_batch(seed=step))
+        sum(losses.values()).backward()
+        out = m.after_backward(step)
+        assert 0.0 < out["rot_cos"] <= 1.0 and out["rot_lr"] > 0
+    assert all(not torch.equal(before[b], r.weight) for b, r in m.rotations.items())
+    steps = [rec["step"] for rec in m.traces["gradsim"]]
+    assert steps == [0, 2]
+    rec = m.traces["gradsim"][0]
+    assert -1 <= rec["cos_full"] <= 1 and -1 <= rec["cos_sub"] <= 1 and rec["rotation"]
+    assert m.run_info["d_effective"] == 8
+
+
+def test_rotation_lr_decays_faster_than_the_students():
+    m = _tokd(rot_decay=0.5)
+    ratio = [m.rotation_lr(e * 10) / (TRAIN_CFG["lr"] * 0.1 ** (e // 5)) for e in range(12)]
+    assert all(a > b for a, b in zip(ratio, ratio[1:]))
+    assert ratio[0] == pytest.approx(1.0)
+
+
+def test_rgb_mode_uses_neither_the_frequency_projector_nor_the_rotations():
+    m = _tokd("rgb", refuse=frozenset({"freq_proj"}))
+    assert set(m.projectors) == {"rgb"} and len(m.rotations) == 0
+    assert m.teacher_needs() == {"rgb_proj"}
+    _, losses = m.forward_train(_batch())
+    assert set(losses) == {"loss_ce", "loss_kd_rgb"}
+    sum(losses.values()).backward()
+    assert m.after_backward(0) == {} and m.traces == {}
+
+
+def test_ablation_switches():
+    fre_only = _tokd(use_rgb=False, refuse=frozenset({"rgb_proj"}))
+    assert set(fre_only.projectors) == {"freq"} and len(fre_only.rotations) == 0
+    _, losses = fre_only.forward_train(_batch())
+    assert set(losses) == {"loss_ce", "loss_kd_freq"}
+    plain = _tokd(projectors=False)
+    assert all(isinstance(p, nn.Conv2d) and p.kernel_size == (1, 1)
+               for p in plain.projectors.values())
+    full = _tokd()
+    assert len(full.projectors["rgb"]) == 6 and len(full.projectors["freq"]) == 9  # 2 / 3 blocks
+    assert set(full.rotations) == {"rgb", "freq"}
+    assert not any(p is q for p in full.trainable_modules().parameters()
+                   for q in full.rotations.parameters())
+    with pytest.raises(KdbenchError, match="both false"):
+        _tokd(use_rgb=False, use_fre=False)
+
+
+def test_channel_rotation_larger_than_the_channels_is_a_clear_error():
+    with pytest.raises(KdbenchError, match=f"exceeds the {C} channels"):
+        _tokd(rotation_mode="channel", d=C + 1)
+    _tokd(rotation_mode="channel", d=C).forward_train(_batch())
+
+
+def test_flat_rotation_larger_than_s_b_is_clamped_and_recorded():
+    m = _tokd(d=1000)  # S_B(x) has C*H*W = 24 values
+    _, losses = m.forward_train(_batch())
+    sum(losses.values()).backward()
+    m.after_backward(0)
+    assert m.run_info["d_effective"] == C * H * W
+
+
+def test_rotation_optimizer_state_travels_with_the_state_dict():
+    m = _tokd(d=8)
+    _, losses = m.forward_train(_batch())
+    sum(losses.values()).backward()
+    m.after_backward(0)
+    state = m.state_dict()
+    fresh = _tokd(d=8)
+    fresh.load_state_dict(state)
+    a, b = m._rot_opt.state_dict()["state"], fresh._rot_opt.state_dict()["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
