@@ -93,6 +93,14 @@ def cmd_table(args: argparse.Namespace) -> int:
     df = collect_runs(Path(args.results))
     if df.empty:
         raise KdbenchError(f"no runs under {args.results}; start some with `kdbench run`")
+    for col in ("dataset", "student"):
+        wanted = getattr(args, col)
+        if wanted:
+            df = df[df[col] == wanted]
+            if df.empty:
+                raise KdbenchError(f"no runs with {col} {wanted!r} under {args.results}")
+    if args.kind != "runs":
+        return _paper_table(args, df)
     table = Table(title=f"runs in {args.results}")
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in ("acc", "auc", "eer", "video_auc",
@@ -101,10 +109,13 @@ def cmd_table(args: argparse.Namespace) -> int:
         cells = []
         for col in COLUMNS:
             v = row[col]
+            if col == "method" and row["variant"]:
+                v = f"{v}@{row['variant']}"
             if v is None or (isinstance(v, float) and v != v):
                 cells.append("-")
             elif isinstance(v, float):
-                cells.append(f"{v:.0f}" if col == "wall_s" else f"{v:.4f}")
+                whole = col in ("wall_s", "best_epoch", "seed")
+                cells.append(f"{v:.0f}" if whole else f"{v:.4f}")
             else:
                 cells.append(str(v))
         table.add_row(*cells)
@@ -116,7 +127,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from kdbench.progress import console, stdout_console
     from kdbench.report.gradsim import PANELS, plot_gradsim
 
-    out = Path(args.out) if args.out else Path(args.results) / "gradsim.png"
+    out = Path(args.out) if args.out else Path(args.results) / f"{args.figure}.png"
+    if args.figure != "gradsim":
+        return _plot_runs(args, out)
     summary = plot_gradsim(Path(args.results), out, args.dataset)
     for _, row in summary.iterrows():
         stdout_console().print(
@@ -124,6 +137,42 @@ def cmd_plot(args: argparse.Namespace) -> int:
             + ", ".join(f"mean {c} {row[c]:+.4f}" for c in PANELS)
             + f" ({row['seeds']} seeds, {row['records']} records)", highlight=False)
     console.print(f"wrote {out}")
+    return 0
+
+
+def _paper_table(args: argparse.Namespace, df) -> int:
+    from kdbench.progress import console
+    from kdbench.registry import load_registry
+    from kdbench.report import tables
+
+    report = tables.build(args.kind, df, load_registry(args.registry), args.metric)
+    text = report.render(args.format)
+    if args.out:
+        from kdbench.train.store import atomic_write_text
+
+        atomic_write_text(Path(args.out), text)
+        console.print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _plot_runs(args: argparse.Namespace, out: Path) -> int:
+    from kdbench.progress import console
+    from kdbench.registry import load_registry
+    from kdbench.report.figures import plot_curves, plot_sweep
+    from kdbench.report.listing import collect_runs
+
+    runs = collect_runs(Path(args.results))
+    if args.dataset:
+        runs = runs[runs["dataset"] == args.dataset]
+    if runs.empty:
+        raise KdbenchError(f"no runs under {args.results}; start some with `kdbench run`")
+    if args.figure == "curves":
+        n = plot_curves(runs, out)
+    else:
+        n = plot_sweep(runs, load_registry(), args.figure, out)
+    console.print(f"wrote {out} ({n} {'runs' if args.figure == 'curves' else 'points'})")
     return 0
 
 
@@ -202,15 +251,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
 
-    table = sub.add_parser("table", help="list the runs of a result store")
+    table = sub.add_parser("table", help="the runs of a result store, or a paper table")
+    table.add_argument("--kind", default="runs",
+                       choices=("runs", "comparison", "ablation", "rotation", "alpha", "teacher"),
+                       help="runs: every run folder; comparison: Table 3; ablation: Table 6; "
+                       "rotation: Table 5; alpha: Fig. 3; teacher: Table 4 (mean ± std)")
     table.add_argument("--results", default="results")
+    table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
+    table.add_argument("--metric", choices=("acc", "auc", "eer", "video_auc"), default="acc")
+    table.add_argument("--dataset", default=None)
+    table.add_argument("--student", default=None)
+    table.add_argument("--registry", type=Path, action="append", default=[],
+                       help="user registry (its methods' column order)")
+    table.add_argument("--out", default=None, help="write to this file instead of stdout")
     table.set_defaults(func=cmd_table)
 
     plot = sub.add_parser("plot", help="figures from the result store")
-    plot.add_argument("figure", choices=("gradsim",))
+    plot.add_argument("figure", choices=("gradsim", "alpha", "rotation", "curves"),
+                      help="gradsim: Fig. 4; alpha: Fig. 3; rotation: accuracy vs d (Table 5); "
+                      "curves: train loss / val acc per epoch of every run")
     plot.add_argument("--results", default="results")
     plot.add_argument("--dataset", default=None, help="only this dataset's runs")
-    plot.add_argument("--out", default=None, help="PNG path (default: <results>/gradsim.png)")
+    plot.add_argument("--out", default=None,
+                      help="PNG or SVG path (default: <results>/<figure>.png)")
     plot.set_defaults(func=cmd_plot)
 
     methods = sub.add_parser("methods", help="list the registered methods")

@@ -28,7 +28,12 @@ def parse_sweep(text: str) -> Sweep:
     if not sep or not key.strip() or not values:
         raise KdbenchError(f"--sweep expects key=v1,v2,... (e.g. d=128,256), got {text!r}")
     method, _, name = key.strip().rpartition(".")
-    return Sweep(method or None, name, [yaml.safe_load(v) for v in values])
+    try:
+        parsed = [yaml.safe_load(v) for v in values]
+    except yaml.YAMLError as exc:
+        raise KdbenchError(f"--sweep {text!r}: a value is not a number, word or true/false") \
+            from exc
+    return Sweep(method or None, name, parsed)
 
 
 @dataclass
@@ -44,7 +49,12 @@ def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
     """Each (method, mode) runs with its hyper-parameters, then once per registry variant of
     that mode and once per combination of the sweep values that apply to the method. A sweep
     key that no selected method knows is an error. Runs with equal settings are listed once."""
+    seen_keys: set[tuple[str | None, str]] = set()
     for sw in sweeps:
+        if (sw.method, sw.key) in seen_keys:
+            raise KdbenchError(f"--sweep {sw.key} is given twice; list all values in one: "
+                               f"--sweep {sw.key}=v1,v2,...")
+        seen_keys.add((sw.method, sw.key))
         if not any(_applies(sw, e) for e, _ in pairs):
             names = ", ".join(sorted({e.name for e, _ in pairs}))
             raise KdbenchError(f"--sweep {sw.key}: no selected method ({names}) has a "
@@ -52,6 +62,7 @@ def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
     planned, seen = [], set()
     for entry, mode in pairs:
         base = overrides.get(entry.name, {})
+        ignored = entry.resolve().ignored_hparams(mode)
         defaults = entry.hparams(dataset)
         mine = [sw for sw in sweeps if _applies(sw, entry)]
         changes = [{}, *entry.variant_sets(mode)]
@@ -60,7 +71,7 @@ def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
                         for combo in itertools.product(*(sw.values for sw in mine))]
         for change in changes:
             hp = entry.hparams(dataset, {**base, **change})
-            tag = variant_tag(hp, defaults)
+            tag = variant_tag({k: v for k, v in hp.items() if k not in ignored}, defaults)
             if (entry.name, mode, tag) not in seen:
                 seen.add((entry.name, mode, tag))
                 planned.append(PlannedRun(entry, mode, hp, tag))

@@ -32,6 +32,8 @@ class MethodEntry:
     variants: list[dict[str, Any]] = field(default_factory=list)
     # one name setting several hyper-parameters, e.g. alpha -> [alpha1, alpha2]
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    # the paper tables this method's runs fill (kdbench.report.tables.REPORT_KINDS)
+    reports: dict[str, Any] = field(default_factory=dict)
 
     def knows(self, key: str) -> bool:
         return key in self.defaults or key in self.aliases
@@ -47,7 +49,7 @@ class MethodEntry:
                     f"unknown hyper-parameter {self.name}.{key}; known: {known or 'none'}"
                 )
             for target in self.aliases.get(key, [key]):
-                params[target] = value
+                params[target] = _coerce(value, self.defaults[target], f"{self.name}.{key}")
         return params
 
     def variant_sets(self, mode: str) -> list[dict[str, Any]]:
@@ -89,6 +91,35 @@ class MethodEntry:
         return path if path.is_absolute() else (self.source.parent / path).resolve()
 
 
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    """``value`` in the type of the registry default (so 0 / "1e-3" / 1e0 become false / 0.001
+    / 1.0 and name one folder, not several)."""
+    if default is None or value is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            if value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if isinstance(default, int):
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError
+            return int(as_float)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if isinstance(default, str):
+            return str(value)
+    except (TypeError, ValueError):
+        raise KdbenchError(f"{name}={value!r} does not fit the type of its default "
+                           f"{default!r} ({type(default).__name__})") from None
+    return value
+
+
 def _import_file(path: Path):
     if not path.is_file():
         raise KdbenchError(f"method file {path} not found; fix the entry path in the registry")
@@ -127,9 +158,39 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
             or any(k not in defaults for k in v["set"]) for v in variants):
         raise KdbenchError(f"{source}: method {name!r}: 'variants' must be a list of "
                            "{set: {hyper-parameter: value}, modes: [...]} mappings")
+    reports = raw.get("reports") or {}
+    _check_reports(name, reports, defaults, aliases, source)
     return MethodEntry(name, raw["entry"], list(modes), dict(defaults),
                        {k: dict(v or {}) for k, v in datasets.items()}, source,
-                       [dict(v) for v in variants], {k: list(v) for k, v in aliases.items()})
+                       [dict(v) for v in variants], {k: list(v) for k, v in aliases.items()},
+                       dict(reports))
+
+
+def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, source: Path) -> None:
+    """``reports: {ablation: [{label, mode, set}], rotation|alpha: {mode, sweep: {key: [..]}},
+    teacher: {mode}}``."""
+    def bad(why: str) -> KdbenchError:
+        return KdbenchError(f"{source}: method {name!r}: reports: {why}")
+
+    if not isinstance(reports, dict):
+        raise bad("must be a mapping of table kind -> rows")
+    known = set(defaults) | set(aliases)
+    for kind, spec in reports.items():
+        if kind == "ablation":
+            if not isinstance(spec, list) or any(
+                    not isinstance(r, dict) or "label" not in r or r.get("mode") not in VALID_MODES
+                    or any(k not in known for k in (r.get("set") or {})) for r in spec):
+                raise bad("ablation must be a list of {label, mode, set: {...}} rows")
+        elif kind in ("rotation", "alpha"):
+            sweep = spec.get("sweep") if isinstance(spec, dict) else None
+            if (not isinstance(sweep, dict) or not sweep or spec.get("mode") not in VALID_MODES
+                    or any(k not in known or not isinstance(v, list) for k, v in sweep.items())):
+                raise bad(f"{kind} must be {{mode, sweep: {{hyper-parameter: [values]}}}}")
+        elif kind == "teacher":
+            if not isinstance(spec, dict) or spec.get("mode") not in VALID_MODES:
+                raise bad("teacher must be {mode: rgb|both}")
+        else:
+            raise bad(f"unknown table kind {kind!r}; use ablation, rotation, alpha or teacher")
 
 
 def read_registry(path: Path) -> dict[str, MethodEntry]:

@@ -38,6 +38,12 @@ class Distiller(nn.Module):
     def teacher(self) -> nn.Module | None:
         return self._teacher[0] if self._teacher else None
 
+    @classmethod
+    def ignored_hparams(cls, mode: str) -> set[str]:
+        """Hyper-parameters that cannot change this mode's result (e.g. a logging interval):
+        they neither name a run's folder nor make a finished run count as different."""
+        return set()
+
     def teacher_needs(self) -> set[str]:
         """Teacher fields this method reads (subset of rgb, freq, rgb_proj, freq_proj)."""
         return set()

@@ -23,6 +23,9 @@ from methods.base import Distiller
 from methods.feature_kd import match_spatial
 
 ROTATION_MODES = ("flat", "channel")
+LOGGING_ONLY = {"gradsim_every"}
+BOTH_ONLY = {"use_rgb", "use_fre", "rotation", "d", "rotation_mode", "rot_lr_scale", "rot_decay",
+             "alpha2"}
 
 
 # ---------------------------------------------------------------- pure functions
@@ -149,6 +152,11 @@ class TOKD(Distiller):
             {b: Rotation(self.d) for b in self.branches} if self.rotate else {})
         self.rot_lr_scale = float(hp.get("rot_lr_scale", 1.0))
         self.rot_decay = float(hp.get("rot_decay", 0.5))
+        if not (0.0 < self.rot_decay < 1.0 and self.rot_lr_scale > 0.0):
+            raise KdbenchError(
+                "tokd.rot_decay must lie in (0, 1) and tokd.rot_lr_scale be positive: the "
+                "rotation lr must decay faster than the student's (the Stackelberg condition)"
+            )
         self.gradsim_every = int(hp.get("gradsim_every", 10))
         self.traces: dict[str, list[dict[str, Any]]] = {"gradsim": []} if len(
             self.branches) == 2 else {}
@@ -159,6 +167,11 @@ class TOKD(Distiller):
         self._step_state: dict[str, Any] = {}
 
     # -------------------------------------------------------------- interface
+
+    @classmethod
+    def ignored_hparams(cls, mode: str) -> set[str]:
+        # rgb mode distils one branch: no rotation, no frequency projector, no alpha2
+        return LOGGING_ONLY | (BOTH_ONLY if mode == "rgb" else set())
 
     def teacher_needs(self) -> set[str]:
         return {f"{b}_proj" for b in self.branches}
@@ -216,7 +229,8 @@ class TOKD(Distiller):
         for b in self.branches:
             if self.rotate:
                 r = self.rotations[b].matrix(d)  # once per step, with its graph for L_R
-                head = rotate(base[:, :d], r.detach(), self.rotation_mode)
+                with torch.autocast(base.device.type, enabled=False):  # fp32 even under AMP
+                    head = rotate(base[:, :d], r.detach(), self.rotation_mode)
                 m = torch.cat([head, base[:, d:]], dim=1)
                 rots[b] = r
             else:

@@ -37,11 +37,33 @@ def test_alpha_alias_sets_both_weights():
     assert reg["tokd"].hparams("celebdf")["alpha1"] == 200  # per-dataset default
 
 
+def test_rgb_mode_is_not_swept_over_settings_it_ignores():
+    runs = [(p.mode, p.variant) for p in _plan(["tokd"], sweeps=["d=256,1024"])]
+    assert runs == [("rgb", ""), ("both", ""), ("both", "rotation=false"), ("both", "d=256")]
+    (logged,) = [p for p in _plan(["tokd"], modes=("both",),
+                                  overrides={"tokd": {"gradsim_every": 1}}) if not p.variant]
+    assert logged.hparams["gradsim_every"] == 1  # logging interval: same folder, new value
+
+
+def test_values_take_the_type_of_the_default_so_one_setting_names_one_folder():
+    a = _plan(["tokd"], modes=("both",), sweeps=["rotation=0"])
+    b = _plan(["tokd"], modes=("both",), sweeps=["rotation=false"])
+    assert [p.variant for p in a] == [p.variant for p in b] == ["", "rotation=false"]
+    (lr,) = _plan(["tokd"], modes=("both",), overrides={"tokd": {"rot_lr_scale": "1e0"}})[:1]
+    assert lr.variant == "" and lr.hparams["rot_lr_scale"] == 1.0
+    with pytest.raises(KdbenchError, match="does not fit the type of its default 1024"):
+        _plan(["tokd"], modes=("both",), sweeps=["d=12.5"])
+
+
 def test_sweep_key_no_selected_method_knows_is_an_error():
     with pytest.raises(KdbenchError, match="no selected method"):
         _plan(["at"], sweeps=["d=128"])
     with pytest.raises(KdbenchError, match="key=v1,v2"):
         parse_sweep("d")
+    with pytest.raises(KdbenchError, match="given twice"):
+        _plan(["tokd"], sweeps=["d=128", "d=256"])
+    with pytest.raises(KdbenchError, match="not a number"):
+        parse_sweep("d=[1")
 
 
 def test_set_override_lands_in_a_variant_folder():

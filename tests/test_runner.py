@@ -1,21 +1,41 @@
 """The run lock that lets two `kdbench run` processes share one result store."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 from kdbench.train.runner import run_lock
 
+HOLD = """
+import sys, time
+from pathlib import Path
+from kdbench.train.runner import run_lock
+with run_lock(Path(sys.argv[1])) as mine:
+    print("held" if mine else "busy", flush=True)
+    time.sleep(60)
+"""
 
-def test_a_live_holder_keeps_the_run_and_a_dead_ones_lock_is_taken_over(tmp_path):
+
+def test_the_lock_is_exclusive_released_on_exit_and_dropped_when_the_holder_is_killed(tmp_path):
     run = tmp_path / "run"
     with run_lock(run) as mine:
-        assert mine and (run / "run.lock").read_text() == str(os.getpid())
-        with run_lock(run) as again:  # held by a live process (this one)
+        assert mine and (run / "run.lock").read_text().strip() == str(os.getpid())
+        with run_lock(run) as again:  # a second claim, even from the same process, is refused
             assert not again
-    assert not (run / "run.lock").exists()  # released
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    (run / "run.lock").write_text(dead)
-    with run_lock(run) as mine:
+    with run_lock(run) as mine:  # released at the end of the block
         assert mine
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with run_lock(run) as mine:
+            assert not mine
+        os.kill(holder.pid, signal.SIGKILL)  # no chance to clean up
+        holder.wait(timeout=10)
+        time.sleep(0.1)
+        with run_lock(run) as mine:
+            assert mine
+    finally:
+        holder.kill()

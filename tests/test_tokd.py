@@ -121,11 +121,18 @@ def test_rotation_loss_is_minus_the_summed_cosine_to_the_mean_gradient():
 def test_at_initialisation_the_forward_equals_an_unrotated_one():
     batch = _batch()
     on, off = _tokd(seed=3), _tokd(seed=3, rotation=False)
-    logits_on, loss_on = on.forward_train(batch)
-    logits_off, loss_off = off.forward_train(batch)
-    assert torch.equal(logits_on, logits_off)
+    _, loss_on = on.forward_train(batch)
+    _, loss_off = off.forward_train(batch)
+    m_on, m_off = on._step_state["m"], off._step_state["m"]
+    for b in ("rgb", "freq"):  # the projectors' inputs: R_k S_B(x) = S_B(x) at R = I
+        assert torch.allclose(m_on[b], m_off[b], atol=1e-6)
+    assert set(loss_on) == {"loss_ce", "loss_kd_rgb", "loss_kd_freq"}
     for k in loss_on:
         assert torch.allclose(loss_on[k], loss_off[k], atol=1e-6), k
+    with torch.no_grad():
+        on.rotations["rgb"].weight[0, 1] = 0.5  # a real rotation changes the distillation loss
+    _, moved = on.forward_train(batch)
+    assert not torch.allclose(moved["loss_kd_rgb"], loss_off["loss_kd_rgb"], atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["flat", "channel"])
@@ -184,7 +191,7 @@ def test_after_backward_updates_the_rotations_and_logs_the_gradient_cosine():
         _, losses = m.forward_train(_batch(seed=step))
         sum(losses.values()).backward()
         out = m.after_backward(step)
-        assert 0.0 < out["rot_cos"] <= 1.0 and out["rot_lr"] > 0
+        assert -1.0 <= out["rot_cos"] <= 1.0 and out["rot_lr"] > 0
     assert all(not torch.equal(before[b], r.weight) for b, r in m.rotations.items())
     steps = [rec["step"] for rec in m.traces["gradsim"]]
     assert steps == [0, 2]
@@ -195,9 +202,43 @@ def test_after_backward_updates_the_rotations_and_logs_the_gradient_cosine():
 
 def test_rotation_lr_decays_faster_than_the_students():
     m = _tokd(rot_decay=0.5)
-    ratio = [m.rotation_lr(e * 10) / (TRAIN_CFG["lr"] * 0.1 ** (e // 5)) for e in range(12)]
-    assert all(a > b for a, b in zip(ratio, ratio[1:]))
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=TRAIN_CFG["lr"])
+    sched = torch.optim.lr_scheduler.StepLR(opt, TRAIN_CFG["step_size"], TRAIN_CFG["gamma"])
+    ratio = []
+    for epoch in range(12):  # the trainer's StepLR, stepped once per epoch of 10 steps
+        ratio.append(m.rotation_lr(epoch * 10) / opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
     assert ratio[0] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(ratio, ratio[1:]))
+    with pytest.raises(KdbenchError, match="Stackelberg"):
+        _tokd(rot_decay=1.0)
+
+
+def test_gradsim_record_is_the_cosine_of_the_two_distillation_gradients():
+    m = _tokd(d=10, gradsim_every=1)
+    with torch.no_grad():
+        for rot in m.rotations.values():
+            rot.weight.normal_(0, 0.5)
+    _, losses = m.forward_train(_batch())
+    z = m.student.z
+    g = [torch.autograd.grad(losses[f"loss_kd_{b}"], z, retain_graph=True)[0].flatten(1)
+         for b in ("rgb", "freq")]
+    z.grad = None
+    for t in m._step_state["m"].values():
+        t.grad = None
+    sum(losses.values()).backward()
+    m.after_backward(0)
+    rec = m.traces["gradsim"][0]
+    expected_full = torch.nn.functional.cosine_similarity(g[0], g[1], dim=1).mean()
+    expected_sub = torch.nn.functional.cosine_similarity(g[0][:, :10], g[1][:, :10]).mean()
+    assert rec["cos_full"] == pytest.approx(float(expected_full), abs=1e-5)
+    assert rec["cos_sub"] == pytest.approx(float(expected_sub), abs=1e-5)
+
+
+def test_rgb_mode_ignores_the_settings_of_the_second_branch():
+    assert {"d", "rotation", "alpha2", "gradsim_every"} <= TOKD.ignored_hparams("rgb")
+    assert TOKD.ignored_hparams("both") == {"gradsim_every"}
 
 
 def test_rgb_mode_uses_neither_the_frequency_projector_nor_the_rotations():

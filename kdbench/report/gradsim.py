@@ -8,19 +8,22 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.train.store import read_jsonl
+from kdbench.train.store import read_json, read_jsonl
 
 PANELS = {"cos_full": "full S_B(x) gradient", "cos_sub": "rotated subspace (first d)"}
 
 
 def collect_gradsim(results: Path, dataset: str | None = None) -> pd.DataFrame:
-    """One row per trace record: dataset, student, method (with variant), mode, seed, step,
-    cos_full, cos_sub, rotation, d."""
+    """One row per trace record of the finished runs: dataset, student, method (with variant),
+    mode, seed, step, cos_full, cos_sub, rotation, d."""
     frames = []
     for path in sorted((Path(results) / "runs").glob("*/*/*/*/seed*/gradsim.jsonl")):
         ds, student, method, mode, seed = path.parent.relative_to(Path(results) / "runs").parts
         if dataset is not None and ds != dataset:
             continue
+        metrics = path.parent / "metrics.json"
+        if not metrics.is_file() or read_json(metrics).get("status") != "finished":
+            continue  # an unfinished or crashed run's trace is partial
         rows = read_jsonl(path)
         if rows:
             df = pd.DataFrame(rows)

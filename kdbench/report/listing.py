@@ -10,6 +10,7 @@ from kdbench.train.store import read_json
 
 COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
            "eer", "video_auc", "wall_s"]
+EXTRA = ["variant", "params", "gflops", "path"]
 
 
 def collect_runs(results: Path) -> pd.DataFrame:
@@ -19,7 +20,7 @@ def collect_runs(results: Path) -> pd.DataFrame:
         for folder in sorted({p.parent for p in (Path(results) / kind).rglob("*")
                               if p.name in ("metrics.json", "last.pt", "history.jsonl")}):
             rows.append(_row(folder, kind, Path(results)))
-    return pd.DataFrame(rows, columns=COLUMNS + ["path"])
+    return pd.DataFrame(rows, columns=COLUMNS + EXTRA)
 
 
 def _row(folder: Path, kind: str, results: Path) -> dict:
@@ -27,13 +28,15 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
     m = read_json(metrics_path) if metrics_path.is_file() else {}
     parts = folder.relative_to(results / kind).parts
     if kind == "teachers":
-        base = {"dataset": parts[0], "student": parts[-1], "method": "teacher", "mode": "both",
-                "seed": m.get("seed")}
+        base = {"dataset": parts[0], "student": parts[-1], "method": "teacher", "variant": "",
+                "mode": "both", "seed": m.get("seed")}
     else:
-        dataset, student, method, mode, seed = (list(parts) + [None] * 5)[:5]
-        base = {"dataset": dataset, "student": student, "method": method, "mode": mode,
-                "seed": int(seed[4:]) if seed and seed.startswith("seed") else seed}
+        dataset, student, label, mode, seed = (list(parts) + [None] * 5)[:5]
+        method, _, variant = (label or "").partition("@")
+        base = {"dataset": dataset, "student": student, "method": method, "variant": variant,
+                "mode": mode, "seed": int(seed[4:]) if seed and seed.startswith("seed") else seed}
     test = m.get("test", {})
     return {**base, "status": m.get("status", "unfinished"), "best_epoch": m.get("best_epoch"),
             **{k: test.get(k) for k in ("acc", "auc", "eer", "video_auc")},
-            "wall_s": m.get("wall_time_s"), "path": str(folder)}
+            "wall_s": m.get("wall_time_s"), "params": m.get("params"), "gflops": m.get("gflops"),
+            "path": str(folder)}

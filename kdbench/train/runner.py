@@ -99,34 +99,51 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+RUN_FILE = "run.json"  # the settings an unfinished run was started with
+NOT_RESULT_SETTINGS = {"workers", "eval_batch_size", "teacher_cache_mb"}
+
+
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's result (not workers or the cache budget)."""
-    return {"data": {k: v for k, v in config["data"].items() if k != "workers"},
-            "train": {k: v for k, v in config["train"].items() if k not in NOT_TEACHER_SETTINGS},
-            "teacher": config["teacher"], "student": config["student"]}
+    """The settings that decide a run's result (not workers, batch size of evaluation or the
+    cache budget)."""
+    return {sec: {k: v for k, v in config[sec].items() if k not in NOT_RESULT_SETTINGS}
+            for sec in ("data", "train", "teacher", "student")}
 
 
-def _check_same_run(run_dir: Path, done: dict[str, Any], ctx: Context,
-                    hparams: dict[str, Any]) -> None:
-    """A finished run folder must hold the run asked for; say so instead of reusing another."""
-    old, new = comparable_config(done.get("config", ctx.config)), comparable_config(ctx.config)
-    diffs = [f"{sec}.{k}: {old[sec][k]!r} -> {new[sec][k]!r}" for sec in new
-             for k in new[sec] if k in old.get(sec, {}) and old[sec][k] != new[sec][k]]
-    recorded = done.get("hparams", {})
-    diffs += [f"{k}: {recorded[k]!r} -> {v!r}" for k, v in hparams.items()
-              if k in recorded and recorded[k] != v]
+def _identity(ctx: Context, spec: RunSpec, ignored: set[str]) -> dict[str, Any]:
+    return {"config": comparable_config(ctx.config),
+            "hparams": {k: v for k, v in spec.hparams.items() if k not in ignored}}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    diffs = []
+    for sec in sorted(set(old["config"]) | set(new["config"])):
+        a, b = old["config"].get(sec, {}), new["config"].get(sec, {})
+        diffs += [f"{sec}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+                  if a.get(k) != b.get(k)]
+    a, b = old["hparams"], new["hparams"]
+    diffs += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+              if a.get(k) != b.get(k)]
+    return diffs
+
+
+def _check_same_run(run_dir: Path, old: dict[str, Any], new: dict[str, Any], what: str) -> None:
+    """A run folder must hold the run asked for; say so instead of reusing another."""
+    diffs = _differences(old, new)
     if diffs:
         raise KdbenchError(
-            f"{run_dir} holds a finished run with other settings (preset "
-            f"{done.get('preset')!r}; {diffs[0]}); use another --results folder or delete it"
+            f"{run_dir} holds {what} with other settings ({diffs[0]}); use another --results "
+            "folder or delete it"
         )
 
 
 def _fresh(run_dir: Path, resume: bool) -> None:
     """Without --resume an unfinished run starts over."""
     if not resume and run_dir.exists():
-        for name in ("last.pt", "best.pt", "history.jsonl", "metrics.json"):
+        for name in ("last.pt", "best.pt", "metrics.json", RUN_FILE):
             (run_dir / name).unlink(missing_ok=True)
+        for trace in run_dir.glob("*.jsonl"):  # history and the method's traces
+            trace.unlink()
 
 
 def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn.Module,
@@ -213,34 +230,29 @@ def _summary(name: str, m: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[bool]:
-    """Claim ``run_dir`` for this process (``run.lock`` holds the pid); yields False when a
-    live process on this machine holds it, so two `kdbench run`s can share a result store."""
+    """Claim ``run_dir`` for this process with an advisory lock on ``run.lock``; yields False
+    when another process holds it, so two `kdbench run`s can share a result store. The
+    operating system drops the lock when its holder exits, however it exits."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / "run.lock"
-    for _ in range(2):
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): one process per result store
+        yield True
+        return
+    with open(run_dir / "run.lock", "a+") as handle:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip() or 0)
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                lock.unlink(missing_ok=True)  # left by a process that is gone
-                continue
-            except PermissionError:
-                pass
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             yield False
             return
-    else:
-        yield False
-        return
-    try:
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        yield True
-    finally:
-        lock.unlink(missing_ok=True)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
@@ -249,24 +261,34 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     another process is training that run)."""
     run_dir = ctx.results / spec.relpath
     name = f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
+    ignored = entry.resolve().ignored_hparams(spec.mode)
+    identity = _identity(ctx, spec, ignored)
     done = _finished(run_dir)
     if done is not None:
-        _check_same_run(run_dir, done, ctx, spec.hparams)
+        recorded = {"config": comparable_config(done.get("config", ctx.config)),
+                    "hparams": {k: v for k, v in done.get("hparams", {}).items()
+                                if k not in ignored}}
+        _check_same_run(run_dir, recorded, identity, "a finished run")
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
         return done
     with run_lock(run_dir) as mine:
         if not mine:
             console.print(f"skip {name}: another kdbench process is training it")
             return None
-        return _train_one(ctx, spec, entry, teacher, run_dir, name)
+        return _train_one(ctx, spec, entry, teacher, run_dir, name, identity)
 
 
 def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
-               teacher: DualBranchTeacher | None, run_dir: Path, name: str) -> dict[str, Any]:
+               teacher: DualBranchTeacher | None, run_dir: Path, name: str,
+               identity: dict[str, Any]) -> dict[str, Any]:
     done = _finished(run_dir)  # finished by another process meanwhile
     if done is not None:
         return done
+    started = run_dir / RUN_FILE
+    if ctx.resume and (run_dir / "last.pt").is_file() and started.is_file():
+        _check_same_run(run_dir, read_json(started), identity, "an unfinished run (--resume)")
     _fresh(run_dir, ctx.resume)
+    atomic_write_json(started, identity)
     cls = entry.resolve()
     seed_everything(spec.seed)
     student = create_student(spec.student, ctx.config["student"]["pretrained"])

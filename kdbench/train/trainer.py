@@ -198,6 +198,10 @@ class Trainer:
         if hasattr(self.learner, "on_fit_start"):
             self.learner.on_fit_start(cfg, steps_per_epoch)
         traces: dict[str, list] = getattr(self.learner, "traces", {})
+        reserved = sorted(set(traces) & {"history"})
+        if reserved:
+            raise KdbenchError(f"{self.label}: a method trace may not be named {reserved[0]!r} "
+                               "(the trainer writes history.jsonl); rename it")
         last = self.run_dir / "last.pt"
         if resume and last.is_file():
             ckpt = torch.load(last, map_location=self.device, weights_only=False)

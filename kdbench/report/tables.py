@@ -1,0 +1,268 @@
+"""Paper-shaped tables from the result store, with the spread over seeds.
+
+A table is built as a :class:`Report` (column names, rows of cells, notes) from the run listing
+(:func:`kdbench.report.listing.collect_runs`) and rendered as markdown, LaTeX or CSV.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from kdbench.config import variant_tag
+
+METRICS = ("acc", "auc", "eer", "video_auc")
+
+
+@dataclass
+class Cell:
+    """mean +- std over ``n`` seeds (std is NaN for one seed), plus an optional mark."""
+
+    mean: float
+    std: float
+    n: int
+    mark: str = ""
+
+    def text(self, scale: float = 100.0) -> str:
+        if self.n == 0 or math.isnan(self.mean):
+            return "-"
+        spread = "" if math.isnan(self.std) else f" ± {self.std * scale:.2f}"
+        return f"{self.mean * scale:.2f}{spread}{self.mark} ({self.n})"
+
+
+@dataclass
+class Report:
+    title: str
+    columns: list[str]
+    rows: list[list[str | Cell]]
+    notes: list[str] = field(default_factory=list)
+
+    def text_rows(self) -> list[list[str]]:
+        return [[c.text() if isinstance(c, Cell) else str(c) for c in row] for row in self.rows]
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(r) + " |" for r in self.text_rows()]
+        lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def latex(self) -> str:
+        def esc(t: str) -> str:
+            return (t.replace("\\", r"\textbackslash{}").replace("_", r"\_")
+                    .replace("%", r"\%").replace("&", r"\&").replace("#", r"\#")
+                    .replace("±", r"$\pm$").replace("↑", r"$\uparrow$")
+                    .replace("↓", r"$\downarrow$"))
+
+        spec = "l" * (len(self.columns) - sum(isinstance(c, Cell) for c in self.rows[0])) \
+            if self.rows else "l" * len(self.columns)
+        spec += "r" * (len(self.columns) - len(spec))
+        lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.title)}}}",
+                 rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+                 " & ".join(esc(c) for c in self.columns) + r" \\", r"\midrule"]
+        lines += [" & ".join(esc(c) for c in r) + r" \\" for r in self.text_rows()]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        lines += [f"% {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        """One line per cell with the numbers themselves (mean, std, n), for further analysis."""
+        records = []
+        for row in self.rows:
+            keys = [c for c in row if not isinstance(c, Cell)]
+            for col, c in zip(self.columns, row):
+                if isinstance(c, Cell):
+                    records.append({**dict(zip(self.columns, keys)), "column": col,
+                                    "mean": c.mean, "std": c.std, "n": c.n, "mark": c.mark})
+        return pd.DataFrame(records).to_csv(index=False)
+
+    def render(self, fmt: str) -> str:
+        return {"md": self.markdown, "latex": self.latex, "csv": self.csv}[fmt]()
+
+
+def cell(values: pd.Series) -> Cell:
+    v = values.dropna().astype(float)
+    return Cell(float(v.mean()) if len(v) else math.nan,
+                float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
+
+
+def mark(both: Cell, rgb: Cell) -> str:
+    """↑/↓ where both differs from rgb by more than the combined std sqrt(s_b^2 + s_r^2)."""
+    if both.n < 2 or rgb.n < 2 or math.isnan(both.std) or math.isnan(rgb.std):
+        return ""
+    diff = both.mean - rgb.mean
+    if abs(diff) > math.hypot(both.std, rgb.std):
+        return "↑" if diff > 0 else "↓"
+    return ""
+
+
+def incomplete_notes(runs: pd.DataFrame) -> list[str]:
+    """One note per run folder that has no finished metrics (listed, never dropped silently)."""
+    bad = runs[runs["status"] != "finished"]
+    return [f"not finished: {r.path} ({r.status})" for r in bad.itertuples()]
+
+
+def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc") -> Report:
+    """Table 3: rows dataset x student; vanilla, then each method's rgb and both columns.
+
+    Only runs with the registry's settings (no variant) count. ``methods`` fixes the column
+    order (registry order); methods without any run are left out.
+    """
+    students = runs[(runs["method"] != "teacher") & (runs["variant"].fillna("") == "")]
+    finished = students[students["status"] == "finished"]
+    present = [m for m in methods if m in set(students["method"])]
+    columns = ["dataset", "student"]
+    pairs: list[tuple[str, str]] = []
+    for m in present:
+        modes = ["none"] if m == "vanilla" else ["rgb", "both"]
+        for mode in modes:
+            if ((students["method"] == m) & (students["mode"] == mode)).any():
+                pairs.append((m, mode))
+                columns.append(m if mode == "none" else f"{m} {mode}")
+    rows = []
+    for (dataset, student), group in finished.groupby(["dataset", "student"], sort=True):
+        cells = {}
+        for m, mode in pairs:
+            sel = group[(group["method"] == m) & (group["mode"] == mode)]
+            cells[(m, mode)] = cell(sel[metric])
+        for m, mode in pairs:
+            if mode == "both" and (m, "rgb") in cells:
+                cells[(m, mode)].mark = mark(cells[(m, mode)], cells[(m, "rgb")])
+        rows.append([dataset, student, *[cells[p] for p in pairs]])
+    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); ↑/↓: both differs from "
+             "rgb by more than the combined std sqrt(std_both² + std_rgb²)."]
+    notes += incomplete_notes(students)
+    return Report(f"Comparison (Table 3): test {metric}", columns, rows, notes)
+
+
+# ---------------------------------------------------------------- tables from registry specs
+
+
+def _students(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["method"] != "teacher"]
+
+
+def _groups(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (dataset, student) pairs that have student runs, sorted."""
+    s = _students(runs)
+    return sorted(set(zip(s["dataset"], s["student"])))
+
+
+def _select(runs: pd.DataFrame, dataset: str, student: str, method: str, mode: str,
+            variant: str) -> pd.DataFrame:
+    r = runs
+    return r[(r["dataset"] == dataset) & (r["student"] == student) & (r["method"] == method)
+             & (r["mode"] == mode) & (r["variant"].fillna("") == variant)]
+
+
+def _finished_cell(sel: pd.DataFrame, metric: str) -> Cell:
+    return cell(sel[sel["status"] == "finished"][metric])
+
+
+def _variant(entry, dataset: str, changes: dict[str, Any]) -> str:
+    return variant_tag(entry.hparams(dataset, changes), entry.hparams(dataset))
+
+
+def _entries_with(registry: dict, kind: str) -> list:
+    return [e for e in registry.values() if kind in e.reports]
+
+
+def _baselines(registry: dict) -> list:
+    """Methods that run without a teacher (mode none): the "none" rows."""
+    return [e for e in registry.values() if e.modes == ["none"]]
+
+
+def ablation(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
+    """Table 6: one row per ablation setting a method's registry ``reports.ablation`` lists,
+    after the teacher-free baseline; one column per (dataset, student)."""
+    groups = _groups(runs)
+    columns = ["setting", *[f"{d} / {s}" for d, s in groups]]
+    rows, used = [], []
+    for base in _baselines(registry):
+        rows.append([f"none ({base.name})", *[
+            _finished_cell(_select(runs, d, s, base.name, "none", ""), metric)
+            for d, s in groups]])
+    for entry in _entries_with(registry, "ablation"):
+        for spec in entry.reports["ablation"]:
+            cells = []
+            for d, s in groups:
+                sel = _select(runs, d, s, entry.name, spec["mode"],
+                              _variant(entry, d, spec.get("set") or {}))
+                used.append(sel)
+                cells.append(_finished_cell(sel, metric))
+            rows.append([f"{spec['label']} ({entry.name} {spec['mode']})", *cells])
+    notes = [f"{metric} in %, mean ± std over seeds (number of seeds)."]
+    if used:
+        notes += incomplete_notes(pd.concat(used))
+    return Report(f"Ablation (Table 6): test {metric}", columns, rows, notes)
+
+
+def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") -> Report:
+    """Table 5 (``rotation``) / Fig. 3 as a table (``alpha``): one row per value (combination)
+    of the hyper-parameters a method's ``reports.<kind>.sweep`` names."""
+    groups = _groups(runs)
+    entries = _entries_with(registry, kind)
+    keys = sorted({k for e in entries for k in e.reports[kind]["sweep"]})
+    columns = ["method", *keys, *[f"{d} / {s}" for d, s in groups]]
+    rows, used = [], []
+    for entry in entries:
+        spec = entry.reports[kind]
+        names = list(spec["sweep"])
+        for combo in itertools.product(*(spec["sweep"][k] for k in names)):
+            changes = dict(zip(names, combo))
+            cells = []
+            for d, s in groups:
+                sel = _select(runs, d, s, entry.name, spec["mode"], _variant(entry, d, changes))
+                used.append(sel)
+                cells.append(_finished_cell(sel, metric))
+            rows.append([f"{entry.name} {spec['mode']}",
+                         *[str(changes.get(k, "")) for k in keys], *cells])
+    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); run with "
+             + " ".join(f"`--sweep {k}={','.join(map(str, e.reports[kind]['sweep'][k]))}`"
+                        for e in entries for k in e.reports[kind]["sweep"])]
+    if used:
+        notes += incomplete_notes(pd.concat(used))
+    title = {"rotation": "Rotation size (Table 5)", "alpha": "Sensitivity to alpha (Fig. 3)"}
+    return Report(f"{title.get(kind, kind)}: test {metric}", columns, rows, notes)
+
+
+def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
+    """Table 4: the teacher-free student, the dual-branch teacher and the distilled student
+    (each method with ``reports.teacher``), one column per (dataset, student)."""
+    groups = _groups(runs)
+    teachers = runs[(runs["method"] == "teacher") & (runs["status"] == "finished")]
+    columns = ["model", *[f"{d} / {s}" for d, s in groups]]
+    rows = [[f"{b.name} student", *[_finished_cell(_select(runs, d, s, b.name, "none", ""),
+                                                   metric) for d, s in groups]]
+            for b in _baselines(registry)]
+    rows.append(["teacher (dual-branch)", *[cell(teachers[teachers["dataset"] == d][metric])
+                                            for d, _ in groups]])
+    for entry in _entries_with(registry, "teacher"):
+        mode = entry.reports["teacher"]["mode"]
+        rows.append([f"{entry.name} {mode} student", *[
+            _finished_cell(_select(runs, d, s, entry.name, mode, ""), metric)
+            for d, s in groups]])
+    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); the teacher row counts "
+             "the teachers trained for the dataset (one per teacher config)."]
+    return Report(f"Teacher vs student (Table 4): test {metric}", columns, rows, notes)
+
+
+REPORT_KINDS = ("comparison", "ablation", "rotation", "alpha", "teacher")
+
+
+def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
+    """The table ``kind`` (one of REPORT_KINDS) from the run listing."""
+    if kind == "comparison":
+        order = list(registry) + sorted(set(runs["method"]) - set(registry) - {"teacher"})
+        return comparison(runs, order, metric)
+    if kind == "ablation":
+        return ablation(runs, registry, metric)
+    if kind in ("rotation", "alpha"):
+        return sweep(runs, registry, kind, metric)
+    if kind == "teacher":
+        return teacher_vs_student(runs, registry, metric)
+    raise ValueError(f"unknown table kind {kind!r}")

@@ -1,0 +1,148 @@
+"""Paper tables from a fabricated result store with known values."""
+
+import json
+import math
+
+import pytest
+
+from kdbench.cli import main
+from kdbench.report.listing import collect_runs
+from kdbench.report.tables import comparison
+
+ACC = {  # (method, mode) -> test acc per seed
+    ("vanilla", "none"): [0.80, 0.82, 0.84],
+    ("at", "rgb"): [0.85, 0.85, 0.85],
+    ("at", "both"): [0.80, 0.81, 0.79],   # clearly below rgb -> down mark
+    ("vid", "rgb"): [0.84, 0.86, 0.82],
+    ("vid", "both"): [0.85, 0.83, 0.87],  # equal means -> no mark
+}
+
+
+def _store(root):
+    for (method, mode), accs in ACC.items():
+        for seed, acc in enumerate(accs):
+            run = root / f"runs/synthetic/resnet18_thin/{method}/{mode}/seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps(
+                {"status": "finished", "test": {"acc": acc, "auc": 0.9, "eer": 0.1,
+                                                "video_auc": 0.95}}))
+    variant = root / "runs/synthetic/resnet18_thin/at@beta=5/rgb/seed0"
+    variant.mkdir(parents=True)
+    (variant / "metrics.json").write_text(json.dumps({"status": "finished",
+                                                      "test": {"acc": 0.1}}))
+    broken = root / "runs/synthetic/resnet18_thin/at/rgb/seed3"
+    broken.mkdir(parents=True)
+    (broken / "history.jsonl").write_text("{}\n")
+    return root
+
+
+def test_comparison_cells_marks_and_unfinished_runs(tmp_path):
+    report = comparison(collect_runs(_store(tmp_path)), ["vanilla", "at", "pkt", "vid"])
+    assert report.columns == ["dataset", "student", "vanilla", "at rgb", "at both", "vid rgb",
+                              "vid both"]
+    (row,) = report.rows
+    vanilla, at_rgb, at_both, vid_rgb, vid_both = row[2:]
+    assert vanilla.mean == pytest.approx(0.82) and vanilla.std == pytest.approx(0.02)
+    assert vanilla.n == 3
+    assert at_rgb.mean == pytest.approx(0.85) and at_rgb.std == pytest.approx(0.0)  # variant out
+    assert at_both.mark == "↓" and vid_both.mark == "" and at_rgb.mark == ""
+    assert vanilla.text() == "82.00 ± 2.00 (3)"
+    assert at_both.text() == "80.00 ± 1.00↓ (3)"
+    assert any("at/rgb/seed3" in n and "unfinished" in n for n in report.notes)
+    md = report.markdown()
+    assert "| synthetic | resnet18_thin | 82.00 ± 2.00 (3) |" in md
+    latex = report.latex()
+    assert r"$\pm$" in latex and r"$\downarrow$" in latex and r"\begin{tabular}{llrrrrr}" in latex
+    csv = report.csv().splitlines()
+    assert csv[0] == "dataset,student,column,mean,std,n,mark" and len(csv) == 1 + 5
+
+
+def test_one_seed_has_no_std_and_no_mark(tmp_path):
+    runs = collect_runs(_store(tmp_path))
+    runs = runs[runs["seed"] == 0]
+    (row,) = comparison(runs, ["vanilla", "at"]).rows
+    assert math.isnan(row[3].std) and row[4].mark == ""
+    assert row[2].text() == "80.00 (1)"
+
+
+def test_table_command_writes_each_format(tmp_path, capsys):
+    _store(tmp_path / "R")
+    for fmt in ("md", "latex", "csv"):
+        out = tmp_path / f"t.{fmt}"
+        assert main(["table", "--kind", "comparison", "--results", str(tmp_path / "R"),
+                     "--format", fmt, "--out", str(out)]) == 0
+        assert out.stat().st_size > 100
+    assert main(["table", "--kind", "comparison", "--results", str(tmp_path / "R"),
+                 "--metric", "auc"]) == 0
+    assert "90.00 ± 0.00 (3)" in capsys.readouterr().out
+    assert main(["table", "--results", str(tmp_path / "R"), "--student", "vgg"]) == 2
+
+
+def _write(root, rel, acc, status="finished"):
+    run = root / rel
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.json").write_text(json.dumps({"status": status, "test": {"acc": acc}}))
+
+
+def test_ablation_rotation_alpha_and_teacher_tables_find_their_runs(tmp_path):
+    from kdbench.registry import load_registry
+    from kdbench.report.tables import build
+
+    base = "runs/synthetic/resnet18_thin"
+    for seed, acc in enumerate([0.80, 0.82]):
+        _write(tmp_path, f"{base}/vanilla/none/seed{seed}", acc)
+        _write(tmp_path, f"{base}/tokd/both/seed{seed}", acc + 0.05)
+        _write(tmp_path, f"{base}/tokd/rgb/seed{seed}", acc + 0.04)
+        _write(tmp_path, f"{base}/tokd@use_rgb=false/both/seed{seed}", acc + 0.01)
+        _write(tmp_path, f"{base}/tokd@d=256/both/seed{seed}", acc + 0.02)
+        _write(tmp_path, f"{base}/tokd@alpha1=100,alpha2=100/both/seed{seed}", acc + 0.03)
+    _write(tmp_path, "teachers/synthetic/resnet18_thin-abc", 0.9)
+    runs = collect_runs(tmp_path)
+    reg = load_registry()
+
+    abl = build("ablation", runs, reg)
+    cells = {row[0]: row[1] for row in abl.rows}
+    assert cells["none (vanilla)"].mean == pytest.approx(0.81)
+    assert cells["RGB + projector (tokd rgb)"].mean == pytest.approx(0.85)
+    assert cells["Fre + projector (tokd both)"].mean == pytest.approx(0.82)
+    assert cells["RGB + Fre + projector (tokd both)"].n == 0  # rotation=false not run
+    assert cells["RGB + Fre + projector + rotation (tokd both)"].mean == pytest.approx(0.86)
+
+    rot = build("rotation", runs, reg)
+    by_d = {row[1]: row[2] for row in rot.rows}
+    assert by_d["256"].mean == pytest.approx(0.83) and by_d["1024"].mean == pytest.approx(0.86)
+    assert by_d["128"].n == 0 and by_d["1024"].n == 2  # d=1024 is the registry default
+
+    alpha = build("alpha", runs, reg)
+    by_a = {row[1]: row[2] for row in alpha.rows}
+    assert by_a["100"].mean == pytest.approx(0.84) and by_a["10"].mean == pytest.approx(0.86)
+
+    teacher = build("teacher", runs, reg)
+    assert [r[0] for r in teacher.rows] == ["vanilla student", "teacher (dual-branch)",
+                                            "tokd both student"]
+    assert teacher.rows[1][1].mean == pytest.approx(0.9) and teacher.rows[1][1].n == 1
+
+
+def test_sweep_and_curve_plots_are_written(tmp_path, capsys):
+    base = tmp_path / "runs/synthetic/resnet18_thin"
+    for seed, acc in enumerate([0.80, 0.82]):
+        for variant, extra in (("tokd", 0.05), ("tokd@d=256", 0.02)):
+            run = base / variant / "both" / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({"status": "finished",
+                                                          "test": {"acc": acc + extra}}))
+            (run / "history.jsonl").write_text("\n".join(json.dumps(
+                {"epoch": e, "train_loss": 1.0 / e, "val_acc": 0.7 + e / 100})
+                for e in (1, 2, 3)) + "\n")
+    for fig in ("rotation", "curves"):
+        out = tmp_path / f"{fig}.svg"
+        assert main(["plot", fig, "--results", str(tmp_path), "--out", str(out)]) == 0
+        assert out.stat().st_size > 1000 and b"<svg" in out.read_bytes()[:500]
+    capsys.readouterr()
+    assert main(["plot", "alpha", "--results", str(tmp_path), "--out", str(tmp_path / "a.png")]) \
+        == 0
+    assert "(1 points)" in capsys.readouterr().err  # only alpha=10, the registry default
+    other = tmp_path / "other"
+    _write(other, "runs/synthetic/resnet18_thin/vanilla/none/seed0", 0.8)
+    assert main(["plot", "alpha", "--results", str(other), "--out", str(tmp_path / "b.png")]) == 2
+    assert "--sweep alpha=1,10,100,1000" in capsys.readouterr().err
