@@ -32,7 +32,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kdbench.config import RunSpec, parse_set, resolve_config
     from kdbench.data.datasets import open_dataset
     from kdbench.models.backbones import BACKBONES
-    from kdbench.plan import parse_sweep, plan_runs
+    from kdbench.plan import merge, parse_sweep, plan_runs, report_runs
     from kdbench.progress import console
     from kdbench.registry import load_registry, select_methods
     from kdbench.train.runner import Context, ensure_teacher, pick_device, run_one
@@ -64,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for e, _ in pairs:  # resolve and check every override before hours of training start
         e.resolve()
     plan = plan_runs(pairs, args.dataset, overrides, [parse_sweep(s) for s in args.sweep])
+    if getattr(args, "with_reports", False):  # `kdbench reproduce`: the tables' extra runs
+        plan = merge(plan, report_runs(entries, args.dataset, overrides))
     data = open_dataset(args.dataset, args.data_root, config["data"]["size"],
                         config["data"]["frames"], progress=not args.no_progress)
     console.print(f"kdbench run: preset [bold]{preset}[/], dataset [bold]{args.dataset}[/] "
@@ -90,6 +92,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     from kdbench.progress import stdout_console
     from kdbench.report.listing import COLUMNS, collect_runs
 
+    if args.kind == "cost":  # models only: no result store needed
+        return _paper_table(args, None)
     df = collect_runs(Path(args.results))
     if df.empty:
         raise KdbenchError(f"no runs under {args.results}; start some with `kdbench run`")
@@ -145,7 +149,10 @@ def _paper_table(args: argparse.Namespace, df) -> int:
     from kdbench.registry import load_registry
     from kdbench.report import tables
 
-    report = tables.build(args.kind, df, load_registry(args.registry), args.metric)
+    if args.kind == "cost":
+        report = _cost_table(args)
+    else:
+        report = tables.build(args.kind, df, load_registry(args.registry), args.metric)
     text = report.render(args.format)
     if args.out:
         from kdbench.train.store import atomic_write_text
@@ -173,6 +180,97 @@ def _plot_runs(args: argparse.Namespace, out: Path) -> int:
     else:
         n = plot_sweep(runs, load_registry(), args.figure, out)
     console.print(f"wrote {out} ({n} {'runs' if args.figure == 'curves' else 'points'})")
+    return 0
+
+
+def _cost_table(args: argparse.Namespace):
+    from kdbench.config import resolve_config
+    from kdbench.models.backbones import BACKBONES
+    from kdbench.report import tables
+    from kdbench.train.runner import pick_device
+
+    device = pick_device(args.device)
+    preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
+    config = resolve_config(preset, args.dataset or "synthetic", {})
+    students = _csv(args.student or PRESET_STUDENTS[preset])
+    for s in students:
+        if s not in BACKBONES:
+            raise KdbenchError(f"unknown student {s!r}; choose from {', '.join(BACKBONES)}")
+    size = args.size or config["data"]["size"]
+    return tables.cost(students, config["teacher"], size, device, measure=not args.no_measure)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from kdbench.data.datasets import open_dataset
+    from kdbench.progress import console
+    from kdbench.train.evaluate import evaluate_run
+    from kdbench.train.runner import pick_device
+    from kdbench.train.store import read_json
+
+    device = pick_device(args.device)
+    runs = []
+    for path in args.runs:
+        path = Path(path)
+        found = [path] if (path / "metrics.json").is_file() else sorted(
+            p.parent for p in path.rglob("seed*/metrics.json"))
+        if not found:
+            raise KdbenchError(f"no run folder at or under {path}; give runs/<...>/seed<k> "
+                               "folders or a folder holding them")
+        runs += found
+    opened = {}
+    for run in runs:
+        cfg = read_json(run / "metrics.json").get("config", {}).get("data", {})
+        key = (cfg.get("size"), cfg.get("frames"))
+        if key not in opened:
+            opened[key] = open_dataset(args.dataset, args.data_root, key[0], key[1],
+                                       progress=not args.no_progress)
+        rec = evaluate_run(run, opened[key], args.dataset, device)
+        t = rec["test"]
+        console.print(f"{run}: on {args.dataset} acc {t['acc']:.4f} auc {t['auc']:.4f} "
+                      f"eer {t['eer']:.4f} video-auc {t['video_auc']:.4f}", highlight=False)
+    return 0
+
+
+REPRO_TABLES = ("comparison", "ablation", "rotation", "alpha", "teacher", "cross")
+REPRO_PLOTS = ("gradsim", "alpha", "rotation", "curves")
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Every run the paper's tables need, then every table (md) and plot (png) in --results."""
+    from kdbench.progress import console
+    from kdbench.registry import load_registry
+    from kdbench.report import tables
+    from kdbench.report.listing import collect_runs
+    from kdbench.train.store import atomic_write_text
+
+    t0 = time.perf_counter()
+    run_args = argparse.Namespace(
+        methods="all", dataset=args.dataset, data_root=args.data_root, students=args.students,
+        modes="rgb,both", seeds=args.seeds, preset=args.preset, results=args.results,
+        registry=args.registry, set=args.set, sweep=[], device=args.device, resume=args.resume,
+        no_progress=args.no_progress, with_reports=True)
+    cmd_run(run_args)
+    if args.cross_dataset:
+        cmd_eval(argparse.Namespace(
+            runs=[str(Path(args.results) / "runs" / args.dataset)], dataset=args.cross_dataset,
+            data_root=args.cross_data_root, device=args.device, no_progress=args.no_progress))
+    out = Path(args.results)
+    runs = collect_runs(out)
+    registry = load_registry(args.registry)
+    for kind in REPRO_TABLES:
+        report = tables.build(kind, runs, registry)
+        atomic_write_text(out / "tables" / f"{kind}.md", report.markdown())
+    cost_args = argparse.Namespace(device=args.device, preset=args.preset, dataset=args.dataset,
+                                   student=args.students, size=None, no_measure=False)
+    atomic_write_text(out / "tables" / "cost.md", _cost_table(cost_args).markdown())
+    for figure in REPRO_PLOTS:
+        try:
+            cmd_plot(argparse.Namespace(figure=figure, results=args.results, dataset=None,
+                                        out=str(out / f"{figure}.png")))
+        except KdbenchError as exc:  # e.g. a sweep with no finished run: say so, go on
+            console.print(f"[yellow]plot {figure} skipped: {exc}[/]", highlight=False)
+    console.print(f"reproduce finished in {time.perf_counter() - t0:.0f} s: tables in "
+                  f"{out / 'tables'}, plots in {out}")
     return 0
 
 
@@ -253,9 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="the runs of a result store, or a paper table")
     table.add_argument("--kind", default="runs",
-                       choices=("runs", "comparison", "ablation", "rotation", "alpha", "teacher"),
+                       choices=("runs", "comparison", "ablation", "rotation", "alpha", "teacher",
+                                "cross", "cost"),
                        help="runs: every run folder; comparison: Table 3; ablation: Table 6; "
-                       "rotation: Table 5; alpha: Fig. 3; teacher: Table 4 (mean ± std)")
+                       "rotation: Table 5; alpha: Fig. 3; teacher: Table 4; cross: Table 7 "
+                       "(mean ± std); cost: Table 1 (params, GFLOPs, measured images/s)")
     table.add_argument("--results", default="results")
     table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     table.add_argument("--metric", choices=("acc", "auc", "eer", "video_auc"), default="acc")
@@ -264,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--registry", type=Path, action="append", default=[],
                        help="user registry (its methods' column order)")
     table.add_argument("--out", default=None, help="write to this file instead of stdout")
+    table.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None,
+                       help="cost: the resolution, students and teacher of this preset")
+    table.add_argument("--size", type=int, default=None, help="cost: input size override")
+    table.add_argument("--device", default=None, help="cost: where images/s is measured")
+    table.add_argument("--no-measure", action="store_true", help="cost: skip the timing")
     table.set_defaults(func=cmd_table)
 
     plot = sub.add_parser("plot", help="figures from the result store")
@@ -275,6 +380,31 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", default=None,
                       help="PNG or SVG path (default: <results>/<figure>.png)")
     plot.set_defaults(func=cmd_plot)
+
+    rep = sub.add_parser("reproduce", help="every run the paper's tables need, then the tables "
+                         "(md) and plots (png)")
+    rep.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None)
+    rep.add_argument("--dataset", default="synthetic")
+    rep.add_argument("--data-root", type=Path, default=None)
+    rep.add_argument("--cross-dataset", default=None, help="also test every run on this one")
+    rep.add_argument("--cross-data-root", type=Path, default=None)
+    rep.add_argument("--students", default=None)
+    rep.add_argument("--seeds", default="0,1,2")
+    rep.add_argument("--results", default="results")
+    rep.add_argument("--registry", type=Path, action="append", default=[])
+    rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    rep.add_argument("--device", default=None)
+    rep.add_argument("--resume", action="store_true")
+    rep.add_argument("--no-progress", action="store_true")
+    rep.set_defaults(func=cmd_reproduce)
+
+    ev = sub.add_parser("eval", help="test trained students on another dataset (Table 7)")
+    ev.add_argument("runs", nargs="+", help="run folders (runs/.../seed<k>) or folders above")
+    ev.add_argument("--dataset", required=True, help="the dataset to test on")
+    ev.add_argument("--data-root", type=Path, default=None)
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=cmd_eval)
 
     methods = sub.add_parser("methods", help="list the registered methods")
     methods.add_argument("--registry", type=Path, action="append", default=[])

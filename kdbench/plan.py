@@ -80,3 +80,39 @@ def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
 
 def _applies(sw: Sweep, entry: MethodEntry) -> bool:
     return (sw.method is None or sw.method == entry.name) and entry.knows(sw.key)
+
+
+def report_runs(entries: list[MethodEntry], dataset: str,
+                overrides: dict[str, dict[str, Any]]) -> list[PlannedRun]:
+    """The runs the paper tables of the methods' registry ``reports`` need beyond the default
+    ones: the ablation rows and every value of the rotation / alpha sweeps."""
+    planned = []
+    for entry in entries:
+        ignored = entry.resolve().ignored_hparams
+        base = overrides.get(entry.name, {})
+        defaults = entry.hparams(dataset)
+        changes: list[tuple[str, dict[str, Any]]] = []
+        for row in entry.reports.get("ablation", []):
+            changes.append((row["mode"], dict(row.get("set") or {})))
+        for kind in ("rotation", "alpha"):
+            spec = entry.reports.get(kind)
+            if spec:
+                names = list(spec["sweep"])
+                changes += [(spec["mode"], dict(zip(names, combo)))
+                            for combo in itertools.product(*(spec["sweep"][k] for k in names))]
+        for mode, change in changes:
+            hp = entry.hparams(dataset, {**base, **change})
+            tag = variant_tag({k: v for k, v in hp.items() if k not in ignored(mode)}, defaults)
+            planned.append(PlannedRun(entry, mode, hp, tag))
+    return planned
+
+
+def merge(*plans: list[PlannedRun]) -> list[PlannedRun]:
+    """Concatenate plans, keeping the first of runs with the same method, mode and variant."""
+    seen, out = set(), []
+    for plan in plans:
+        for p in plan:
+            if (p.entry.name, p.mode, p.variant) not in seen:
+                seen.add((p.entry.name, p.mode, p.variant))
+                out.append(p)
+    return out

@@ -146,3 +146,15 @@ def test_sweep_and_curve_plots_are_written(tmp_path, capsys):
     _write(other, "runs/synthetic/resnet18_thin/vanilla/none/seed0", 0.8)
     assert main(["plot", "alpha", "--results", str(other), "--out", str(tmp_path / "b.png")]) == 2
     assert "--sweep alpha=1,10,100,1000" in capsys.readouterr().err
+
+
+def test_cost_table_counts_parameters_flops_and_measures_speed(tmp_path):
+    out = tmp_path / "cost.csv"
+    assert main(["table", "--kind", "cost", "--preset", "quick", "--size", "32", "--format",
+                 "md", "--out", str(out)]) == 0
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if "student resnet18_thin" in line)
+    _, name, params, flops, rate, _ = row.split("|")
+    assert float(params) == pytest.approx(2.82, abs=0.01)  # the paper's Table 1: 2.8 M
+    assert 0 < float(flops) < 0.05 and float(rate) > 0
+    assert "teacher (2 x resnet18_thin)" in text and "32 x 32 input" in text

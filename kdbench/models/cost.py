@@ -15,7 +15,38 @@ class _LogitsOnly(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
+        return logits_of(self.model, x)
+
+
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The inference path of a student or the teacher (the teacher without its projectors)."""
+    from kdbench.models.teacher import DualBranchTeacher
+
+    if isinstance(model, DualBranchTeacher):
+        return model(x, needs=set()).logits
+    return model(x).logits
+
+
+def images_per_s(model: nn.Module, size: int, device: torch.device, batch: int = 16,
+                 repeats: int = 3) -> float:
+    """Measured inference throughput (eval mode, no grad) on ``device``: the best of
+    ``repeats`` timed batches after one warm-up batch."""
+    import time
+
+    model = model.to(device).eval()
+    x = torch.randn(batch, 3, size, size, device=device)
+    best = float("inf")
+    with torch.no_grad():
+        for i in range(repeats + 1):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            logits_of(model, x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:  # the first batch warms up
+                best = min(best, time.perf_counter() - t0)
+    return batch / best
 
 
 def count_params(model: nn.Module) -> int:

@@ -251,7 +251,7 @@ def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") 
     return Report(f"Teacher vs student (Table 4): test {metric}", columns, rows, notes)
 
 
-REPORT_KINDS = ("comparison", "ablation", "rotation", "alpha", "teacher")
+REPORT_KINDS = ("comparison", "ablation", "rotation", "alpha", "teacher", "cross")
 
 
 def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
@@ -265,4 +265,68 @@ def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc") ->
         return sweep(runs, registry, kind, metric)
     if kind == "teacher":
         return teacher_vs_student(runs, registry, metric)
+    if kind == "cross":
+        return cross(runs)
     raise ValueError(f"unknown table kind {kind!r}")
+
+
+def cost(students: list[str], teacher_cfg: dict[str, Any], size: int, device,
+         measure: bool = True) -> Report:
+    """Table 1: parameters, GFLOPs (fvcore, one image at ``size``) and measured inference
+    images/s on ``device`` for each student and the dual-branch teacher (inference path:
+    the teacher without its projectors)."""
+    import torch
+
+    from kdbench.models.cost import count_params, gflops, images_per_s
+    from kdbench.models.students import create_student
+    from kdbench.models.teacher import DualBranchTeacher
+
+    models = [(f"student {s}", create_student(s)) for s in students]
+    models.append((f"teacher (2 x {teacher_cfg['backbone']})",
+                   DualBranchTeacher(teacher_cfg["backbone"], teacher_cfg["proj_dim"],
+                                     teacher_cfg["hp_cutoff"])))
+    rows = []
+    for name, model in models:
+        torch.manual_seed(0)
+        rate = images_per_s(model, size, device) if measure else math.nan
+        rows.append([name, f"{count_params(model) / 1e6:.2f}", f"{gflops(model, size):.3f}",
+                     "-" if math.isnan(rate) else f"{rate:.1f}"])
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    where = f"{device}" + (f", {threads} threads" if threads else "")
+    notes = [f"{size} x {size} input; parameters in millions (the teacher's include its "
+             "projectors and auxiliary heads); GFLOPs by fvcore (one multiply-add = one FLOP); "
+             f"images/s measured on this machine ({where}), batch 16, best of 3."]
+    return Report(f"Cost (Table 1) at {size} px", ["model", "params (M)", "GFLOPs",
+                                                   "images/s"], rows, notes)
+
+
+def cross(runs: pd.DataFrame) -> Report:
+    """Table 7: AUC and EER of each (train dataset, student, method, mode) on every dataset it
+    was tested on with `kdbench eval` (``<run>/cross/<dataset>.json``)."""
+    from pathlib import Path
+
+    from kdbench.train.store import read_json
+
+    records = []
+    for r in _students(runs).itertuples():
+        for path in sorted((Path(r.path) / "cross").glob("*.json")):
+            rec = read_json(path)
+            records.append({"train": r.dataset, "student": r.student,
+                            "method": r.method + (f"@{r.variant}" if r.variant else ""),
+                            "mode": r.mode, "seed": r.seed, "test_on": rec["test_dataset"],
+                            **{k: rec["test"].get(k) for k in METRICS}})
+    df = pd.DataFrame(records)
+    targets = sorted(set(df["test_on"])) if len(df) else []
+    columns = ["trained on", "student", "method", "mode",
+               *[f"{t} {m}" for t in targets for m in ("AUC", "EER")]]
+    rows = []
+    if len(df):
+        for key, group in df.groupby(["train", "student", "method", "mode"], sort=True):
+            cells = []
+            for t in targets:
+                sel = group[group["test_on"] == t]
+                cells += [cell(sel["auc"]), cell(sel["eer"])]
+            rows.append([*key, *cells])
+    notes = ["AUC and EER in %, mean ± std over seeds (number of seeds); add a column with "
+             "`kdbench eval <runs folder> --dataset <name>`."]
+    return Report("Cross-dataset (Table 7)", columns, rows, notes)

@@ -1,0 +1,60 @@
+"""`kdbench eval`: a trained student tested on another dataset (cross-dataset, Table 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdbench.data.datasets import PreparedData
+from kdbench.data.loader import FrameSplit
+from kdbench.errors import KdbenchError
+from kdbench.models.students import Student, create_student
+from kdbench.train.metrics import detection_metrics
+from kdbench.train.store import atomic_write_json, read_json
+
+CROSS_DIR = "cross"  # <run>/cross/<dataset>.json
+
+
+def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
+    """The student of a finished run at its best validation epoch, and the run's metrics."""
+    metrics_path, ckpt = run_dir / "metrics.json", run_dir / "best.pt"
+    if not metrics_path.is_file() or read_json(metrics_path).get("status") != "finished":
+        raise KdbenchError(f"{run_dir} is not a finished run; finish it with `kdbench run`")
+    metrics = read_json(metrics_path)
+    if metrics.get("role") != "student":
+        raise KdbenchError(f"{run_dir} is not a student run; give a runs/... folder")
+    if not ckpt.is_file():
+        raise KdbenchError(f"{run_dir} has no best.pt (checkpoints are not committed); train it "
+                           "again with `kdbench run` on this machine")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    student = create_student(metrics["student"])
+    prefix = "student."
+    student.load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                             if k.startswith(prefix)})
+    return student.eval(), metrics
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: Path, data: PreparedData, dataset: str, device: torch.device,
+                 batch_size: int = 256) -> dict[str, Any]:
+    """Test metrics of a run's student on ``dataset``'s test split, written to
+    ``<run>/cross/<dataset>.json``."""
+    from kdbench.data.loader import iterate, to_model_input
+
+    student, metrics = load_student(run_dir)
+    size = metrics["config"]["data"]["size"]
+    split = FrameSplit(data.frames, data.split("test"))
+    if len(split) == 0:
+        raise KdbenchError(f"{data.root} has no test split; prepare it with its split files")
+    student.to(device)
+    probs = []
+    for batch in iterate(split, batch_size, shuffle=False):
+        b = to_model_input(batch, device, size)
+        probs.append(torch.softmax(student(b["image"]).logits.float(), 1)[:, 1].cpu())
+    result = detection_metrics(torch.cat(probs).numpy(), split.labels.numpy(), split.videos)
+    record = {"train_dataset": metrics["dataset"], "test_dataset": dataset, "test": result,
+              "device": str(device)}
+    atomic_write_json(run_dir / CROSS_DIR / f"{dataset}.json", record)
+    return record
