@@ -305,20 +305,46 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from kdbench.data.prepare import FF_METHODS, ffpp_items, prepare_items
+    from kdbench.data.prepare import FF_METHODS, ffpp_items, prepare_items, summary_line
     from kdbench.progress import console
 
-    if args.source != "ff++":
-        raise KdbenchError(f"prepare {args.source!r} is not available yet; use ff++")
-    methods = tuple(_csv(args.methods)) if args.methods else FF_METHODS
-    items = ffpp_items(Path(args.root), args.compression, methods,
-                       Path(args.splits) if args.splits else None)
+    only = {"compression": ("ff++",), "methods": ("ff++",), "splits": ("ff++",),
+            "frames": ("ff++", "celebdf"), "val_fraction": ("celebdf",), "name": ("folder",),
+            "seed": ("celebdf", "folder")}
+    for opt, sources in only.items():
+        if getattr(args, opt) is not None and args.source not in sources:
+            raise KdbenchError(f"--{opt.replace('_', '-')} does not apply to prepare "
+                               f"{args.source}; it is an option of {' and '.join(sources)}")
+    root, out, seed = Path(args.root), Path(args.out), args.seed or 0
+    frames = 32 if args.frames is None else args.frames
+    noun, meta = "videos", {"source": args.source}
+    detector = args.detector or ("center" if args.source == "folder" else "dlib")
     t0 = time.perf_counter()
-    counts = prepare_items(items, Path(args.out), f"ff_{args.compression}", args.frames,
-                           args.size, args.detector, args.workers, not args.no_progress)
-    console.print(f"prepared {counts['prepared']}, skipped (already done) {counts['skipped']}, "
-                  f"failed {counts['failed']} videos in {time.perf_counter() - t0:.1f} s "
-                  f"-> {args.out}")
+    if args.source == "ff++":
+        methods = tuple(_csv(args.methods)) if args.methods else FF_METHODS
+        dataset = f"ff_{args.compression or 'c40'}"
+        items = ffpp_items(root, args.compression or "c40", methods,
+                           Path(args.splits) if args.splits else None)
+    elif args.source == "celebdf":
+        from kdbench.data.prepare_celebdf import celebdf_items
+
+        val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
+        split = celebdf_items(root, val_fraction, seed)
+        dataset, items = "celebdf", split.items
+        meta.update(seed=seed, val_fraction=val_fraction, val_identities=split.val_identities,
+                    excluded=split.excluded)
+        if split.excluded:
+            console.print(f"left out {len(split.excluded)} videos that mix a train and a val "
+                          "identity (listed in prepared.json)")
+    else:
+        from kdbench.data.prepare_folder import check_name, folder_items
+
+        dataset, frames, noun = check_name(args.name or "folder"), 1, "images"
+        items = folder_items(root, seed)
+        meta.update(seed=seed)
+    counts = prepare_items(items, out, dataset, frames, args.size, detector, args.workers,
+                           not args.no_progress, meta)
+    console.print(summary_line(counts, time.perf_counter() - t0, out, noun), highlight=False)
     return 0
 
 
@@ -417,17 +443,27 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-progress", action="store_true")
     synth.set_defaults(func=cmd_synth)
 
-    prep = sub.add_parser("prepare", help="videos -> face crops + index")
-    prep.add_argument("source", choices=("ff++",))
-    prep.add_argument("--root", required=True)
-    prep.add_argument("--out", required=True)
-    prep.add_argument("--compression", default="c40", choices=("c40", "c23", "raw"))
-    prep.add_argument("--methods", default=None)
-    prep.add_argument("--splits", default=None, help="folder of train/val/test.json")
-    prep.add_argument("--frames", type=int, default=32)
+    prep = sub.add_parser("prepare", help="videos or images -> face crops + index")
+    prep.add_argument("source", choices=("ff++", "celebdf", "folder"),
+                      help="ff++: FaceForensics++; celebdf: Celeb-DF v2; folder: real/ and "
+                      "fake/ image folders")
+    prep.add_argument("--root", required=True, help="the dataset as downloaded")
+    prep.add_argument("--out", required=True, help="prepared folder (resumes if present)")
+    prep.add_argument("--compression", default=None, choices=("c40", "c23", "raw"),
+                      help="ff++ (default c40)")
+    prep.add_argument("--methods", default=None, help="ff++: comma list of manipulations")
+    prep.add_argument("--splits", default=None, help="ff++: folder of train/val/test.json")
+    prep.add_argument("--frames", type=int, default=None,
+                      help="frames per video (default 32; images have one)")
     prep.add_argument("--size", type=int, default=299)
-    prep.add_argument("--detector", default="center")
+    prep.add_argument("--detector", default=None,
+                      help="dlib (default for ff++, celebdf) or center (pre-cropped data; "
+                      "default for folder)")
     prep.add_argument("--workers", type=int, default=2)
+    prep.add_argument("--val-fraction", type=float, default=None,
+                      help="celebdf: share of identities held out for val (default 0.1)")
+    prep.add_argument("--seed", type=int, default=None, help="celebdf, folder: split seed (0)")
+    prep.add_argument("--name", default=None, help="folder: dataset name (default folder)")
     prep.add_argument("--no-progress", action="store_true")
     prep.set_defaults(func=cmd_prepare)
     return p

@@ -12,9 +12,9 @@ import pytest
 
 from kdbench.data.datasets import load_prepared
 from kdbench.data.detectors import CenterDetector, square_crop
-from kdbench.data.prepare import ffpp_items, prepare_items
+from kdbench.data.prepare import ffpp_items, prepare_items, summary_line
 from kdbench.data.synthetic import MANIPULATIONS, SynthConfig, generate
-from kdbench.errors import DataError
+from kdbench.errors import DataError, KdbenchError
 
 TINY = SynthConfig(seed=1, pairs=(2, 1, 1), size=32, frames=4)
 
@@ -49,7 +49,8 @@ def test_prepare_writes_index_skips_corrupt_and_resumes(tree, tmp_path):
     items = ffpp_items(root, "c40", MANIPULATIONS)
     out = tmp_path / "prep"
     counts = prepare_items(items, out, "ff_c40", frames=3, size=24, progress=False)
-    assert counts == {"prepared": len(items) - 1, "skipped": 0, "failed": 1}
+    n = len(items) - 1
+    assert counts == {"prepared": n, "skipped": 0, "failed": 1, "frames": 3 * n}
     data = load_prepared(out, "ff_c40")
     assert data.frames.shape == ((len(items) - 1) * 3, 24, 24, 3)
     assert data.frames.dtype == np.uint8
@@ -65,8 +66,20 @@ def test_prepare_writes_index_skips_corrupt_and_resumes(tree, tmp_path):
     assert json.loads((out / "prepared.json").read_text())["failed"] == 1
     # resumed: nothing prepared twice, same output
     again = prepare_items(items, out, "ff_c40", frames=3, size=24, progress=False)
-    assert again == {"prepared": 0, "skipped": len(items) - 1, "failed": 1}
+    assert again == {"prepared": 0, "skipped": n, "failed": 1, "frames": 0}
     pd.testing.assert_frame_equal(load_prepared(out, "ff_c40").index, idx)
+    # the cache resumes only with the settings it was made with
+    with pytest.raises(DataError, match="prepared with size 24"):
+        prepare_items(items, out, "ff_c40", frames=3, size=32, progress=False)
+    with pytest.raises(KdbenchError, match="unknown detector 'hog'"):
+        prepare_items(items, out, "ff_c40", frames=3, size=24, detector="hog", progress=False)
+
+
+def test_summary_line_reports_throughput():
+    counts = {"prepared": 10, "skipped": 3, "failed": 1, "frames": 320}
+    assert summary_line(counts, 4.0, Path("out")) == (
+        "prepared 10, skipped (already done) 3, failed 1 videos in 4.0 s (80.0 frames/s, "
+        "2.50 videos/s) -> out")
 
 
 def test_prepare_errors(tmp_path, tree):
@@ -89,3 +102,16 @@ def test_center_crop_box_and_padding():
     # a box past the border is zero-padded, not shifted
     edge = square_crop(np.full((10, 10, 3), 200, np.uint8), (-5, 0, 5, 10), 1.0, 10)
     assert edge[:, :4].max() == 0 and edge[:, 6:].min() == 200
+
+
+def test_a_preset_keeps_evenly_spaced_frames_of_each_video():
+    import pandas as pd
+
+    from kdbench.data.datasets import keep_frames
+
+    index = pd.DataFrame({"row": range(7), "video": ["a"] * 5 + ["b"] * 2,
+                          "frame": [0, 1, 2, 3, 4, 0, 1]})
+    kept = keep_frames(index, 3)
+    assert kept[kept.video == "a"]["frame"].tolist() == [0, 2, 4]
+    assert kept[kept.video == "b"]["frame"].tolist() == [0, 1]
+    assert kept["row"].tolist() == [0, 2, 4, 5, 6]

@@ -17,6 +17,7 @@ REAL_DATASETS = {
     "ff_c23": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression c23 --out DIR",
     "ff_raw": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression raw --out DIR",
     "celebdf": "kdbench prepare celebdf --root <Celeb-DF folder> --out DIR",
+    "folder": "kdbench prepare folder --root <folder of real/ and fake/ images> --out DIR",
 }
 DATASETS = ("synthetic", *REAL_DATASETS)
 
@@ -42,8 +43,21 @@ class PreparedData:
         return rows
 
 
-def load_prepared(root: Path, dataset: str) -> PreparedData:
-    """Open a prepared folder, checking it holds ``dataset``."""
+def keep_frames(index: pd.DataFrame, per_video: int) -> pd.DataFrame:
+    """At most ``per_video`` evenly spaced frames of each video (all when it has fewer)."""
+    def pick(group: pd.DataFrame) -> pd.DataFrame:
+        if len(group) <= per_video:
+            return group
+        return group.iloc[np.linspace(0, len(group) - 1, per_video).round().astype(int)]
+
+    ordered = index.sort_values(["video", "frame"], kind="stable")
+    kept = [pick(g) for _, g in ordered.groupby("video", sort=False)]
+    return pd.concat(kept).sort_values("row", kind="stable").reset_index(drop=True)
+
+
+def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None) -> PreparedData:
+    """Open a prepared folder, checking it holds ``dataset``; ``frames_per_video`` keeps that
+    many evenly spaced frames of each video (a preset's ``data.frames``)."""
     root = Path(root)
     meta_path = root / "prepared.json"
     if not meta_path.is_file():
@@ -64,6 +78,8 @@ def load_prepared(root: Path, dataset: str) -> PreparedData:
     index = pd.read_csv(root / "index.csv", dtype={"video": str})
     if len(index) != len(frames):
         raise DataError(f"{root}: index.csv and frames.npy disagree; re-run the preparation")
+    if frames_per_video:
+        index = keep_frames(index, frames_per_video)
     return PreparedData(root, frames, index, meta)
 
 
@@ -78,7 +94,12 @@ def open_dataset(
         root = Path(data_root) if data_root else default_data_root() / "synthetic"
         return load_prepared(ensure_synthetic(root, size, frames, progress), name)
     if name not in REAL_DATASETS:
-        raise KdbenchError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        if data_root is not None and _is_named_folder(Path(data_root), name):
+            return load_prepared(Path(data_root), name, frames)
+        raise KdbenchError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or the --name of a "
+            "`kdbench prepare folder` output given with --data-root"
+        )
     if data_root is None:
         raise DataError(
             f"dataset {name} needs --data-root pointing at a prepared folder: run "
@@ -89,4 +110,13 @@ def open_dataset(
             f"data folder {data_root} not found; prepare {name} with `{REAL_DATASETS[name]}`, "
             "or use --dataset synthetic"
         )
-    return load_prepared(Path(data_root), name)
+    return load_prepared(Path(data_root), name, frames)
+
+
+def _is_named_folder(root: Path, name: str) -> bool:
+    """Whether ``root`` is a `kdbench prepare folder --name NAME` output."""
+    try:
+        meta = read_json(root / "prepared.json")
+    except (OSError, ValueError):
+        return False
+    return meta.get("dataset") == name and meta.get("source") == "folder"

@@ -6,6 +6,8 @@ from typing import Protocol
 
 import numpy as np
 
+from kdbench.errors import KdbenchError
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1
 
 
@@ -33,16 +35,53 @@ class CenterDetector:
         return (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
 
 
-DETECTORS = {"center": CenterDetector}
+class DlibDetector:
+    """dlib's built-in HOG frontal face detector (no weight file), as DeepfakeBench uses it: the
+    frame upsampled ``upsample`` times, the largest face kept (ties: the higher score), its box
+    enlarged by ``enlarge`` (1.3) for the crop. dlib is imported on construction, so create one
+    per worker process rather than pickling it."""
+
+    enlarge = 1.3
+
+    def __init__(self, upsample: int = 1) -> None:
+        try:
+            import dlib
+        except ImportError as exc:
+            raise KdbenchError(
+                "the dlib face detector needs the dlib module; install it with "
+                "`pip install dlib-bin`, or use --detector center for pre-cropped faces"
+            ) from exc
+        self.upsample = upsample
+        self._detect = dlib.get_frontal_face_detector()
+
+    def __call__(self, frame: np.ndarray) -> Box | None:
+        rects, scores, _ = self._detect.run(np.ascontiguousarray(frame), self.upsample, 0.0)
+        if not rects:
+            return None
+        best = max(zip(rects, scores), key=lambda rs: (rs[0].width() * rs[0].height(), rs[1]))[0]
+        h, w = frame.shape[:2]  # dlib may return a box reaching past the border: clip it
+        x0, y0 = max(best.left(), 0), max(best.top(), 0)
+        x1, y1 = min(best.right() + 1, w), min(best.bottom() + 1, h)
+        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+DETECTORS = {"center": CenterDetector, "dlib": DlibDetector}
 
 
 def make_detector(name: str) -> Detector:
     """Create a detector by name."""
-    from kdbench.errors import KdbenchError
-
     if name not in DETECTORS:
         raise KdbenchError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
     return DETECTORS[name]()
+
+
+def fill_boxes(boxes: list[Box | None]) -> list[Box] | None:
+    """Give each frame without a face the box of the nearest frame with one (the earlier on a
+    tie); None when no frame has a face."""
+    found = [i for i, b in enumerate(boxes) if b is not None]
+    if not found:
+        return None
+    return [boxes[min(found, key=lambda j: abs(j - i))] for i in range(len(boxes))]
 
 
 def square_crop(frame: np.ndarray, box: Box, enlarge: float, size: int) -> np.ndarray:

@@ -11,12 +11,13 @@ import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kdbench.data.detectors import make_detector, square_crop
+from kdbench.data.detectors import Detector, fill_boxes, make_detector, square_crop
 from kdbench.data.video import read_frames
 from kdbench.errors import DataError, KdbenchError
 from kdbench.progress import progress_bar
@@ -86,27 +87,52 @@ def _cache_path(out: Path, item: VideoItem) -> Path:
     return out / "cache" / (item.video.replace("/", "__") + ".npy")
 
 
-def _prepare_one(args: tuple[VideoItem, Path, int, int, str]) -> tuple[str, str]:
-    """Crop one video into its cache file. Returns (status, message)."""
+@cache
+def _worker_detector(name: str) -> Detector:
+    """One detector per process, created where it runs (dlib's is not picklable)."""
+    return make_detector(name)
+
+
+def crop_video(video: np.ndarray, detector: Detector, size: int) -> np.ndarray | None:
+    """Square face crops [T, size, size, 3] of the frames of ``video``; a frame without a face
+    reuses the nearest detected frame's box. None when no frame has a face."""
+    boxes = fill_boxes([detector(frame) for frame in video])
+    if boxes is None:
+        return None
+    return np.stack([square_crop(f, b, detector.enlarge, size) for f, b in zip(video, boxes)])
+
+
+def _prepare_one(args: tuple[VideoItem, Path, int, int, str]) -> tuple[str, str, int]:
+    """Crop one video into its cache file. Returns (status, message, frames written)."""
     item, out, frames, size, detector_name = args
     target = _cache_path(out, item)
     if target.is_file():
-        return "skipped", ""
+        return "skipped", "", 0
     try:
         video = read_frames(Path(item.path), frames)
     except KdbenchError as exc:
-        return "failed", str(exc)
-    detector = make_detector(detector_name)
-    boxes = [detector(frame) for frame in video]
-    found = [i for i, b in enumerate(boxes) if b is not None]
-    if not found:
-        return "failed", f"no face found in {item.path}"
-    crops = []
-    for i, frame in enumerate(video):
-        nearest = min(found, key=lambda j: abs(j - i))  # reuse the nearest detected box
-        crops.append(square_crop(frame, boxes[nearest], detector.enlarge, size))
-    atomic_save_npy(target, np.stack(crops))
-    return "prepared", ""
+        return "failed", str(exc), 0
+    crops = crop_video(video, _worker_detector(detector_name), size)
+    if crops is None:
+        return "failed", f"no face found in {item.path}", 0
+    atomic_save_npy(target, crops)
+    return "prepared", "", len(crops)
+
+
+def _check_cache(out: Path, dataset: str, frames: int, size: int, detector: str) -> None:
+    """The cache may only be resumed with the settings it was started with."""
+    settings = {"dataset": dataset, "frames": frames, "size": size, "detector": detector}
+    path = out / "cache" / "settings.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = ", ".join(f"{k} {old.get(k)!r}" for k in settings if old.get(k) != settings[k])
+            raise DataError(
+                f"{out} was prepared with {diff}; use another --out, or delete {out} to start "
+                "over with the new settings"
+            )
+    else:
+        atomic_write_json(path, settings)
 
 
 def prepare_items(
@@ -118,40 +144,58 @@ def prepare_items(
     detector: str = "center",
     workers: int = 1,
     progress: bool = True,
+    meta: dict | None = None,
 ) -> dict[str, int]:
-    """Prepare ``items`` into ``out``; failed videos are logged and skipped. Returns counts."""
+    """Prepare ``items`` into ``out``; failed videos are logged and skipped. ``meta`` is added to
+    ``prepared.json``. Returns counts of videos (prepared, skipped, failed) and of frames
+    newly cropped (frames)."""
+    if frames < 1 or size < 1:
+        raise KdbenchError(f"--frames and --size must be positive, got {frames} and {size}")
     out = Path(out)
     (out / "cache").mkdir(parents=True, exist_ok=True)
-    make_detector(detector)  # validate the name before starting workers
+    make_detector(detector)  # validate the name (and dlib's presence) before starting workers
+    _check_cache(out, dataset, frames, size, detector)
     jobs = [(item, out, frames, size, detector) for item in items]
-    counts = {"prepared": 0, "skipped": 0, "failed": 0}
+    counts = {"prepared": 0, "skipped": 0, "failed": 0, "frames": 0}
     failures: list[str] = []
     with progress_bar(progress) as bar:
         task = bar.add_task(f"prepare {dataset}", total=len(jobs))
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
                 results = pool.map(_prepare_one, jobs, chunksize=4)
-                for status, msg in results:
+                for status, msg, n in results:
                     counts[status] += 1
+                    counts["frames"] += n
                     if msg:
                         failures.append(msg)
                     bar.advance(task)
         else:
             for job in jobs:
-                status, msg = _prepare_one(job)
+                status, msg, n = _prepare_one(job)
                 counts[status] += 1
+                counts["frames"] += n
                 if msg:
                     failures.append(msg)
                 bar.advance(task)
     for msg in failures:
         log.warning("skipped: %s", msg)
-    _consolidate(items, out, dataset, frames, size, detector, counts)
+    _consolidate(items, out, dataset, frames, size, detector, counts, meta or {})
     return counts
+
+
+def summary_line(counts: dict[str, int], seconds: float, out: Path, noun: str = "videos") -> str:
+    """The one-line report of a preparation, with its throughput."""
+    secs = max(seconds, 1e-9)
+    return (
+        f"prepared {counts['prepared']}, skipped (already done) {counts['skipped']}, failed "
+        f"{counts['failed']} {noun} in {seconds:.1f} s ({counts.get('frames', 0) / secs:.1f} "
+        f"frames/s, {counts['prepared'] / secs:.2f} {noun}/s) -> {out}"
+    )
 
 
 def _consolidate(
     items: list[VideoItem], out: Path, dataset: str, frames: int, size: int, detector: str,
-    counts: dict[str, int],
+    counts: dict[str, int], extra: dict,
 ) -> None:
     good = [it for it in items if _cache_path(out, it).is_file()]
     if not good:
@@ -173,5 +217,6 @@ def _consolidate(
         "dataset": dataset, "frames": frames, "size": size, "detector": detector,
         "videos": len(good), "rows": len(index), "failed": counts["failed"],
         "per_split": {s: int((index.split == s).sum()) for s in SPLITS},
+        **extra,
     }
     atomic_write_json(out / "prepared.json", meta)

@@ -1,4 +1,5 @@
-"""Reading and writing short RGB videos with PyAV (H.264 / libx264 in MP4)."""
+"""Reading and writing short RGB videos with PyAV (H.264 / libx264 in MP4); still images read
+as one-frame videos."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import av
 import numpy as np
 
 from kdbench.errors import VideoError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def evenly_spaced(total: int, num: int) -> list[int]:
@@ -66,13 +69,15 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 25, qp: int = 40) -> 
 def read_frames(path: Path, num: int | None = None) -> np.ndarray:
     """Decode ``num`` evenly spaced frames (all if ``None``) as uint8 [num,H,W,3] RGB.
 
-    Fewer than ``num`` frames are returned when the video is shorter. Any problem
-    (missing file, not a video, corrupt data, no decodable frame) raises
-    :class:`VideoError` naming the file.
+    Fewer than ``num`` frames are returned when the video is shorter; an image file (a suffix
+    of ``IMAGE_SUFFIXES``) is one frame. Any problem (missing file, not a video or image,
+    corrupt data, no decodable frame) raises :class:`VideoError` naming the file.
     """
     path = Path(path)
     if num is not None and num < 1:
         raise ValueError(f"read_frames needs num >= 1 or None, got {num}")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image(path)[None]
     try:
         if not path.is_file():
             raise VideoError(f"cannot read video {path}: no such file")
@@ -93,6 +98,21 @@ def read_frames(path: Path, num: int | None = None) -> np.ndarray:
     if not frames:
         raise VideoError(f"cannot read video {path}: no decodable frames")
     return np.stack(frames)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as uint8 [H,W,3] RGB; an unreadable one raises :class:`VideoError`."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"cannot read image {path}: no such file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise VideoError(f"cannot read image {path}: {_reason(exc)}") from exc
 
 
 def _stream_frames(path: Path) -> int:
