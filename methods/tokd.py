@@ -40,12 +40,20 @@ def cayley(weight: Tensor) -> Tensor:
     return torch.linalg.solve(eye - skew, eye + skew)
 
 
-def tokd_kd_loss(fs: Tensor, ft: Tensor) -> Tensor:
+KD_REDUCTIONS = ("sum", "mean")
+
+
+def tokd_kd_loss(fs: Tensor, ft: Tensor, reduction: str = "sum") -> Tensor:
     """Eq. 6-7: squared L2 distance between the per-sample L2-normalised (flattened) student
-    and teacher features, averaged over the batch (each term lies in [0, 4])."""
+    and teacher features, averaged over the batch: ``sum`` over a sample's elements (each term
+    lies in [0, 4]; the default) or ``mean`` over them (MSELoss's scale, 1/N as large). The
+    paper does not fix the distance's scale, which sets what alpha means."""
     s = F.normalize(fs.flatten(1).float(), dim=1)
     t = F.normalize(ft.flatten(1).float(), dim=1)
-    return (s - t).pow(2).sum(1).mean()
+    per_sample = (s - t).pow(2).sum(1)
+    if reduction == "mean":
+        per_sample = per_sample / s.shape[1]
+    return per_sample.mean()
 
 
 def rotate(z: Tensor, r: Tensor, mode: str) -> Tensor:
@@ -128,6 +136,9 @@ class TOKD(Distiller):
         self.branches = [b for b in ("rgb", "freq") if use[b]]
         if not self.branches:
             raise KdbenchError("tokd: use_rgb and use_fre are both false; enable at least one")
+        self.kd_reduction = str(hp.get("kd_reduction", "sum"))
+        if self.kd_reduction not in KD_REDUCTIONS:
+            raise KdbenchError(f"tokd.kd_reduction must be sum or mean, got {self.kd_reduction!r}")
         self.rotation_mode = str(hp.get("rotation_mode", "flat"))
         if self.rotation_mode not in ROTATION_MODES:
             raise KdbenchError(f"tokd.rotation_mode must be flat or channel, got "
@@ -209,7 +220,7 @@ class TOKD(Distiller):
             fs = self.projectors[b](ms[b].view_as(z).to(z.dtype))
             ft = getattr(t, f"{b}_proj")
             fs, ft = match_spatial(fs, ft)
-            losses[f"loss_kd_{b}"] = self.alpha[b] * tokd_kd_loss(fs, ft)
+            losses[f"loss_kd_{b}"] = self.alpha[b] * tokd_kd_loss(fs, ft, self.kd_reduction)
         self._step_state = {"m": ms, "R": rots} if len(self.branches) == 2 else {}
         return s.logits, losses
 

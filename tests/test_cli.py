@@ -178,6 +178,14 @@ def test_tokd_run_writes_gradient_traces_and_the_plot(capsys, tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert f"{on_dir}/both" in out and f"{off_dir}/both" in out
+    # a run recorded before a hyper-parameter existed counts as having had its default
+    path = root / on_dir / "both/seed0/metrics.json"
+    m = json.loads(path.read_text())
+    del m["hparams"]["kd_reduction"]
+    path.write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "skip resnet18_thin/tokd/both/seed0: finished" in capsys.readouterr().err
     # the same folder with other settings is refused, not silently reused
     code, err = _run(capsys, *argv[:-1], "--set", "train.lr=0.5", "--no-progress")
     assert code == 2 and "holds a finished run with other settings" in err

@@ -108,6 +108,7 @@ def test_kd_loss_is_the_distance_of_l2_normalised_features():
     ft = torch.tensor([[4.0, 3.0], [0.0, 2.0]]).view(2, 2, 1, 1)
     # sample 1: (0.6, 0.8) vs (0.8, 0.6) -> 0.04 + 0.04; sample 2: (1, 0) vs (0, 1) -> 2
     assert tokd_kd_loss(fs, ft).item() == pytest.approx((0.08 + 2.0) / 2)
+    assert tokd_kd_loss(fs, ft, "mean").item() == pytest.approx((0.04 + 1.0) / 2)  # 2 elements
 
 
 def test_rotation_loss_is_minus_the_summed_cosine_to_the_mean_gradient():

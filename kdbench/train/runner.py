@@ -265,8 +265,10 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     identity = _identity(ctx, spec, ignored)
     done = _finished(run_dir)
     if done is not None:
+        # a hyper-parameter added to the registry later is taken to have had its default
+        current = entry.hparams(spec.dataset)
         recorded = {"config": comparable_config(done.get("config", ctx.config)),
-                    "hparams": {k: v for k, v in done.get("hparams", {}).items()
+                    "hparams": {k: v for k, v in {**current, **done.get("hparams", {})}.items()
                                 if k not in ignored}}
         _check_same_run(run_dir, recorded, identity, "a finished run")
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
