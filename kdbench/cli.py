@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kdbench.plan import merge, parse_sweep, plan_runs, report_runs
     from kdbench.progress import console
     from kdbench.registry import load_registry, select_methods
-    from kdbench.train.runner import Context, ensure_teacher, pick_device, run_one
+    from kdbench.train.runner import Context, ensure_teacher, is_finished, pick_device, run_one
 
     device = pick_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
@@ -74,13 +74,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = Context(data, args.dataset, config, Path(args.results), device, args.resume,
                   not args.no_progress)
     t0 = time.perf_counter()
-    teacher = ensure_teacher(ctx)
-    for seed in seeds:
-        for student in students:
-            for p in plan:
-                spec = RunSpec(args.dataset, student, p.entry.name, p.mode, seed, p.hparams,
-                               p.variant)
-                run_one(ctx, spec, p.entry, teacher if p.mode != "none" else None)
+    specs = [(RunSpec(args.dataset, student, p.entry.name, p.mode, seed, p.hparams, p.variant),
+              p.entry) for seed in seeds for student in students for p in plan]
+    # the teacher is trained (or loaded) only if a distillation run is left to do
+    todo = [s for s, _ in specs if s.mode != "none" and not is_finished(ctx.results / s.relpath)]
+    teacher = ensure_teacher(ctx) if todo else None
+    for spec, entry in specs:
+        run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
     console.print(f"all runs finished in {time.perf_counter() - t0:.0f} s; "
                   f"`kdbench table --results {args.results}` lists them")
     return 0

@@ -90,6 +90,11 @@ class Context:
                        self.progress)
 
 
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run."""
+    return _finished(run_dir) is not None
+
+
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "metrics.json"
     if path.is_file():
@@ -286,6 +291,8 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     done = _finished(run_dir)  # finished by another process meanwhile
     if done is not None:
         return done
+    if spec.mode != "none" and teacher is None:
+        raise KdbenchError(f"{name} needs the teacher, but none was loaded; run again")
     started = run_dir / RUN_FILE
     if ctx.resume and (run_dir / "last.pt").is_file() and started.is_file():
         _check_same_run(run_dir, read_json(started), identity, "an unfinished run (--resume)")
