@@ -158,3 +158,13 @@ def test_cost_table_counts_parameters_flops_and_measures_speed(tmp_path):
     assert float(params) == pytest.approx(2.82, abs=0.01)  # the paper's Table 1: 2.8 M
     assert 0 < float(flops) < 0.05 and float(rate) > 0
     assert "teacher (2 x resnet18_thin)" in text and "32 x 32 input" in text
+
+
+def test_gradsim_curve_labels_name_rotation_d_and_other_settings():
+    from kdbench.report.gradsim import curve_label
+
+    assert curve_label("tokd", True, 1024) == "rotation d=1024"
+    assert curve_label("tokd@rotation=false", False, 1024) == "no rotation"
+    assert curve_label("tokd@d=2048", True, 1024) == "rotation d=2048 (effective 1024)"
+    assert curve_label("tokd@alpha1=1,alpha2=1", True, 256) == \
+        "rotation d=256 (tokd alpha1=1,alpha2=1)"

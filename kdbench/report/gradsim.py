@@ -36,8 +36,11 @@ def collect_gradsim(results: Path, dataset: str | None = None) -> pd.DataFrame:
 def curve_label(method: str, rotation: bool, d: int | None) -> str:
     """"rotation d=1024" / "no rotation", plus any other setting of the method's variant."""
     name, _, variant = method.partition("@")
-    rest = [kv for kv in variant.split(",") if kv and kv.split("=")[0] not in ("rotation", "d")]
-    base = f"rotation d={d}" if rotation else "no rotation"
+    settings = dict(kv.split("=", 1) for kv in variant.split(",") if "=" in kv)
+    rest = [f"{k}={v}" for k, v in settings.items() if k not in ("rotation", "d")]
+    asked = settings.get("d")
+    effective = f"rotation d={asked} (effective {d})" if asked and str(d) != asked else None
+    base = (effective or f"rotation d={d}") if rotation else "no rotation"
     return f"{base} ({name} {','.join(rest)})" if rest else base
 
 
