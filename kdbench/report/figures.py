@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.report.tables import Cell, sweep
+from kdbench.report.tables import Cell, sweep, sweep_command
 from kdbench.train.store import read_jsonl
 
 
@@ -55,9 +55,9 @@ def plot_sweep(runs: pd.DataFrame, registry: dict, kind: str, out: Path,
             points += len(pts)
     if not points:
         plt.close(fig)
-        hint = report.notes[0].partition("run with ")[2].replace("`", "")
-        raise KdbenchError(f"no finished runs for the {kind} sweep; train them with "
-                           f"`kdbench run --methods tokd --modes both {hint}`")
+        hint = "; ".join(f"`{sweep_command(e, kind)}`" for e in registry.values()
+                         if kind in e.reports)
+        raise KdbenchError(f"no finished runs for the {kind} sweep; train them with {hint}")
     ax.set_xlabel(", ".join(report.columns[1:n_keys]))
     ax.set_ylabel(f"test {metric} (%)")
     ax.set_title(report.title)

@@ -58,9 +58,9 @@ class Report:
                     .replace("±", r"$\pm$").replace("↑", r"$\uparrow$")
                     .replace("↓", r"$\downarrow$"))
 
-        spec = "l" * (len(self.columns) - sum(isinstance(c, Cell) for c in self.rows[0])) \
-            if self.rows else "l" * len(self.columns)
-        spec += "r" * (len(self.columns) - len(spec))
+        n_text = sum(not isinstance(c, Cell) for c in self.rows[0]) if self.rows \
+            else len(self.columns)
+        spec = "l" * n_text + "r" * (len(self.columns) - n_text)
         lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(self.title)}}}",
                  rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
                  " & ".join(esc(c) for c in self.columns) + r" \\", r"\midrule"]
@@ -201,6 +201,18 @@ def ablation(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
     return Report(f"Ablation (Table 6): test {metric}", columns, rows, notes)
 
 
+def sweep_flags(entry, kind: str) -> list[str]:
+    """The ``--sweep key=v1,v2`` options that train a method's ``reports.<kind>`` runs."""
+    return [f"--sweep {k}={','.join(map(str, v))}"
+            for k, v in entry.reports[kind]["sweep"].items()]
+
+
+def sweep_command(entry, kind: str) -> str:
+    """The `kdbench run` that trains a method's ``reports.<kind>`` sweep."""
+    return (f"kdbench run --methods {entry.name} --modes {entry.reports[kind]['mode']} "
+            + " ".join(sweep_flags(entry, kind)))
+
+
 def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") -> Report:
     """Table 5 (``rotation``) / Fig. 3 as a table (``alpha``): one row per value (combination)
     of the hyper-parameters a method's ``reports.<kind>.sweep`` names."""
@@ -222,8 +234,7 @@ def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") ->
             rows.append([f"{entry.name} {spec['mode']}",
                          *[str(changes.get(k, "")) for k in keys], *cells])
     notes = [f"{metric} in %, mean ± std over seeds (number of seeds); run with "
-             + " ".join(f"`--sweep {k}={','.join(map(str, e.reports[kind]['sweep'][k]))}`"
-                        for e in entries for k in e.reports[kind]["sweep"])]
+             + " ".join(f"`{flag}`" for e in entries for flag in sweep_flags(e, kind))]
     if used:
         notes += incomplete_notes(pd.concat(used))
     title = {"rotation": "Rotation size (Table 5)", "alpha": "Sensitivity to alpha (Fig. 3)"}

@@ -68,15 +68,21 @@ def _interleaved(method, vanilla, rounds: int = 5) -> tuple[float, float]:
     return statistics.median(a), statistics.median(b)
 
 
-@pytest.fixture(scope="module")
-def setup():
+def make_setup(size: int, needs: set[str] | None = None):
+    """A random teacher, one batch at ``size`` and the teacher's outputs for it (the fields in
+    ``needs``, every field by default), as the teacher cache would give them."""
     torch.manual_seed(0)
     teacher = DualBranchTeacher("resnet18_thin", proj_dim=128).eval()
-    batch = {"image": torch.randn(BATCH, 3, SIZE, SIZE), "label": torch.randint(0, 2, (BATCH,)),
+    batch = {"image": torch.randn(BATCH, 3, size, size), "label": torch.randint(0, 2, (BATCH,)),
              "key": torch.arange(BATCH)}
     with torch.no_grad():
-        fixed = teacher(batch["image"])  # every field, as the teacher cache would give
+        fixed = teacher(batch["image"], needs=needs)
     return teacher, batch, fixed
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return make_setup(SIZE)
 
 
 @pytest.mark.parametrize(("name", "mode"), _CASES)

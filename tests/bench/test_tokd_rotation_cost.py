@@ -9,23 +9,15 @@ ratio is the method's own cost. Run: ``pytest tests/bench/test_tokd_rotation_cos
 from __future__ import annotations
 
 import pytest
-import torch
 
-from kdbench.models.teacher import DualBranchTeacher
-from tests.bench.test_method_step import _interleaved, _stepper
+from tests.bench.test_method_step import _interleaved, _stepper, make_setup
 
-SIZE, BATCH = 96, 32  # S_B(x) of resnet18_thin is 256 x 3 x 3 = 2304 values >= 2048
+SIZE = 96  # S_B(x) of resnet18_thin: 256 x 3 x 3 = 2304 values >= 2048 (batch 32)
 
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.manual_seed(0)
-    teacher = DualBranchTeacher("resnet18_thin", proj_dim=128).eval()
-    batch = {"image": torch.randn(BATCH, 3, SIZE, SIZE), "label": torch.randint(0, 2, (BATCH,)),
-             "key": torch.arange(BATCH)}
-    with torch.no_grad():
-        fixed = teacher(batch["image"], needs={"rgb_proj", "freq_proj"})
-    return teacher, batch, fixed
+    return make_setup(SIZE, needs={"rgb_proj", "freq_proj"})
 
 
 @pytest.mark.parametrize("rotation", ["off", 256, 1024, 2048])
