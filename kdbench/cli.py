@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,6 +32,13 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _run_all(args)
+    return 0
+
+
+def _run_all(args: argparse.Namespace) -> dict[str, int]:
+    """Every planned run; returns how many were trained, found finished, or left to another
+    process."""
     from kdbench.config import RunSpec, parse_set, resolve_config
     from kdbench.data.datasets import open_dataset
     from kdbench.models.backbones import BACKBONES
@@ -79,11 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     # the teacher is trained (or loaded) only if a distillation run is left to do
     todo = [s for s, _ in specs if s.mode != "none" and not is_finished(ctx.results / s.relpath)]
     teacher = ensure_teacher(ctx) if todo else None
+    counts = {"trained": 0, "finished_before": 0, "left_to_another_process": 0}
+    key = {"trained": "trained", "finished": "finished_before", "busy": "left_to_another_process"}
     for spec, entry in specs:
-        run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
+        outcome, _ = run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
+        counts[key[outcome]] += 1
     console.print(f"all runs finished in {time.perf_counter() - t0:.0f} s; "
                   f"`kdbench table --results {args.results}` lists them")
-    return 0
+    return counts
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -129,12 +142,14 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from kdbench.progress import console, stdout_console
+    from kdbench.registry import load_registry
     from kdbench.report.gradsim import PANELS, plot_gradsim
 
     out = Path(args.out) if args.out else Path(args.results) / f"{args.figure}.png"
     if args.figure != "gradsim":
         return _plot_runs(args, out)
-    summary = plot_gradsim(Path(args.results), out, args.dataset)
+    registry = None if args.all_runs else load_registry(args.registry)
+    summary = plot_gradsim(Path(args.results), out, args.dataset, registry=registry)
     for _, row in summary.iterrows():
         stdout_console().print(
             f"{row['dataset']}/{row['student']}/{row['method']}/{row['mode']}: "
@@ -175,11 +190,13 @@ def _plot_runs(args: argparse.Namespace, out: Path) -> int:
         runs = runs[runs["dataset"] == args.dataset]
     if runs.empty:
         raise KdbenchError(f"no runs under {args.results}; start some with `kdbench run`")
+    registry = load_registry(args.registry)
     if args.figure == "curves":
-        n = plot_curves(runs, out)
+        lines, n = plot_curves(runs, out, None if args.all_runs else registry)
+        console.print(f"wrote {out} ({lines} line{'s' * (lines != 1)}, {n} runs)")
     else:
-        n = plot_sweep(runs, load_registry(), args.figure, out)
-    console.print(f"wrote {out} ({n} {'runs' if args.figure == 'curves' else 'points'})")
+        n = plot_sweep(runs, registry, args.figure, out)
+        console.print(f"wrote {out} ({n} points)")
     return 0
 
 
@@ -233,6 +250,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 REPRO_TABLES = ("comparison", "ablation", "rotation", "alpha", "teacher", "cross")
 REPRO_PLOTS = ("gradsim", "alpha", "rotation", "curves")
+REPRO_LOG = "reproduce.jsonl"  # one record per `kdbench reproduce`: command, times, run counts
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -241,15 +259,16 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from kdbench.registry import load_registry
     from kdbench.report import tables
     from kdbench.report.listing import collect_runs
+    from kdbench.train.runner import utc_now, versions
     from kdbench.train.store import atomic_write_text
 
-    t0 = time.perf_counter()
+    t0, started_at = time.perf_counter(), utc_now()
     run_args = argparse.Namespace(
         methods="all", dataset=args.dataset, data_root=args.data_root, students=args.students,
         modes="rgb,both", seeds=args.seeds, preset=args.preset, results=args.results,
         registry=args.registry, set=args.set, sweep=[], device=args.device, resume=args.resume,
         no_progress=args.no_progress, with_reports=True)
-    cmd_run(run_args)
+    counts = _run_all(run_args)
     if args.cross_dataset:
         cmd_eval(argparse.Namespace(
             runs=[str(Path(args.results) / "runs" / args.dataset)], dataset=args.cross_dataset,
@@ -266,11 +285,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     for figure in REPRO_PLOTS:
         try:
             cmd_plot(argparse.Namespace(figure=figure, results=args.results, dataset=None,
-                                        out=str(out / f"{figure}.png")))
+                                        out=str(out / f"{figure}.png"), all_runs=False,
+                                        registry=args.registry))
         except KdbenchError as exc:  # e.g. a sweep with no finished run: say so, go on
             console.print(f"[yellow]plot {figure} skipped: {exc}[/]", highlight=False)
-    console.print(f"reproduce finished in {time.perf_counter() - t0:.0f} s: tables in "
-                  f"{out / 'tables'}, plots in {out}")
+    wall = time.perf_counter() - t0
+    with open(out / REPRO_LOG, "a", encoding="utf-8") as log:  # one line per invocation
+        log.write(json.dumps({
+            "command": shlex.join(["kdbench", *args.argv]), "started_at": started_at,
+            "finished_at": utc_now(), "wall_s": round(wall, 1), **counts,
+            "cpu_count": os.cpu_count(), "torch_threads": versions()["torch_threads"],
+            "device": args.device or "auto"}, sort_keys=True) + "\n")
+    console.print(f"reproduce finished in {wall:.0f} s: tables in {out / 'tables'}, plots in "
+                  f"{out}, this invocation logged in {out / REPRO_LOG}")
     return 0
 
 
@@ -405,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--dataset", default=None, help="only this dataset's runs")
     plot.add_argument("--out", default=None,
                       help="PNG or SVG path (default: <results>/<figure>.png)")
+    plot.add_argument("--all-runs", action="store_true",
+                      help="gradsim, curves: also the sweep and ablation variants (default: "
+                      "the runs of the default plan, i.e. each method and its registry variants)")
+    plot.add_argument("--registry", type=Path, action="append", default=[],
+                      help="extra registry YAML (repeatable)")
     plot.set_defaults(func=cmd_plot)
 
     rep = sub.add_parser("reproduce", help="every run the paper's tables need, then the tables "
@@ -474,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(show_time=False, show_path=False)])
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command line as given, for the reproduce log
     try:
         return args.func(args)
     except KdbenchError as exc:

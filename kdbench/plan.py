@@ -116,3 +116,15 @@ def merge(*plans: list[PlannedRun]) -> list[PlannedRun]:
                 seen.add((p.entry.name, p.mode, p.variant))
                 out.append(p)
     return out
+
+
+def default_plan_labels(registry: dict, dataset: str, mode: str) -> set[str]:
+    """The run folders `kdbench run` makes by default for ``mode`` (no --set/--sweep): each
+    method's plain folder and its registry ``variants``, e.g. {"tokd", "tokd@rotation=false"}."""
+    labels: set[str] = set()
+    for entry in registry.values():
+        defaults = entry.hparams(dataset)
+        labels.add(entry.name)
+        for changes in entry.variant_sets(mode):
+            labels.add(f"{entry.name}@{variant_tag(entry.hparams(dataset, changes), defaults)}")
+    return labels

@@ -29,7 +29,8 @@ class Distiller(nn.Module):
         self.teacher_cache = None  # set by the trainer (kdbench.train.teacher_cache)
         # per-step records the trainer writes to <run>/<name>.jsonl every epoch
         self.traces: dict[str, list[dict]] = {}
-        # facts about the run the method learns while training, kept in metrics.json
+        # facts about the run the method learns while training, kept in metrics.json;
+        # `<hparam>_effective` = the value really used (sweep tables show it if it differs)
         self.run_info: dict[str, object] = {}
         if teacher is not None:
             teacher.eval().requires_grad_(False)

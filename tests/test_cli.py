@@ -3,6 +3,7 @@ import json
 import pytest
 
 from kdbench.cli import main
+from kdbench.train.store import read_jsonl
 from tests.conftest import write_prepared
 
 
@@ -171,6 +172,7 @@ def test_tokd_run_writes_gradient_traces_and_the_plot(capsys, tmp_path):
     m = json.loads((root / on_dir / "both/seed0/metrics.json").read_text())
     assert m["run_info"]["d_effective"] == 256  # S_B(x) is 256 x 1 x 1 at 16 px
     assert m["variant"] == "" and m["hparams"]["gradsim_every"] == 1
+    assert m["finished_at"].endswith("+00:00")  # UTC, ISO 8601
     hist = (root / on_dir / "both/seed0/history.jsonl").read_text()
     assert "rot_cos" in hist and "train_loss_kd_freq" in hist
     capsys.readouterr()
@@ -244,3 +246,8 @@ def test_reproduce_runs_what_the_tables_need_and_writes_them(capsys, tmp_path):
     assert ablation.count("(1) |") == 6  # every row has its run
     for fig in ("gradsim", "alpha", "rotation", "curves"):
         assert (results / f"{fig}.png").stat().st_size > 1000, fig
+    log = read_jsonl(results / "reproduce.jsonl")  # one record of this invocation
+    assert len(log) == 1 and log[0]["command"].startswith("kdbench reproduce --dataset ff_c40")
+    n_runs = len(list((results / "runs").rglob("metrics.json")))
+    assert (log[0]["trained"], log[0]["finished_before"]) == (n_runs, 0) and n_runs > 10
+    assert log[0]["wall_s"] > 0 and log[0]["finished_at"] >= log[0]["started_at"]

@@ -4,7 +4,7 @@ import pytest
 
 from kdbench.config import RunSpec, variant_tag
 from kdbench.errors import KdbenchError
-from kdbench.plan import parse_sweep, plan_runs
+from kdbench.plan import default_plan_labels, parse_sweep, plan_runs
 from kdbench.registry import load_registry
 
 
@@ -72,3 +72,14 @@ def test_set_override_lands_in_a_variant_folder():
     spec = RunSpec("synthetic", "resnet18_thin", "at", "rgb", 0, run.hparams, run.variant)
     assert spec.relpath == "runs/synthetic/resnet18_thin/at@beta=500/rgb/seed0"
     assert variant_tag({"a": True, "b": 2.0}, {"a": False, "b": 1}) == "a=true,b=2"
+
+
+def test_default_plan_labels_are_the_folders_a_plain_run_makes():
+    reg = load_registry()
+    for mode in ("rgb", "both"):
+        planned = {p.entry.name + (f"@{p.variant}" if p.variant else "")
+                   for p in _plan(list(reg), modes=(mode,)) if p.mode == mode}
+        labels = default_plan_labels(reg, "synthetic", mode)
+        assert planned <= labels and "tokd@d=256" not in labels
+    assert "tokd@rotation=false" in default_plan_labels(reg, "synthetic", "both")
+    assert "tokd@rotation=false" not in default_plan_labels(reg, "synthetic", "rgb")

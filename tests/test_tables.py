@@ -78,10 +78,11 @@ def test_table_command_writes_each_format(tmp_path, capsys):
     assert main(["table", "--results", str(tmp_path / "R"), "--student", "vgg"]) == 2
 
 
-def _write(root, rel, acc, status="finished"):
+def _write(root, rel, acc, status="finished", run_info=None):
     run = root / rel
     run.mkdir(parents=True, exist_ok=True)
-    (run / "metrics.json").write_text(json.dumps({"status": status, "test": {"acc": acc}}))
+    (run / "metrics.json").write_text(json.dumps({"status": status, "test": {"acc": acc},
+                                                  "run_info": run_info or {}}))
 
 
 def test_ablation_rotation_alpha_and_teacher_tables_find_their_runs(tmp_path):
@@ -94,7 +95,10 @@ def test_ablation_rotation_alpha_and_teacher_tables_find_their_runs(tmp_path):
         _write(tmp_path, f"{base}/tokd/both/seed{seed}", acc + 0.05)
         _write(tmp_path, f"{base}/tokd/rgb/seed{seed}", acc + 0.04)
         _write(tmp_path, f"{base}/tokd@use_rgb=false/both/seed{seed}", acc + 0.01)
-        _write(tmp_path, f"{base}/tokd@d=256/both/seed{seed}", acc + 0.02)
+        _write(tmp_path, f"{base}/tokd@d=256/both/seed{seed}", acc + 0.02, run_info={
+            "d_effective": 256})
+        _write(tmp_path, f"{base}/tokd@d=2048/both/seed{seed}", acc, run_info={
+            "d_effective": 1024})  # d clamped to the size of S_B(x)
         _write(tmp_path, f"{base}/tokd@alpha1=100,alpha2=100/both/seed{seed}", acc + 0.03)
     _write(tmp_path, "teachers/synthetic/resnet18_thin-abc", 0.9)
     runs = collect_runs(tmp_path)
@@ -112,6 +116,8 @@ def test_ablation_rotation_alpha_and_teacher_tables_find_their_runs(tmp_path):
     by_d = {row[1]: row[2] for row in rot.rows}
     assert by_d["256"].mean == pytest.approx(0.83) and by_d["1024"].mean == pytest.approx(0.86)
     assert by_d["128"].n == 0 and by_d["1024"].n == 2  # d=1024 is the registry default
+    assert by_d["2048 (1024 used)"].mean == pytest.approx(0.81)
+    assert any("(u used)" in note for note in rot.notes)
 
     alpha = build("alpha", runs, reg)
     by_a = {row[1]: row[2] for row in alpha.rows}
@@ -138,7 +144,11 @@ def test_sweep_and_curve_plots_are_written(tmp_path, capsys):
         out = tmp_path / f"{fig}.svg"
         assert main(["plot", fig, "--results", str(tmp_path), "--out", str(out)]) == 0
         assert out.stat().st_size > 1000 and b"<svg" in out.read_bytes()[:500]
-    capsys.readouterr()
+    # curves: one line per variant and mode (mean over seeds); the sweep variant on request
+    assert "(1 line, 2 runs)" in capsys.readouterr().err
+    assert main(["plot", "curves", "--results", str(tmp_path), "--out", str(out),
+                 "--all-runs"]) == 0
+    assert "(2 lines, 4 runs)" in capsys.readouterr().err
     assert main(["plot", "alpha", "--results", str(tmp_path), "--out", str(tmp_path / "a.png")]) \
         == 0
     assert "(1 points)" in capsys.readouterr().err  # only alpha=10, the registry default
@@ -168,3 +178,44 @@ def test_gradsim_curve_labels_name_rotation_d_and_other_settings():
     assert curve_label("tokd@d=2048", True, 1024) == "rotation d=2048 (effective 1024)"
     assert curve_label("tokd@alpha1=1,alpha2=1", True, 256) == \
         "rotation d=256 (tokd alpha1=1,alpha2=1)"
+
+
+def test_gradsim_plot_draws_the_default_plan_unless_asked_for_all_runs(tmp_path, capsys):
+    base = tmp_path / "runs/synthetic/resnet18_thin"
+    for label, cos in (("tokd", 0.5), ("tokd@rotation=false", 0.25), ("tokd@d=256", -0.5)):
+        run = base / label / "both/seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"status": "finished"}))
+        (run / "gradsim.jsonl").write_text("".join(json.dumps(
+            {"step": s, "cos_full": cos, "cos_sub": cos, "rotation": label != "tokd@rotation=false",
+             "d": 256 if "d=" in label else 1024}) + "\n" for s in (0, 1)))
+    out = tmp_path / "g.png"
+    assert main(["plot", "gradsim", "--results", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tokd/both: mean cos_full +0.5000" in printed
+    assert "tokd@rotation=false/both: mean cos_full +0.2500" in printed
+    assert "tokd@d=256" not in printed and out.stat().st_size > 1000
+    assert main(["plot", "gradsim", "--results", str(tmp_path), "--out", str(out),
+                 "--all-runs"]) == 0
+    assert "tokd@d=256/both: mean cos_full -0.5000" in capsys.readouterr().out
+
+
+def test_curves_average_the_finished_seeds_of_the_default_plan(tmp_path):
+    from kdbench.registry import load_registry
+    from kdbench.report.figures import seed_mean_curves
+
+    base = tmp_path / "runs/synthetic/resnet18_thin"
+    for label, seed, status, acc in (("tokd", 0, "finished", 0.70), ("tokd", 1, "finished", 0.80),
+                                     ("tokd", 2, "unfinished", 0.10),
+                                     ("tokd@d=256", 0, "finished", 0.50)):
+        run = base / label / "both" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"status": status}))
+        (run / "history.jsonl").write_text("".join(json.dumps(
+            {"epoch": e, "train_loss": 1.0, "val_acc": acc + e / 100}) + "\n" for e in (1, 2)))
+    runs = collect_runs(tmp_path)
+    curves = seed_mean_curves(runs, load_registry())
+    assert list(curves) == ["synthetic/resnet18_thin/tokd/both"]
+    mean, n = curves["synthetic/resnet18_thin/tokd/both"]
+    assert n == 2 and mean["val_acc"].tolist() == pytest.approx([0.76, 0.77])  # seeds 0, 1
+    assert len(seed_mean_curves(runs)) == 2  # every finished variant without the registry

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
+from kdbench.plan import default_plan_labels
 from kdbench.report.tables import Cell, sweep, sweep_command
 from kdbench.train.store import read_jsonl
 
@@ -69,33 +70,54 @@ def plot_sweep(runs: pd.DataFrame, registry: dict, kind: str, out: Path,
     return points
 
 
-def plot_curves(runs: pd.DataFrame, out: Path) -> int:
-    """Training loss and validation accuracy per epoch, one line per run with a history."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4))
-    drawn = 0
-    for r in runs.itertuples():
+def seed_mean_curves(runs: pd.DataFrame, registry: dict | None = None
+                     ) -> dict[str, tuple[pd.DataFrame, int]]:
+    """Per "dataset/student/method variant/mode": the per-epoch history averaged over its
+    finished runs (seeds), and their number. With ``registry``, only the teachers and the
+    default plan's runs (no sweep or ablation variants)."""
+    curves: dict[str, list[pd.DataFrame]] = {}
+    plan: dict[tuple[str, str], set[str]] = {}
+    for r in runs[runs["status"] == "finished"].itertuples():
         path = Path(r.path) / "history.jsonl"
-        if not path.is_file():
-            continue
-        hist = pd.DataFrame(read_jsonl(path))
-        if hist.empty or "epoch" not in hist:
-            continue
         name = r.method + (f"@{r.variant}" if r.variant else "")
-        label = f"{r.dataset}/{r.student}/{name}/{r.mode}/seed{r.seed}"
-        ax_loss.plot(hist["epoch"], hist["train_loss"], lw=1, label=label)
-        if "val_acc" in hist:
-            ax_acc.plot(hist["epoch"], 100 * hist["val_acc"], lw=1, label=label)
-        drawn += 1
-    if not drawn:
-        raise KdbenchError("no history.jsonl in the selected runs; train some with `kdbench run`")
-    ax_loss.set(xlabel="epoch", ylabel="train loss (sum of terms)", title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="val acc (%)", title="validation accuracy")
+        if registry is not None and r.method != "teacher":
+            key = (r.dataset, r.mode)
+            if key not in plan:
+                plan[key] = default_plan_labels(registry, r.dataset, r.mode)
+            if name not in plan[key]:
+                continue
+        hist = pd.DataFrame(read_jsonl(path)) if path.is_file() else pd.DataFrame()
+        if not hist.empty and "epoch" in hist:
+            curves.setdefault(f"{r.dataset}/{r.student}/{name}/{r.mode}", []).append(hist)
+    return {label: (pd.concat(hists).groupby("epoch").mean(numeric_only=True), len(hists))
+            for label, hists in sorted(curves.items())}
+
+
+def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> tuple[int, int]:
+    """Training loss (log scale) and validation accuracy per epoch, one line per group of
+    :func:`seed_mean_curves`, averaged over its seeds. Returns (lines, runs)."""
+    curves = seed_mean_curves(runs, registry)
+    if not curves:
+        raise KdbenchError("no history.jsonl of a finished run in the selected runs; train "
+                           "some with `kdbench run`")
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.5))
+    colors = plt.get_cmap("tab20")
+    for i, (label, (mean, n)) in enumerate(curves.items()):
+        style = {"lw": 1.2, "color": colors(i % 20), "ls": "-" if i < 20 else "--",
+                 "label": f"{label} ({n} seed{'s' * (n != 1)})"}
+        ax_loss.plot(mean.index, mean["train_loss"], **style)
+        if "val_acc" in mean:
+            ax_acc.plot(mean.index, 100 * mean["val_acc"], **style)
+    positive = all((mean["train_loss"] > 0).all() for mean, _ in curves.values())
+    ax_loss.set(xlabel="epoch", ylabel="train loss (sum of terms)", title="training loss",
+                yscale="log" if positive else "symlog")  # e.g. VID's NLL can go below 0
+    ax_acc.set(xlabel="epoch", ylabel="val acc (%)", title="validation accuracy (seed mean)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-    if drawn <= 20:
-        ax_acc.legend(fontsize=6)
+    if len(curves) <= 40:
+        ax_acc.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     _save(fig, out)
     plt.close(fig)
-    return drawn
+    return len(curves), sum(n for _, n in curves.values())

@@ -8,19 +8,29 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
+from kdbench.plan import default_plan_labels
 from kdbench.train.store import read_json, read_jsonl
 
 PANELS = {"cos_full": "full S_B(x) gradient", "cos_sub": "rotated subspace (first d)"}
 
 
-def collect_gradsim(results: Path, dataset: str | None = None) -> pd.DataFrame:
+def collect_gradsim(results: Path, dataset: str | None = None,
+                    registry: dict | None = None) -> pd.DataFrame:
     """One row per trace record of the finished runs: dataset, student, method (with variant),
-    mode, seed, step, cos_full, cos_sub, rotation, d."""
+    mode, seed, step, cos_full, cos_sub, rotation, d. With ``registry``, only the runs of the
+    default plan (:func:`kdbench.plan.default_plan_labels`), not the sweep or ablation
+    variants."""
     frames = []
+    plan: dict[tuple[str, str], set[str]] = {}
     for path in sorted((Path(results) / "runs").glob("*/*/*/*/seed*/gradsim.jsonl")):
         ds, student, method, mode, seed = path.parent.relative_to(Path(results) / "runs").parts
         if dataset is not None and ds != dataset:
             continue
+        if registry is not None:
+            if (ds, mode) not in plan:
+                plan[(ds, mode)] = default_plan_labels(registry, ds, mode)
+            if method not in plan[(ds, mode)]:
+                continue
         metrics = path.parent / "metrics.json"
         if not metrics.is_file() or read_json(metrics).get("status") != "finished":
             continue  # an unfinished or crashed run's trace is partial
@@ -45,19 +55,21 @@ def curve_label(method: str, rotation: bool, d: int | None) -> str:
 
 
 def plot_gradsim(results: Path, out: Path, dataset: str | None = None,
-                 smooth: int = 5) -> pd.DataFrame:
+                 smooth: int = 5, registry: dict | None = None) -> pd.DataFrame:
     """Draw one line per (dataset, student, method variant), averaged over seeds and smoothed
-    over ``smooth`` records; returns the per-curve summary (mean cosine of each panel)."""
+    over ``smooth`` records; returns the per-curve summary (mean cosine of each panel). With
+    ``registry``, only the default plan's runs are drawn (Fig. 4: rotation on and off)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df = collect_gradsim(results, dataset)
+    df = collect_gradsim(results, dataset, registry)
     if df.empty:
         raise KdbenchError(
-            f"no gradsim.jsonl under {results}/runs; train a method that writes one, e.g. "
-            "`kdbench run --methods tokd --modes both`"
+            f"no gradsim.jsonl of a finished run under {results}/runs"
+            + (" (of the default plan; --all-runs takes sweep variants too)" if registry else "")
+            + "; train a method that writes one, e.g. `kdbench run --methods tokd --modes both`"
         )
     keys = ["dataset", "student", "method", "mode", "rotation", "d"]
     fig, axes = plt.subplots(1, len(PANELS), figsize=(6 * len(PANELS), 4), sharey=True)

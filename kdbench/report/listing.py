@@ -10,7 +10,7 @@ from kdbench.train.store import read_json
 
 COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
            "eer", "video_auc", "wall_s"]
-EXTRA = ["variant", "params", "gflops", "path"]
+EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path"]
 
 
 def collect_runs(results: Path) -> pd.DataFrame:
@@ -39,4 +39,5 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
     return {**base, "status": m.get("status", "unfinished"), "best_epoch": m.get("best_epoch"),
             **{k: test.get(k) for k in ("acc", "auc", "eer", "video_auc")},
             "wall_s": m.get("wall_time_s"), "params": m.get("params"), "gflops": m.get("gflops"),
+            "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),
             "path": str(folder)}

@@ -226,19 +226,29 @@ def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") ->
         names = list(spec["sweep"])
         for combo in itertools.product(*(spec["sweep"][k] for k in names)):
             changes = dict(zip(names, combo))
-            cells = []
-            for d, s in groups:
-                sel = _select(runs, d, s, entry.name, spec["mode"], _variant(entry, d, changes))
-                used.append(sel)
-                cells.append(_finished_cell(sel, metric))
+            sels = [_select(runs, d, s, entry.name, spec["mode"], _variant(entry, d, changes))
+                    for d, s in groups]
+            used += sels
             rows.append([f"{entry.name} {spec['mode']}",
-                         *[str(changes.get(k, "")) for k in keys], *cells])
+                         *[_value_used(k, changes[k], sels) if k in changes else ""
+                           for k in keys], *[_finished_cell(sel, metric) for sel in sels]])
     notes = [f"{metric} in %, mean ± std over seeds (number of seeds); run with "
              + " ".join(f"`{flag}`" for e in entries for flag in sweep_flags(e, kind))]
+    if any("used)" in row[1 + i] for row in rows for i in range(len(keys))):
+        notes.append("`v (u used)`: the method could not use v here and used u "
+                     "(`run_info.<name>_effective` in the runs' metrics.json).")
     if used:
         notes += incomplete_notes(pd.concat(used))
     title = {"rotation": "Rotation size (Table 5)", "alpha": "Sensitivity to alpha (Fig. 3)"}
     return Report(f"{title.get(kind, kind)}: test {metric}", columns, rows, notes)
+
+
+def _value_used(key: str, value: Any, selections: list[pd.DataFrame]) -> str:
+    """A swept value, with the value the finished runs really used where that differs."""
+    used = sorted({str(info[f"{key}_effective"]) for sel in selections
+                   for info in sel[sel["status"] == "finished"]["run_info"]
+                   if f"{key}_effective" in info} - {str(value)})
+    return f"{value} ({', '.join(used)} used)" if used else str(value)
 
 
 def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
@@ -303,7 +313,7 @@ def cost(students: list[str], teacher_cfg: dict[str, Any], size: int, device,
         rows.append([name, f"{count_params(model) / 1e6:.2f}", f"{gflops(model, size):.3f}",
                      "-" if math.isnan(rate) else f"{rate:.1f}"])
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    where = f"{device}" + (f", {threads} threads" if threads else "")
+    where = f"{device}" + (f", {threads} thread{'s' * (threads != 1)}" if threads else "")
     notes = [f"{size} x {size} input; parameters in millions (the teacher's include its "
              "projectors and auxiliary heads); GFLOPs by fvcore (one multiply-add = one FLOP); "
              f"images/s measured on this machine ({where}), batch 16, best of 3."]

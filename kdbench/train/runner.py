@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,11 @@ def git_commit() -> str | None:
     if out.returncode != 0:
         return None
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def versions() -> dict[str, str]:
@@ -159,7 +165,7 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
         "status": "finished", **extra, "dataset": ctx.dataset, "preset": ctx.config["preset"],
         "config": ctx.config, "versions": versions(), "git_commit": ctx.commit,
         "device": str(ctx.device), **result, "params": count_params(model),
-        "gflops": gflops(model, ctx.config["data"]["size"]),
+        "gflops": gflops(model, ctx.config["data"]["size"]), "finished_at": utc_now(),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
@@ -261,9 +267,10 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
 
 
 def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
-            teacher: DualBranchTeacher | None) -> dict[str, Any] | None:
-    """Train one student with one method, mode and seed; returns its metrics (None when
-    another process is training that run)."""
+            teacher: DualBranchTeacher | None) -> tuple[str, dict[str, Any] | None]:
+    """Train one student with one method, mode and seed unless that run is finished; returns
+    ("trained" | "finished" | "busy", its metrics), "busy" (no metrics) when another process
+    is training it."""
     run_dir = ctx.results / spec.relpath
     name = f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
     ignored = entry.resolve().ignored_hparams(spec.mode)
@@ -277,20 +284,20 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
                                 if k not in ignored}}
         _check_same_run(run_dir, recorded, identity, "a finished run")
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
-        return done
+        return "finished", done
     with run_lock(run_dir) as mine:
         if not mine:
             console.print(f"skip {name}: another kdbench process is training it")
-            return None
-        return _train_one(ctx, spec, entry, teacher, run_dir, name, identity)
+            return "busy", None
+        done = _finished(run_dir)  # finished by another process meanwhile
+        if done is not None:
+            return "finished", done
+        return "trained", _train_one(ctx, spec, entry, teacher, run_dir, name, identity)
 
 
 def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
                teacher: DualBranchTeacher | None, run_dir: Path, name: str,
                identity: dict[str, Any]) -> dict[str, Any]:
-    done = _finished(run_dir)  # finished by another process meanwhile
-    if done is not None:
-        return done
     if spec.mode != "none" and teacher is None:
         raise KdbenchError(f"{name} needs the teacher, but none was loaded; run again")
     started = run_dir / RUN_FILE

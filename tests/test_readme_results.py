@@ -1,0 +1,104 @@
+"""README's Reference results section and results/tables/*.md are what the committed result
+store gives: no number in them is typed by hand."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kdbench.cli import main
+from kdbench.registry import load_registry
+from kdbench.report import tables
+from kdbench.report.listing import collect_runs
+from kdbench.report.tables import Cell, Report
+from tools.readme_results import (
+    COMMAND,
+    ROOT,
+    _both_vs_rgb,
+    _earlier_teacher_runs,
+    _sessions,
+    _training_spans,
+    build_section,
+    readme_section,
+)
+
+
+@pytest.fixture
+def at_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # run folders named as `kdbench table --results results` names them
+    return Path("results")
+
+
+def test_readme_reference_results_are_generated_from_the_store(at_root):
+    readme = (ROOT / "README.md").read_text()
+    assert readme_section(readme) == build_section(at_root) + "\n", \
+        "README is out of date with results/: run `python tools/readme_results.py`"
+
+
+@pytest.mark.parametrize("kind", ["comparison", "ablation", "rotation", "alpha", "teacher",
+                                  "cross"])
+def test_committed_tables_are_what_the_store_gives(at_root, kind):
+    expected = tables.build(kind, collect_runs(at_root), load_registry()).markdown()
+    assert (at_root / "tables" / f"{kind}.md").read_text() == expected, \
+        f"results/tables/{kind}.md is stale: run `{COMMAND}`"
+
+
+def test_table_command_prints_the_readme_comparison(at_root, capsys):
+    assert main(["table", "--kind", "comparison", "--results", str(at_root)]) == 0
+    printed = capsys.readouterr().out
+    assert "| tokd rgb | tokd both |" in printed and printed in (ROOT / "README.md").read_text()
+
+
+def test_sessions_group_overlapping_invocations(tmp_path):
+    def rec(start, end, trained, before):
+        return {"command": "kdbench reproduce --seeds 0", "started_at": start, "finished_at": end,
+                "trained": trained, "finished_before": before, "cpu_count": 2,
+                "torch_threads": 1, "wall_s": 1.0}
+    rows = [rec("2026-01-01T10:00:00+00:00", "2026-01-01T11:00:00+00:00", 5, 10),
+            rec("2026-01-01T10:01:00+00:00", "2026-01-01T11:30:00+00:00", 4, 9),
+            rec("2026-01-02T09:00:00+00:00", "2026-01-02T09:03:00+00:00", 0, 19)]
+    (tmp_path / "reproduce.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    first, second = _sessions(tmp_path)
+    assert first.startswith("- 2 processes of") and "10:00-11:30 UTC" in first
+    assert "**90 min** wall; trained 9 runs, found 9 finished" in first
+    assert second.startswith("- 1 process of") and "**3 min** wall; trained 0 runs" in second
+    assert _sessions(tmp_path / "none") == []
+
+
+def test_both_vs_rgb_compares_with_the_combined_std():
+    report = Report("t", ["dataset", "student", "a rgb", "a both", "b rgb", "b both", "c both"],
+                    [["ds", "s", Cell(0.80, 0.01, 3), Cell(0.85, 0.01, 3),
+                      Cell(0.80, 0.03, 3), Cell(0.79, 0.04, 3), Cell(0.9, 0.0, 3)]])
+    assert _both_vs_rgb(report) == ["a +5.00 (beyond the combined std 1.41)",
+                                    "b -1.00 (within the combined std 5.00)"]
+    report.rows[0][3] = Cell(0.82, math.nan, 1)
+    report.rows[0][4] = Cell(math.nan, math.nan, 0)
+    assert _both_vs_rgb(report) == ["a +2.00 (fewer than 2 seeds, no std)"]
+
+
+def test_runs_made_before_the_committed_teacher_are_named(tmp_path):
+    def write(rel, **m):
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel / "metrics.json").write_text(json.dumps(m))
+    write("teachers/ds/t-1", git_commit="new")
+    write("runs/ds/s/at/rgb/seed0", method="at", mode="rgb", seed=0, git_commit="old")
+    write("runs/ds/s/at/rgb/seed1", method="at", mode="rgb", seed=1, git_commit="new")
+    write("runs/ds/s/at/rgb/seed2", method="at", mode="rgb", seed=2, git_commit="later",
+          teacher_test={"acc": 0.9})
+    write("runs/ds/s/vanilla/none/seed0", method="vanilla", mode="none", seed=0,
+          git_commit="old")
+    assert _earlier_teacher_runs(tmp_path) == ["at rgb (seed 0)"]
+
+
+def test_training_spans_join_runs_with_short_pauses_and_count_the_peak():
+    import pandas as pd
+
+    runs = pd.DataFrame({  # finished_at, wall_s: 10:00-10:10 and 10:02-10:12, then 10:14-10:20
+        "finished_at": ["2026-01-01T10:10:00+00:00", "2026-01-01T10:12:00+00:00",
+                        "2026-01-01T10:20:00+00:00", "2026-01-01T12:00:00+00:00", None],
+        "wall_s": [600.0, 600.0, 360.0, 30.0, 100.0]})
+    first, second = _training_spans(runs)
+    assert first == ("- 2026-01-01 10:00-10:20 UTC: 3 runs, at most 2 at a time: **20 min** "
+                     "wall (26 min of run time).")
+    assert "1 runs, at most 1 at a time: **30 s** wall" in second
