@@ -10,6 +10,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from kdbench.errors import KdbenchError
 
@@ -253,6 +254,24 @@ REPRO_PLOTS = ("gradsim", "alpha", "rotation", "curves")
 REPRO_LOG = "reproduce.jsonl"  # one record per `kdbench reproduce`: command, times, run counts
 
 
+def _subcommand(name: str, *positional: str, **options: Any) -> argparse.Namespace:
+    """`kdbench NAME POSITIONAL --option value ...` parsed by the real parser, so the options a
+    command gains later get their defaults (None/False: left out; True: a flag; a list: the
+    option repeated)."""
+    argv = [name, *positional]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is True:
+                argv.append(flag)
+            elif v is not None and v is not False:
+                argv += [flag, str(v)]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    return args
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Every run the paper's tables need, then every table (md) and plot (png) in --results."""
     from kdbench.progress import console
@@ -263,30 +282,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from kdbench.train.store import atomic_write_text
 
     t0, started_at = time.perf_counter(), utc_now()
-    run_args = argparse.Namespace(
-        methods="all", dataset=args.dataset, data_root=args.data_root, students=args.students,
-        modes="rgb,both", seeds=args.seeds, preset=args.preset, results=args.results,
-        registry=args.registry, set=args.set, sweep=[], device=args.device, resume=args.resume,
-        no_progress=args.no_progress, with_reports=True)
+    run_args = _subcommand(
+        "run", methods="all", dataset=args.dataset, data_root=args.data_root,
+        students=args.students, modes="rgb,both", seeds=args.seeds, preset=args.preset,
+        results=args.results, registry=args.registry, set=args.set, device=args.device,
+        resume=args.resume, no_progress=args.no_progress)
+    run_args.with_reports = True  # the default plan plus the runs the tables need
     counts = _run_all(run_args)
     if args.cross_dataset:
-        cmd_eval(argparse.Namespace(
-            runs=[str(Path(args.results) / "runs" / args.dataset)], dataset=args.cross_dataset,
-            data_root=args.cross_data_root, device=args.device, no_progress=args.no_progress))
+        cmd_eval(_subcommand("eval", str(Path(args.results) / "runs" / args.dataset),
+                             dataset=args.cross_dataset, data_root=args.cross_data_root,
+                             device=args.device, no_progress=args.no_progress))
     out = Path(args.results)
     runs = collect_runs(out)
     registry = load_registry(args.registry)
     for kind in REPRO_TABLES:
         report = tables.build(kind, runs, registry)
         atomic_write_text(out / "tables" / f"{kind}.md", report.markdown())
-    cost_args = argparse.Namespace(device=args.device, preset=args.preset, dataset=args.dataset,
-                                   student=args.students, size=None, no_measure=False)
+    cost_args = _subcommand("table", kind="cost", device=args.device, preset=args.preset,
+                            dataset=args.dataset, student=args.students)
     atomic_write_text(out / "tables" / "cost.md", _cost_table(cost_args).markdown())
     for figure in REPRO_PLOTS:
         try:
-            cmd_plot(argparse.Namespace(figure=figure, results=args.results, dataset=None,
-                                        out=str(out / f"{figure}.png"), all_runs=False,
-                                        registry=args.registry))
+            cmd_plot(_subcommand("plot", figure, results=args.results,
+                                 out=out / f"{figure}.png", registry=args.registry))
         except KdbenchError as exc:  # e.g. a sweep with no finished run: say so, go on
             console.print(f"[yellow]plot {figure} skipped: {exc}[/]", highlight=False)
     wall = time.perf_counter() - t0

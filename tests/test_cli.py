@@ -251,3 +251,15 @@ def test_reproduce_runs_what_the_tables_need_and_writes_them(capsys, tmp_path):
     n_runs = len(list((results / "runs").rglob("metrics.json")))
     assert (log[0]["trained"], log[0]["finished_before"]) == (n_runs, 0) and n_runs > 10
     assert log[0]["wall_s"] > 0 and log[0]["finished_at"] >= log[0]["started_at"]
+
+
+def test_reproduce_builds_its_subcommands_with_the_real_parser():
+    from kdbench.cli import _subcommand
+
+    ns = _subcommand("run", methods="all", set=["train.lr=0.1", "data.size=16"], resume=True,
+                     students=None, no_progress=False)
+    assert (ns.methods, ns.set, ns.resume, ns.no_progress) == (
+        "all", ["train.lr=0.1", "data.size=16"], True, False)
+    assert ns.sweep == [] and ns.modes == "rgb,both" and ns.func.__name__ == "cmd_run"
+    plot = _subcommand("plot", "curves", results="R")
+    assert (plot.figure, plot.results, plot.all_runs, plot.registry) == ("curves", "R", False, [])
