@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,3 +129,16 @@ def default_plan_labels(registry: dict, dataset: str, mode: str) -> set[str]:
         for changes in entry.variant_sets(mode):
             labels.add(f"{entry.name}@{variant_tag(entry.hparams(dataset, changes), defaults)}")
     return labels
+
+
+def in_default_plan(registry: dict) -> Callable[[str, str, str], bool]:
+    """``(dataset, mode, label) -> bool``: is the run folder ``label`` (e.g. ``tokd@d=256``)
+    one of :func:`default_plan_labels`; the labels are computed once per (dataset, mode)."""
+    labels: dict[tuple[str, str], set[str]] = {}
+
+    def test(dataset: str, mode: str, label: str) -> bool:
+        if (dataset, mode) not in labels:
+            labels[(dataset, mode)] = default_plan_labels(registry, dataset, mode)
+        return label in labels[(dataset, mode)]
+
+    return test

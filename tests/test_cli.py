@@ -199,11 +199,16 @@ def test_plot_without_traces_names_the_fix(capsys, tmp_path):
     assert code == 2 and "kdbench run --methods tokd" in err
 
 
+@pytest.fixture
+def two_datasets(tmp_path):
+    """A tiny prepared ff_c40 to train on, a celebdf to test on, and a results folder."""
+    return (write_prepared(tmp_path / "ff", dataset="ff_c40"),
+            write_prepared(tmp_path / "cd", dataset="celebdf", seed=5), tmp_path / "R")
+
+
 @pytest.mark.slow
-def test_eval_on_another_dataset_fills_the_cross_table(capsys, tmp_path):
-    train = write_prepared(tmp_path / "ff", dataset="ff_c40")
-    other = write_prepared(tmp_path / "cd", dataset="celebdf", seed=5)
-    results = tmp_path / "R"
+def test_eval_on_another_dataset_fills_the_cross_table(capsys, two_datasets):
+    train, other, results = two_datasets
     assert main(["run", "--methods", "vanilla", "--dataset", "ff_c40", "--data-root", str(train),
                  "--preset", "quick", "--set", "data.size=16", "--seeds", "0,1",
                  "--results", str(results), "--no-progress"]) == 0
@@ -226,10 +231,8 @@ def test_eval_on_another_dataset_fills_the_cross_table(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_reproduce_runs_what_the_tables_need_and_writes_them(capsys, tmp_path):
-    data = write_prepared(tmp_path / "ff", dataset="ff_c40")
-    other = write_prepared(tmp_path / "cd", dataset="celebdf", seed=5)
-    results = tmp_path / "R"
+def test_reproduce_runs_what_the_tables_need_and_writes_them(capsys, two_datasets):
+    data, other, results = two_datasets
     assert main(["reproduce", "--dataset", "ff_c40", "--data-root", str(data), "--preset",
                  "quick", "--set", "data.size=16", "--set", "train.epochs=1", "--seeds", "0",
                  "--cross-dataset", "celebdf", "--cross-data-root", str(other),

@@ -42,28 +42,43 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _stretches(items: list, span, gap: timedelta = timedelta(0)) -> list[list]:
+    """``items`` grouped into stretches of time: an item whose ``span(item)`` = (start, end)
+    begins before the stretch so far ends (plus ``gap``) joins it."""
+    groups: list[list] = []
+    last_end = None
+    for item in sorted(items, key=lambda i: span(i)[0]):
+        start, end = span(item)
+        if groups and start < last_end + gap:
+            groups[-1].append(item)
+            last_end = max(last_end, end)
+        else:
+            groups.append([item])
+            last_end = end
+    return groups
+
+
+def _when(start: datetime, end: datetime) -> str:
+    until = f"{end:%H:%M}" if end.date() == start.date() else f"{end:%Y-%m-%d %H:%M}"
+    return f"{start:%Y-%m-%d %H:%M}-{until} UTC"
+
+
 def _sessions(results: Path) -> list[str]:
     """One line per group of `kdbench reproduce` invocations whose times overlap (processes
     run side by side on one store), from ``results/reproduce.jsonl``."""
     log = results / "reproduce.jsonl"
-    records = sorted(read_jsonl(log) if log.is_file() else [], key=lambda r: r["started_at"])
-    groups: list[list[dict]] = []
-    for r in records:
-        if groups and r["started_at"] < max(g["finished_at"] for g in groups[-1]):
-            groups[-1].append(r)
-        else:
-            groups.append([r])
+    records = read_jsonl(log) if log.is_file() else []
     lines = []
-    for g in groups:
+    for g in _stretches(records, lambda r: (datetime.fromisoformat(r["started_at"]),
+                                            datetime.fromisoformat(r["finished_at"]))):
         start = datetime.fromisoformat(min(r["started_at"] for r in g))
         end = datetime.fromisoformat(max(r["finished_at"] for r in g))
         commands = sorted({r["command"] for r in g})
         machine = ", ".join(sorted({f"{r['cpu_count']} cores, {r['torch_threads']} torch "
                                     f"thread{'s' * (r['torch_threads'] != 1)}" for r in g}))
-        until = f"{end:%H:%M}" if end.date() == start.date() else f"{end:%Y-%m-%d %H:%M}"
         lines.append(
             f"- {len(g)} process{'es' * (len(g) > 1)} of `{'`, `'.join(commands)}` ({machine}"
-            f"{' each' * (len(g) > 1)}), {start:%Y-%m-%d %H:%M}-{until} UTC: "
+            f"{' each' * (len(g) > 1)}), {_when(start, end)}: "
             f"**{_duration((end - start).total_seconds())}** wall; trained "
             f"{sum(r['trained'] for r in g)} runs, found {min(r['finished_before'] for r in g)} "
             "finished.")
@@ -78,22 +93,15 @@ def _training_spans(runs: pd.DataFrame) -> list[str]:
     other without a pause over GAP (started = finished_at - wall_time_s; the pause between two
     runs is the teacher cache being filled): its wall time, runs and peak concurrency."""
     timed = runs.dropna(subset=["finished_at", "wall_s"])
-    spans = sorted((datetime.fromisoformat(f) - timedelta(seconds=float(w)),
-                    datetime.fromisoformat(f), float(w))
-                   for f, w in zip(timed["finished_at"], timed["wall_s"]))
-    groups: list[list[tuple[datetime, datetime, float]]] = []
-    for span in spans:
-        if groups and span[0] < max(e for _, e, _ in groups[-1]) + GAP:
-            groups[-1].append(span)
-        else:
-            groups.append([span])
+    spans = [(datetime.fromisoformat(f) - timedelta(seconds=float(w)),
+              datetime.fromisoformat(f), float(w))
+             for f, w in zip(timed["finished_at"], timed["wall_s"])]
     lines = []
-    for g in groups:
+    for g in _stretches(spans, lambda sp: sp[:2], GAP):
         start, end = g[0][0], max(e for _, e, _ in g)
         peak = max(sum(s <= t < e for s, e, _ in g) for t, _, _ in g)
-        until = f"{end:%H:%M}" if end.date() == start.date() else f"{end:%Y-%m-%d %H:%M}"
-        lines.append(f"- {start:%Y-%m-%d %H:%M}-{until} UTC: {len(g)} runs, at most {peak} at a "
-                     f"time: **{_duration((end - start).total_seconds())}** wall "
+        lines.append(f"- {_when(start, end)}: {len(g)} runs, at most {peak} at a time: "
+                     f"**{_duration((end - start).total_seconds())}** wall "
                      f"({sum(w for _, _, w in g) / 60:.0f} min of run time).")
     return lines
 
@@ -158,10 +166,8 @@ def build_section(results: Path) -> str:
         raise ValueError(f"{len(unfinished)} unfinished run folder(s), e.g. {unfinished[0]}: "
                          "finish them (`kdbench reproduce ... --resume`) or move them out of "
                          f"{results} (a clean clone would not have them)")
-    students = runs[runs["method"] != "teacher"]
-    finished = runs[runs["status"] == "finished"]
-    n_students = int((students["status"] == "finished").sum())
-    hours = float(finished["wall_s"].fillna(0).sum()) / 3600
+    students = runs[runs["method"] != "teacher"]  # all finished (checked above)
+    hours = float(runs["wall_s"].fillna(0).sum()) / 3600
     seeds = sorted(int(s) for s in students["seed"].dropna().unique())
     acc = tables.build("comparison", runs, registry, "acc")
     auc = tables.build("comparison", runs, registry, "auc")
@@ -184,7 +190,7 @@ One command makes them, skipping the runs already finished, then writes every ta
 {COMMAND}
 ```
 
-**Wall time.** The {n_students} student runs and the teacher recorded {hours:.1f} h of
+**Wall time.** The {len(students)} student runs and the teacher recorded {hours:.1f} h of
 training in all (`wall_time_s` in their `metrics.json`), shared out between the processes that
 ran side by side (two `kdbench` processes can share a store: each run is claimed by a lock).
 The store was filled in steps: first `kdbench run --methods all --preset cpu --seeds 0,1,2`

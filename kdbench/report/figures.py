@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.plan import default_plan_labels
+from kdbench.plan import in_default_plan
 from kdbench.report.tables import Cell, sweep, sweep_command
 from kdbench.train.store import read_jsonl
 
@@ -76,16 +76,12 @@ def seed_mean_curves(runs: pd.DataFrame, registry: dict | None = None
     finished runs (seeds), and their number. With ``registry``, only the teachers and the
     default plan's runs (no sweep or ablation variants)."""
     curves: dict[str, list[pd.DataFrame]] = {}
-    plan: dict[tuple[str, str], set[str]] = {}
+    planned = in_default_plan(registry) if registry is not None else None
     for r in runs[runs["status"] == "finished"].itertuples():
         path = Path(r.path) / "history.jsonl"
         name = r.method + (f"@{r.variant}" if r.variant else "")
-        if registry is not None and r.method != "teacher":
-            key = (r.dataset, r.mode)
-            if key not in plan:
-                plan[key] = default_plan_labels(registry, r.dataset, r.mode)
-            if name not in plan[key]:
-                continue
+        if planned is not None and r.method != "teacher" and not planned(r.dataset, r.mode, name):
+            continue
         hist = pd.DataFrame(read_jsonl(path)) if path.is_file() else pd.DataFrame()
         if not hist.empty and "epoch" in hist:
             curves.setdefault(f"{r.dataset}/{r.student}/{name}/{r.mode}", []).append(hist)
@@ -111,7 +107,7 @@ def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> 
             ax_acc.plot(mean.index, 100 * mean["val_acc"], **style)
     positive = all((mean["train_loss"] > 0).all() for mean, _ in curves.values())
     ax_loss.set(xlabel="epoch", ylabel="train loss (sum of terms)", title="training loss",
-                yscale="log" if positive else "symlog")  # e.g. VID's NLL can go below 0
+                yscale="log" if positive else "symlog")  # e.g. a Gaussian NLL term can go below 0
     ax_acc.set(xlabel="epoch", ylabel="val acc (%)", title="validation accuracy (seed mean)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

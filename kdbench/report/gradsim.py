@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.plan import default_plan_labels
+from kdbench.plan import in_default_plan
 from kdbench.train.store import read_json, read_jsonl
 
 PANELS = {"cos_full": "full S_B(x) gradient", "cos_sub": "rotated subspace (first d)"}
@@ -21,16 +21,13 @@ def collect_gradsim(results: Path, dataset: str | None = None,
     default plan (:func:`kdbench.plan.default_plan_labels`), not the sweep or ablation
     variants."""
     frames = []
-    plan: dict[tuple[str, str], set[str]] = {}
+    planned = in_default_plan(registry) if registry is not None else None
     for path in sorted((Path(results) / "runs").glob("*/*/*/*/seed*/gradsim.jsonl")):
         ds, student, method, mode, seed = path.parent.relative_to(Path(results) / "runs").parts
         if dataset is not None and ds != dataset:
             continue
-        if registry is not None:
-            if (ds, mode) not in plan:
-                plan[(ds, mode)] = default_plan_labels(registry, ds, mode)
-            if method not in plan[(ds, mode)]:
-                continue
+        if planned is not None and not planned(ds, mode, method):
+            continue
         metrics = path.parent / "metrics.json"
         if not metrics.is_file() or read_json(metrics).get("status") != "finished":
             continue  # an unfinished or crashed run's trace is partial
