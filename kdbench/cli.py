@@ -14,6 +14,7 @@ from typing import Any
 
 from kdbench.errors import KdbenchError
 
+DEFAULT_RESULTS = "kdbench-results"  # results/ holds the committed reference runs: named only
 PRESET_STUDENTS = {
     "quick": "resnet18_thin",
     "cpu": "resnet18_thin",
@@ -37,19 +38,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_all(args: argparse.Namespace) -> dict[str, int]:
-    """Every planned run; returns how many were trained, found finished, or left to another
-    process."""
-    from kdbench.config import RunSpec, parse_set, resolve_config
-    from kdbench.data.datasets import open_dataset
-    from kdbench.models.backbones import BACKBONES
-    from kdbench.plan import merge, parse_sweep, plan_runs, report_runs
-    from kdbench.progress import console
+def _check_run(args: argparse.Namespace, preset: str) -> tuple[list, list, dict, list, list]:
+    """Every check of `kdbench run`'s arguments that needs no torch: settings, registry,
+    methods and their hyper-parameters, students, modes, seeds, sweeps, dataset and the results
+    folder. Returns (selected entries, (entry, mode) pairs, --set overrides, students,
+    sweeps)."""
+    from kdbench.config import BACKBONES, parse_set, resolve_config
+    from kdbench.data.datasets import check_dataset
+    from kdbench.plan import check_plan, parse_sweep
     from kdbench.registry import load_registry, select_methods
-    from kdbench.train.runner import Context, ensure_teacher, is_finished, pick_device, run_one
+    from kdbench.train.store import check_writable
 
-    device = pick_device(args.device)
-    preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
     registry = load_registry(args.registry)
     entries = select_methods(registry, args.methods)
     overrides = parse_set(args.set)
@@ -60,35 +59,68 @@ def _run_all(args: argparse.Namespace) -> dict[str, int]:
             "<method>.<hyper-parameter>"
         )
     config = resolve_config(preset, args.dataset, overrides)
+    for section in ("teacher", "student"):
+        weights = config[section]["pretrained"]
+        if weights and not Path(weights).expanduser().is_file():
+            raise KdbenchError(f"{section}.pretrained: weights file {weights} not found; give a "
+                               "local .pth/.pt path (kdbench never downloads weights)")
     students = _csv(args.students or PRESET_STUDENTS[preset])
     for s in students:
         if s not in BACKBONES:
             raise KdbenchError(f"unknown student {s!r}; choose from {', '.join(BACKBONES)}")
     modes = _csv(args.modes)
     bad_modes = [m for m in modes if m not in ("rgb", "both")]
-    if bad_modes:
-        raise KdbenchError(f"unknown mode {bad_modes[0]!r}; --modes takes rgb, both or rgb,both")
-    seeds = _seeds(args.seeds)
+    if bad_modes or not modes:
+        raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; --modes takes rgb, both "
+                           "or rgb,both")
+    _seeds(args.seeds)
     pairs = [(e, m) for e in entries for m in e.modes if m == "none" or m in modes]
     if not pairs:
         raise KdbenchError(f"no method of {args.methods!r} runs in modes {args.modes!r}")
-    for e, _ in pairs:  # resolve and check every override before hours of training start
+    for e, _ in pairs:  # entry points found (not imported yet), hyper-parameters typed
+        e.check_entry()
+    sweeps = [parse_sweep(s) for s in args.sweep]
+    check_plan(pairs, args.dataset, overrides, sweeps)
+    check_dataset(args.dataset, args.data_root)
+    check_writable(Path(args.results))
+    return entries, pairs, overrides, students, sweeps
+
+
+def _run_all(args: argparse.Namespace) -> dict[str, int]:
+    """Every planned run; returns how many were trained, found finished, or left to another
+    process."""
+    _check_run(args, args.preset or "cpu")  # bad input is answered before torch is imported
+    from kdbench.config import RunSpec, resolve_config
+    from kdbench.data.datasets import open_dataset
+    from kdbench.plan import merge, plan_runs, report_runs
+    from kdbench.progress import console
+    from kdbench.train.runner import Context, ensure_teacher, is_finished, pick_device, run_one
+
+    device = pick_device(args.device)
+    preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
+    entries, pairs, overrides, students, sweeps = _check_run(args, preset)
+    config = resolve_config(preset, args.dataset, overrides)
+    seeds = _seeds(args.seeds)
+    for e, _ in pairs:  # import every entry point before hours of training start
         e.resolve()
-    plan = plan_runs(pairs, args.dataset, overrides, [parse_sweep(s) for s in args.sweep])
+    plan = plan_runs(pairs, args.dataset, overrides, sweeps)
     if getattr(args, "with_reports", False):  # `kdbench reproduce`: the tables' extra runs
         plan = merge(plan, report_runs(entries, args.dataset, overrides))
     data = open_dataset(args.dataset, args.data_root, config["data"]["size"],
                         config["data"]["frames"], progress=not args.no_progress)
+    results = Path(args.results)
     console.print(f"kdbench run: preset [bold]{preset}[/], dataset [bold]{args.dataset}[/] "
                   f"({data.root}), device {device}, "
-                  f"{len(plan) * len(students) * len(seeds)} runs -> {args.results}")
-    ctx = Context(data, args.dataset, config, Path(args.results), device, args.resume,
+                  f"{len(plan) * len(students) * len(seeds)} runs; results go to "
+                  f"{results.resolve()}", highlight=False)
+    ctx = Context(data, args.dataset, config, results, device, args.restart,
                   not args.no_progress)
     t0 = time.perf_counter()
     specs = [(RunSpec(args.dataset, student, p.entry.name, p.mode, seed, p.hparams, p.variant),
               p.entry) for seed in seeds for student in students for p in plan]
     # the teacher is trained (or loaded) only if a distillation run is left to do
-    todo = [s for s, _ in specs if s.mode != "none" and not is_finished(ctx.results / s.relpath)]
+    todo = [s for s, _ in specs if s.mode != "none"
+            and (args.restart or not is_finished(ctx.results / s.relpath))]
     teacher = ensure_teacher(ctx) if todo else None
     counts = {"trained": 0, "finished_before": 0, "left_to_another_process": 0}
     key = {"trained": "trained", "finished": "finished_before", "busy": "left_to_another_process"}
@@ -96,7 +128,7 @@ def _run_all(args: argparse.Namespace) -> dict[str, int]:
         outcome, _ = run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
         counts[key[outcome]] += 1
     console.print(f"all runs finished in {time.perf_counter() - t0:.0f} s; "
-                  f"`kdbench table --results {args.results}` lists them")
+                  f"`kdbench table --results {args.results}` lists them", highlight=False)
     return counts
 
 
@@ -147,6 +179,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from kdbench.report.gradsim import PANELS, plot_gradsim
 
     out = Path(args.out) if args.out else Path(args.results) / f"{args.figure}.png"
+    if out.suffix.lower() not in PLOT_FORMATS:
+        raise KdbenchError(f"--out {out}: a figure is written as "
+                           f"{', '.join(PLOT_FORMATS)}; give a file name ending in one of them")
+    if not Path(args.results).is_dir():
+        raise KdbenchError(f"no result store at {args.results}; give --results DIR, or start "
+                           "runs with `kdbench run`")
     if args.figure != "gradsim":
         return _plot_runs(args, out)
     registry = None if args.all_runs else load_registry(args.registry)
@@ -219,13 +257,9 @@ def _cost_table(args: argparse.Namespace):
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from kdbench.data.datasets import open_dataset
-    from kdbench.progress import console
-    from kdbench.train.evaluate import evaluate_run
-    from kdbench.train.runner import pick_device
+    from kdbench.data.datasets import check_dataset
     from kdbench.train.store import read_json
 
-    device = pick_device(args.device)
     runs = []
     for path in args.runs:
         path = Path(path)
@@ -235,13 +269,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise KdbenchError(f"no run folder at or under {path}; give runs/<...>/seed<k> "
                                "folders or a folder holding them")
         runs += found
+    check_dataset(args.dataset, args.data_root)
+    from kdbench.data.datasets import open_dataset
+    from kdbench.progress import console
+    from kdbench.train.evaluate import evaluate_run
+    from kdbench.train.runner import pick_device
+
+    device = pick_device(args.device)
     opened = {}
     for run in runs:
         cfg = read_json(run / "metrics.json").get("config", {}).get("data", {})
         key = (cfg.get("size"), cfg.get("frames"))
         if key not in opened:
             opened[key] = open_dataset(args.dataset, args.data_root, key[0], key[1],
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, require=("test",))
         rec = evaluate_run(run, opened[key], args.dataset, device)
         t = rec["test"]
         console.print(f"{run}: on {args.dataset} acc {t['acc']:.4f} auc {t['auc']:.4f} "
@@ -249,6 +290,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+PLOT_FORMATS = (".png", ".svg", ".pdf")
 REPRO_TABLES = ("comparison", "ablation", "rotation", "alpha", "teacher", "cross")
 REPRO_PLOTS = ("gradsim", "alpha", "rotation", "curves")
 REPRO_LOG = "reproduce.jsonl"  # one record per `kdbench reproduce`: command, times, run counts
@@ -286,7 +328,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         "run", methods="all", dataset=args.dataset, data_root=args.data_root,
         students=args.students, modes="rgb,both", seeds=args.seeds, preset=args.preset,
         results=args.results, registry=args.registry, set=args.set, device=args.device,
-        resume=args.resume, no_progress=args.no_progress)
+        restart=args.restart, no_progress=args.no_progress)
     run_args.with_reports = True  # the default plan plus the runs the tables need
     counts = _run_all(run_args)
     if args.cross_dataset:
@@ -394,8 +436,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line: what is wrong and where the help is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"kdbench: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _restart_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the planned runs' progress and results (finished or not) "
+                        "and train them again; the teacher is kept (without this flag a run "
+                        "continues from its last.pt and a finished run is skipped)")
+    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
+    p = Parser(prog="kdbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train the teacher (once) and the students")
@@ -408,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", default="0")
     run.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None,
                      help="default: paper on CUDA, cpu otherwise")
-    run.add_argument("--results", default="results")
+    run.add_argument("--results", default=DEFAULT_RESULTS,
+                     help=f"result store (default: ./{DEFAULT_RESULTS})")
     run.add_argument("--registry", type=Path, action="append", default=[],
                      help="extra registry YAML adding or overriding methods (repeatable)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -417,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one run per value of a method hyper-parameter, e.g. d=128,256 or "
                      "alpha=1,10,100 (repeatable: all combinations)")
     run.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: auto)")
-    run.add_argument("--resume", action="store_true", help="continue unfinished runs")
+    _restart_options(run)
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=cmd_run)
 
@@ -428,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="runs: every run folder; comparison: Table 3; ablation: Table 6; "
                        "rotation: Table 5; alpha: Fig. 3; teacher: Table 4; cross: Table 7 "
                        "(mean ± std); cost: Table 1 (params, GFLOPs, measured images/s)")
-    table.add_argument("--results", default="results")
+    table.add_argument("--results", default=DEFAULT_RESULTS)
     table.add_argument("--format", choices=("md", "latex", "csv"), default="md")
     table.add_argument("--metric", choices=("acc", "auc", "eer", "video_auc"), default="acc")
     table.add_argument("--dataset", default=None)
@@ -447,10 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("figure", choices=("gradsim", "alpha", "rotation", "curves"),
                       help="gradsim: Fig. 4; alpha: Fig. 3; rotation: accuracy vs d (Table 5); "
                       "curves: train loss / val acc per epoch of every run")
-    plot.add_argument("--results", default="results")
+    plot.add_argument("--results", default=DEFAULT_RESULTS)
     plot.add_argument("--dataset", default=None, help="only this dataset's runs")
     plot.add_argument("--out", default=None,
-                      help="PNG or SVG path (default: <results>/<figure>.png)")
+                      help="PNG, SVG or PDF path (default: <results>/<figure>.png)")
     plot.add_argument("--all-runs", action="store_true",
                       help="gradsim, curves: also the sweep and ablation variants (default: "
                       "the runs of the default plan, i.e. each method and its registry variants)")
@@ -467,11 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--cross-data-root", type=Path, default=None)
     rep.add_argument("--students", default=None)
     rep.add_argument("--seeds", default="0,1,2")
-    rep.add_argument("--results", default="results")
+    rep.add_argument("--results", default=DEFAULT_RESULTS)
     rep.add_argument("--registry", type=Path, action="append", default=[])
     rep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     rep.add_argument("--device", default=None)
-    rep.add_argument("--resume", action="store_true")
+    _restart_options(rep)
     rep.add_argument("--no-progress", action="store_true")
     rep.set_defaults(func=cmd_reproduce)
 
@@ -520,14 +578,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from rich.logging import RichHandler
+def _log_to_stderr() -> None:
+    """kdbench's log records on stderr: rich on a terminal, plain unwrapped lines otherwise
+    (so a path in a log file stays on one line for grep)."""
+    log = logging.getLogger("kdbench")
+    for handler in [h for h in log.handlers if getattr(h, "kdbench", False)]:
+        log.removeHandler(handler)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(show_time=False, show_path=False)])
+        from kdbench.progress import console
+
+        handler: logging.Handler = RichHandler(console=console, show_time=False,
+                                               show_path=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.kdbench = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `kdbench` command; returns its exit status (2 for bad input, one line on stderr)."""
+    _log_to_stderr()
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or an argument error (2, one line)
+        return exc.code if isinstance(exc.code, int) else 2
     args.argv = argv  # the command line as given, for the reproduce log
+    if getattr(args, "resume", False):
+        print("kdbench: note: --resume is the default now (an unfinished run always continues; "
+              "--restart discards it)", file=sys.stderr)
     try:
         return args.func(args)
     except KdbenchError as exc:
@@ -535,12 +619,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as exc:  # disk full, permission denied, ...: say which file
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"kdbench: error: {exc.strerror or exc}{where}; finished runs are kept, fix it "
-              "and run again with --resume", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("kdbench: interrupted; finished epochs are kept - continue with --resume",
+        print(f"kdbench: error: {exc.strerror or exc}{where}; finished runs and epochs are kept "
+              "- free space or fix the permissions, then run the same command again",
               file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kdbench: interrupted; finished epochs are kept - run the same command again to "
+              "continue", file=sys.stderr)
         return 130
 
 

@@ -11,8 +11,13 @@ from typing import Any
 import yaml
 
 from kdbench.errors import KdbenchError
+from kdbench.values import check_limits, coerce
 
 SECTIONS = ("data", "train", "teacher", "student")
+# the backbones a student or the teacher can be (kdbench.models.backbones builds them); named
+# here so that arguments are checked before torch and timm are imported
+BACKBONES = ("resnet18_thin", "resnet34_thin", "xception")
+METRIC_NAMES = ("acc", "auc", "eer", "video_auc")
 
 _BASE: dict[str, Any] = {
     "data": {"size": 64, "frames": 8, "workers": 0},
@@ -38,6 +43,18 @@ _BASE: dict[str, Any] = {
     "student": {"pretrained": None},
     # per-dataset overrides of the sections above
     "datasets": {},
+}
+
+# the allowed values of the settings (kdbench.values); a `--set` outside them is an error
+LIMITS: dict[str, dict[str, dict[str, Any]]] = {
+    "data": {"size": {"min": 8}, "frames": {"min": 1}, "workers": {"min": 0}},
+    "train": {"epochs": {"min": 1}, "batch_size": {"min": 1}, "lr": {"gt": 0},
+              "step_size": {"min": 1}, "gamma": {"gt": 0}, "weight_decay": {"min": 0},
+              "select": {"choices": list(METRIC_NAMES)}, "eval_batch_size": {"min": 1},
+              "teacher_cache_mb": {"min": 0}},
+    "teacher": {"backbone": {"choices": list(BACKBONES)}, "proj_dim": {"min": 1},
+                "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0}},
+    "student": {},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -108,6 +125,12 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
                 f"unknown setting {section}.{unknown[0]}; known: "
                 + ", ".join(f"{section}.{k}" for k in cfg[section])
             )
+        for key, value in values.items():  # the type of the default, within its limits
+            name = f"{section}.{key}"
+            if isinstance(value, (dict, list)):
+                raise KdbenchError(f"--set {name} takes one value, not {value!r}")
+            value = coerce(value, cfg[section][key], name)
+            values[key] = check_limits(value, LIMITS[section].get(key), name)
     cfg = deep_merge(cfg, section_overrides)
     cfg["preset"] = preset
     return cfg

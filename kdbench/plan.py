@@ -45,11 +45,11 @@ class PlannedRun:
     variant: str
 
 
-def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
-              overrides: dict[str, dict[str, Any]], sweeps: list[Sweep]) -> list[PlannedRun]:
-    """Each (method, mode) runs with its hyper-parameters, then once per registry variant of
-    that mode and once per combination of the sweep values that apply to the method. A sweep
-    key that no selected method knows is an error. Runs with equal settings are listed once."""
+def check_plan(pairs: list[tuple[MethodEntry, str]], dataset: str,
+               overrides: dict[str, dict[str, Any]], sweeps: list[Sweep]) -> None:
+    """The checks of :func:`plan_runs` that import no method: each sweep key known to a
+    selected method and given once, and every planned hyper-parameter of the right type and
+    within its limits."""
     seen_keys: set[tuple[str | None, str]] = set()
     for sw in sweeps:
         if (sw.method, sw.key) in seen_keys:
@@ -60,17 +60,34 @@ def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
             names = ", ".join(sorted({e.name for e, _ in pairs}))
             raise KdbenchError(f"--sweep {sw.key}: no selected method ({names}) has a "
                                f"hyper-parameter {sw.key!r}; see `kdbench methods`")
+    for entry, mode in pairs:
+        for change in _changes(entry, mode, sweeps):
+            entry.hparams(dataset, {**overrides.get(entry.name, {}), **change})
+
+
+def _changes(entry: MethodEntry, mode: str, sweeps: list[Sweep]) -> list[dict[str, Any]]:
+    """The registry settings, then each registry variant of ``mode``, then each combination of
+    the sweep values that apply to ``entry``."""
+    mine = [sw for sw in sweeps if _applies(sw, entry)]
+    changes = [{}, *entry.variant_sets(mode)]
+    if mine:
+        changes += [dict(zip([sw.key for sw in mine], combo))
+                    for combo in itertools.product(*(sw.values for sw in mine))]
+    return changes
+
+
+def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
+              overrides: dict[str, dict[str, Any]], sweeps: list[Sweep]) -> list[PlannedRun]:
+    """Each (method, mode) runs with its hyper-parameters, then once per registry variant of
+    that mode and once per combination of the sweep values that apply to the method. A sweep
+    key that no selected method knows is an error. Runs with equal settings are listed once."""
+    check_plan(pairs, dataset, overrides, sweeps)
     planned, seen = [], set()
     for entry, mode in pairs:
         base = overrides.get(entry.name, {})
         ignored = entry.resolve().ignored_hparams(mode)
         defaults = entry.hparams(dataset)
-        mine = [sw for sw in sweeps if _applies(sw, entry)]
-        changes = [{}, *entry.variant_sets(mode)]
-        if mine:
-            changes += [dict(zip([sw.key for sw in mine], combo))
-                        for combo in itertools.product(*(sw.values for sw in mine))]
-        for change in changes:
+        for change in _changes(entry, mode, sweeps):
             hp = entry.hparams(dataset, {**base, **change})
             tag = variant_tag({k: v for k, v in hp.items() if k not in ignored}, defaults)
             if (entry.name, mode, tag) not in seen:
@@ -133,10 +150,15 @@ def default_plan_labels(registry: dict, dataset: str, mode: str) -> set[str]:
 
 def in_default_plan(registry: dict) -> Callable[[str, str, str], bool]:
     """``(dataset, mode, label) -> bool``: is the run folder ``label`` (e.g. ``tokd@d=256``)
-    one of :func:`default_plan_labels`; the labels are computed once per (dataset, mode)."""
+    one of :func:`default_plan_labels`; the labels are computed once per (dataset, mode). A
+    method the registry does not know (added with another --registry) counts with its plain
+    folder, so a store's runs are drawn whatever registry is loaded."""
     labels: dict[tuple[str, str], set[str]] = {}
 
     def test(dataset: str, mode: str, label: str) -> bool:
+        method, _, variant = label.partition("@")
+        if method not in registry:
+            return not variant
         if (dataset, mode) not in labels:
             labels[(dataset, mode)] = default_plan_labels(registry, dataset, mode)
         return label in labels[(dataset, mode)]

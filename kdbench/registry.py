@@ -6,16 +6,20 @@ import importlib
 import importlib.util
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kdbench.errors import KdbenchError
+from kdbench.values import check_limit_spec, check_limits, coerce
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REGISTRY = REPO_ROOT / "registry.yaml"
+# the built-in registry ships inside the package (the repository's registry.yaml, installed as
+# kdbench/methods/registry.yaml)
+DEFAULT_REGISTRY = Path(str(resources.files("kdbench.methods").joinpath("registry.yaml")))
 VALID_MODES = ("none", "rgb", "both")
+DISTILLER_IMPORT = "from kdbench.methods import Distiller"
 
 
 @dataclass
@@ -34,6 +38,8 @@ class MethodEntry:
     aliases: dict[str, list[str]] = field(default_factory=dict)
     # the paper tables this method's runs fill (kdbench.report.tables.REPORT_KINDS)
     reports: dict[str, Any] = field(default_factory=dict)
+    # allowed values of hyper-parameters: {name: {min, max, gt, lt, choices}} (kdbench.values)
+    limits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def knows(self, key: str) -> bool:
         return key in self.defaults or key in self.aliases
@@ -49,7 +55,9 @@ class MethodEntry:
                     f"unknown hyper-parameter {self.name}.{key}; known: {known or 'none'}"
                 )
             for target in self.aliases.get(key, [key]):
-                params[target] = _coerce(value, self.defaults[target], f"{self.name}.{key}")
+                params[target] = coerce(value, self.defaults[target], f"{self.name}.{key}")
+        for key, value in params.items():
+            check_limits(value, self.limits.get(key), f"{self.name}.{key}")
         return params
 
     def variant_sets(self, mode: str) -> list[dict[str, Any]]:
@@ -58,14 +66,9 @@ class MethodEntry:
 
     def resolve(self) -> type:
         """Import the entry point (``module:Class`` or ``path/to/file.py:Class``)."""
-        from methods.base import Distiller
+        from kdbench.methods.base import Distiller
 
-        target, sep, cls_name = self.entry.rpartition(":")
-        if not sep or not target or not cls_name:
-            raise KdbenchError(
-                f"{self.source}: method {self.name!r} has entry {self.entry!r}; "
-                "expected module:Class or path/to/file.py:Class"
-            )
+        target, cls_name = self.check_entry()
         try:
             if target.endswith(".py"):
                 module = _import_file(self._path(target))
@@ -74,50 +77,55 @@ class MethodEntry:
         except KdbenchError:
             raise
         except Exception as exc:  # an import error inside the user's module
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError) and exc.name == "methods":
+                hint = f" (the built-in methods moved: `{DISTILLER_IMPORT}`)"
             raise KdbenchError(
                 f"{self.source}: cannot import {target!r} for method {self.name!r}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}{hint}"
             ) from exc
-        cls = getattr(module, cls_name, None)
+        if not hasattr(module, cls_name):
+            raise KdbenchError(
+                f"{self.source}: {target!r} has no class {cls_name!r} (method {self.name!r}); "
+                "fix the entry's class name"
+            )
+        cls = getattr(module, cls_name)
         if not (isinstance(cls, type) and issubclass(cls, Distiller)):
             raise KdbenchError(
                 f"{self.source}: {self.entry!r} (method {self.name!r}) is not a Distiller "
-                "subclass; derive it from methods.base.Distiller"
+                f"subclass; derive it from Distiller (`{DISTILLER_IMPORT}`)"
             )
         return cls
+
+    def check_entry(self) -> tuple[str, str]:
+        """(module or file, class name) of the entry point, checked without importing it: the
+        file exists, or the module can be found."""
+        target, sep, cls_name = self.entry.rpartition(":")
+        if not sep or not target or not cls_name:
+            raise KdbenchError(
+                f"{self.source}: method {self.name!r} has entry {self.entry!r}; "
+                "expected module:Class or path/to/file.py:Class"
+            )
+        if target.endswith(".py"):
+            if not self._path(target).is_file():
+                raise KdbenchError(f"{self.source}: method file {self._path(target)} of method "
+                                   f"{self.name!r} not found; fix the entry path")
+            return target, cls_name
+        try:
+            found = importlib.util.find_spec(target) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            hint = (f"; the built-in methods moved to kdbench.methods (`{DISTILLER_IMPORT}`)"
+                    if target.split(".")[0] == "methods" else
+                    "; fix the entry, or give a file: path/to/file.py:Class")
+            raise KdbenchError(f"{self.source}: module {target!r} of method {self.name!r} not "
+                               f"found{hint}")
+        return target, cls_name
 
     def _path(self, target: str) -> Path:
         path = Path(target).expanduser()
         return path if path.is_absolute() else (self.source.parent / path).resolve()
-
-
-def _coerce(value: Any, default: Any, name: str) -> Any:
-    """``value`` in the type of the registry default (so 0 / "1e-3" / 1e0 become false / 0.001
-    / 1.0 and name one folder, not several)."""
-    if default is None or value is None:
-        return value
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, bool):
-                return value
-            if value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if isinstance(default, int):
-            as_float = float(value)
-            if not as_float.is_integer():
-                raise ValueError
-            return int(as_float)
-        if isinstance(default, float):
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if isinstance(default, str):
-            return str(value)
-    except (TypeError, ValueError):
-        raise KdbenchError(f"{name}={value!r} does not fit the type of its default "
-                           f"{default!r} ({type(default).__name__})") from None
-    return value
 
 
 def _import_file(path: Path):
@@ -160,10 +168,19 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
                            "{set: {hyper-parameter: value}, modes: [...]} mappings")
     reports = raw.get("reports") or {}
     _check_reports(name, reports, defaults, aliases, source)
+    limits = raw.get("limits") or {}
+    if not isinstance(limits, dict):
+        raise KdbenchError(f"{source}: method {name!r}: 'limits' must map a hyper-parameter to "
+                           "{min, max, gt, lt, choices}")
+    for key, spec in limits.items():
+        why = ("not in 'defaults'" if key not in defaults
+               else check_limit_spec(spec, defaults[key]))
+        if why:
+            raise KdbenchError(f"{source}: method {name!r}: limits of {key!r}: {why}")
     return MethodEntry(name, raw["entry"], list(modes), dict(defaults),
                        {k: dict(v or {}) for k, v in datasets.items()}, source,
                        [dict(v) for v in variants], {k: list(v) for k, v in aliases.items()},
-                       dict(reports))
+                       dict(reports), {k: dict(v) for k, v in limits.items()})
 
 
 def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, source: Path) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from kdbench.methods.feature_kd import FeatureKD, teacher_feats
 from torch import Tensor
-
-from methods.feature_kd import FeatureKD, teacher_feats
 
 
 def similarity(f: Tensor) -> Tensor:

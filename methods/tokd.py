@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from kdbench.methods.base import Distiller
+from kdbench.methods.feature_kd import match_spatial
 from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
 from kdbench.models.outputs import StudentOut, TeacherOut
-from methods.base import Distiller
-from methods.feature_kd import match_spatial
 
 ROTATION_MODES = ("flat", "channel")
 LOGGING_ONLY = {"gradsim_every"}

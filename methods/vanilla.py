@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from kdbench.methods.base import Distiller
 from torch import Tensor
-
-from methods.base import Distiller
 
 
 class Vanilla(Distiller):

@@ -5,15 +5,15 @@ import math
 
 import pytest
 import torch
+from kdbench.methods.at import AT, at_loss
+from kdbench.methods.fitnet import FitNet, fitnet_loss
+from kdbench.methods.pkt import PKT, pkt_loss
+from kdbench.methods.sp import SP, sp_loss
+from kdbench.methods.vid import VID, vid_loss
 from torch import nn
 
 from kdbench.models.outputs import TeacherOut
 from kdbench.models.students import create_student
-from methods.at import AT, at_loss
-from methods.fitnet import FitNet, fitnet_loss
-from methods.pkt import PKT, pkt_loss
-from methods.sp import SP, sp_loss
-from methods.vid import VID, vid_loss
 
 
 def test_at_loss_by_hand():

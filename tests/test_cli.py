@@ -81,7 +81,7 @@ def test_run_on_a_prepared_folder_writes_the_result_store(capsys, tmp_path):
 LOGIT_KD = '''
 import torch.nn.functional as F
 
-from methods.base import Distiller
+from kdbench.methods.base import Distiller
 
 
 class LogitKD(Distiller):
@@ -125,9 +125,9 @@ def test_unwritable_results_folder_is_a_one_line_error(capsys, tmp_path):
     code, err = _run(capsys, "run", "--methods", "vanilla", "--dataset", "ff_c40",
                      "--data-root", str(data), "--preset", "quick", "--set", "data.size=16",
                      "--results", str(blocker), "--no-progress")
-    assert code == 1
+    assert code == 2
     assert err.strip().splitlines()[-1].startswith("kdbench: error:")
-    assert str(blocker) in err
+    assert str(blocker) in err and "not writable" in err
 
 
 @pytest.mark.slow
@@ -259,10 +259,11 @@ def test_reproduce_runs_what_the_tables_need_and_writes_them(capsys, two_dataset
 def test_reproduce_builds_its_subcommands_with_the_real_parser():
     from kdbench.cli import _subcommand
 
-    ns = _subcommand("run", methods="all", set=["train.lr=0.1", "data.size=16"], resume=True,
+    ns = _subcommand("run", methods="all", set=["train.lr=0.1", "data.size=16"], restart=True,
                      students=None, no_progress=False)
-    assert (ns.methods, ns.set, ns.resume, ns.no_progress) == (
+    assert (ns.methods, ns.set, ns.restart, ns.no_progress) == (
         "all", ["train.lr=0.1", "data.size=16"], True, False)
     assert ns.sweep == [] and ns.modes == "rgb,both" and ns.func.__name__ == "cmd_run"
     plot = _subcommand("plot", "curves", results="R")
+    assert _subcommand("run").results == "kdbench-results"  # never the committed results/
     assert (plot.figure, plot.results, plot.all_runs, plot.registry) == ("curves", "R", False, [])

@@ -1,13 +1,13 @@
 import textwrap
 
 import pytest
+from kdbench.methods.base import Distiller
 
 from kdbench.errors import KdbenchError
 from kdbench.registry import load_registry, read_registry, select_methods
-from methods.base import Distiller
 
 USER_METHOD = '''
-from methods.base import Distiller
+from kdbench.methods.base import Distiller
 
 
 class Mine(Distiller):
@@ -71,10 +71,17 @@ def test_bad_entries_fail_on_resolve(tmp_path):
         reg["a"].resolve()
     with pytest.raises(KdbenchError, match="not found"):
         reg["b"].resolve()
-    with pytest.raises(KdbenchError, match="cannot import"):
+    with pytest.raises(KdbenchError, match="module 'no_such_module' of method 'c' not found"):
         reg["c"].resolve()
     with pytest.raises(KdbenchError, match="expected module:Class"):
         reg["d"].resolve()
+    (tmp_path / "broken.py").write_text("import no_such_dependency\n")
+    (tmp_path / "r2.yaml").write_text("e: {entry: broken.py:X}\nf: {entry: notd.py:Nope}\n")
+    reg = read_registry(tmp_path / "r2.yaml")
+    with pytest.raises(KdbenchError, match="cannot import .*no_such_dependency"):
+        reg["e"].resolve()
+    with pytest.raises(KdbenchError, match="has no class 'Nope'"):
+        reg["f"].resolve()
 
 
 def test_select_methods():
@@ -86,11 +93,11 @@ def test_select_methods():
 
 def test_malformed_variants_and_aliases_are_one_line_errors(tmp_path):
     bad = tmp_path / "r.yaml"
-    bad.write_text("m:\n  entry: methods.vanilla:Vanilla\n  defaults: {w: 1}\n"
+    bad.write_text("m:\n  entry: kdbench.methods.vanilla:Vanilla\n  defaults: {w: 1}\n"
                    "  variants: [{set: {nope: 1}}]\n")
     with pytest.raises(KdbenchError, match="'variants' must be"):
         read_registry(bad)
-    bad.write_text("m:\n  entry: methods.vanilla:Vanilla\n  defaults: {w: 1}\n"
+    bad.write_text("m:\n  entry: kdbench.methods.vanilla:Vanilla\n  defaults: {w: 1}\n"
                    "  aliases: {x: [nope]}\n")
     with pytest.raises(KdbenchError, match="'aliases' must map"):
         read_registry(bad)

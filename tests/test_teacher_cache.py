@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from kdbench.methods.at import AT
 
 from kdbench.config import resolve_config
 from kdbench.data.loader import FrameSplit, to_model_input
@@ -8,7 +9,6 @@ from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.train.teacher_cache import TeacherCache, flatten, unflatten
 from kdbench.train.trainer import Trainer, seed_everything
-from methods.at import AT
 
 SIZE = 16
 

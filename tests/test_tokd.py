@@ -2,11 +2,7 @@
 
 import pytest
 import torch
-from torch import nn
-
-from kdbench.errors import KdbenchError
-from kdbench.models.outputs import StudentOut, TeacherOut
-from methods.tokd import (
+from kdbench.methods.tokd import (
     TOKD,
     Rotation,
     cayley,
@@ -16,6 +12,10 @@ from methods.tokd import (
     rotation_loss,
     tokd_kd_loss,
 )
+from torch import nn
+
+from kdbench.errors import KdbenchError
+from kdbench.models.outputs import StudentOut, TeacherOut
 
 C, H, W, PROJ = 6, 2, 2, 4
 TRAIN_CFG = {"lr": 1e-2, "step_size": 5, "gamma": 0.1}

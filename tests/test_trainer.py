@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
+from kdbench.methods.vanilla import Vanilla
 
 from kdbench.config import resolve_config
 from kdbench.data.loader import FrameSplit, epoch_batches
 from kdbench.errors import KdbenchError
 from kdbench.models.students import create_student
 from kdbench.train.trainer import Trainer, seed_everything
-from methods.vanilla import Vanilla
 
 TIMING_KEYS = {"train_images_per_s", "train_time_s"}
 
@@ -43,8 +43,9 @@ def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
 
 
 def _tokd():
+    from kdbench.methods.tokd import TOKD
+
     from kdbench.models.teacher import DualBranchTeacher
-    from methods.tokd import TOKD
 
     seed_everything(0)
     teacher = DualBranchTeacher("resnet18_thin", proj_dim=8)
@@ -59,8 +60,8 @@ def test_tokd_resume_restores_rotations_their_optimizer_and_the_trace(tiny_data,
     trace_a = (tmp_path / "a/gradsim.jsonl").read_text()
     assert trace_a == (tmp_path / "b/gradsim.jsonl").read_text()
     assert len(trace_a.splitlines()) == 3 * 3  # 3 epochs x 3 steps, one record per step
-    a = torch.load(tmp_path / "a/last.pt", weights_only=False)["learner"]
-    b = torch.load(tmp_path / "b/last.pt", weights_only=False)["learner"]
+    a = torch.load(tmp_path / "a/last.pt", weights_only=True)["learner"]
+    b = torch.load(tmp_path / "b/last.pt", weights_only=True)["learner"]
     assert torch.equal(a["rotations.rgb.weight"], b["rotations.rgb.weight"])
     assert a["rotations.rgb.weight"].abs().sum() > 0  # the rotation moved
 
@@ -89,7 +90,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tiny_data, t
     learner = _NanAfterFirstEpoch(create_student("resnet18_thin"), None, "none")
     with pytest.raises(KdbenchError, match=r"loss_kd became NaN/inf at epoch 2"):
         _trainer(tiny_data, tmp_path, learner=learner).fit()
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1
 
 

@@ -20,6 +20,8 @@ REAL_DATASETS = {
     "folder": "kdbench prepare folder --root <folder of real/ and fake/ images> --out DIR",
 }
 DATASETS = ("synthetic", *REAL_DATASETS)
+INDEX_COLUMNS = ("row", "video", "frame", "label", "split")
+TRAIN_SPLITS = ("train", "val", "test")  # what a run needs
 
 
 def default_data_root() -> Path:
@@ -55,9 +57,11 @@ def keep_frames(index: pd.DataFrame, per_video: int) -> pd.DataFrame:
     return pd.concat(kept).sort_values("row", kind="stable").reset_index(drop=True)
 
 
-def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None) -> PreparedData:
-    """Open a prepared folder, checking it holds ``dataset``; ``frames_per_video`` keeps that
-    many evenly spaced frames of each video (a preset's ``data.frames``)."""
+def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None,
+                  require: tuple[str, ...] = ()) -> PreparedData:
+    """Open a prepared folder, checking it holds ``dataset`` in a readable form with frames in
+    each ``require``d split; ``frames_per_video`` keeps that many evenly spaced frames of each
+    video (a preset's ``data.frames``)."""
     root = Path(root)
     meta_path = root / "prepared.json"
     if not meta_path.is_file():
@@ -68,34 +72,64 @@ def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None)
             f"{root} is not a prepared {dataset} folder{raw}; prepare it with `{hint}` and pass "
             "--data-root DIR, or use --dataset synthetic"
         )
-    meta = read_json(meta_path)
+    try:
+        meta = read_json(meta_path)
+    except KdbenchError as exc:
+        raise DataError(f"{exc}; or re-run the preparation") from None
     if meta.get("dataset") != dataset:
         raise DataError(
             f"{root} holds prepared {meta.get('dataset')!r}, not {dataset!r}; "
             f"use --dataset {meta.get('dataset')} or point --data-root at a {dataset} folder"
         )
-    frames = np.load(root / "frames.npy", mmap_mode="r")
-    index = pd.read_csv(root / "index.csv", dtype={"video": str})
+    redo = "re-run the preparation into a new folder"
+    for name in ("frames.npy", "index.csv"):
+        if not (root / name).is_file():
+            raise DataError(f"{root} has no {name}; the preparation did not finish - {redo}")
+    try:
+        frames = np.load(root / "frames.npy", mmap_mode="r")
+    except (ValueError, OSError) as exc:  # truncated: the memory map is longer than the file
+        raise DataError(f"{root}/frames.npy is truncated or damaged ({exc}); {redo}") from None
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise DataError(f"{root}/frames.npy holds {frames.dtype} {tuple(frames.shape)}, not "
+                        f"uint8 frames [N, S, S, 3]; {redo}")
+    try:
+        index = pd.read_csv(root / "index.csv", dtype={"video": str})
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{root}/index.csv is not a readable CSV ({exc}); {redo}") from None
+    missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+    if missing:
+        raise DataError(f"{root}/index.csv lacks the column(s) {', '.join(missing)} (it needs "
+                        f"{', '.join(INDEX_COLUMNS)}); {redo}")
+    rows = pd.to_numeric(index["row"], errors="coerce")
+    if rows.isna().any() or (rows < 0).any() or (rows >= len(frames)).any():
+        bad = index["row"][rows.isna() | (rows < 0) | (rows >= len(frames))].iloc[0]
+        raise DataError(f"{root}/index.csv points at frame row {bad}, but frames.npy has "
+                        f"{len(frames)} frames; {redo}")
     if len(index) != len(frames):
-        raise DataError(f"{root}: index.csv and frames.npy disagree; re-run the preparation")
+        raise DataError(f"{root}: index.csv and frames.npy disagree; {redo}")
+    for split in require:
+        if not (index["split"] == split).any():
+            raise DataError(f"{root} has no {split!r} frames (the {split} split is empty); "
+                            f"{redo}, with videos in every split")
     if frames_per_video:
         index = keep_frames(index, frames_per_video)
     return PreparedData(root, frames, index, meta)
 
 
-def open_dataset(
-    name: str, data_root: Path | None, size: int, frames: int, progress: bool = True
-) -> PreparedData:
-    """Resolve a dataset name to prepared data. ``synthetic`` is generated and prepared on first
-    use under ``data_root/synthetic``; the real ones need ``data_root`` = a prepared folder."""
+def check_dataset(name: str, data_root: Path | None) -> None:
+    """The checks of :func:`open_dataset` that need no data read: a known name, and a data
+    folder that exists where one is needed (a one-line error otherwise)."""
     if name == "synthetic":
-        from kdbench.data.synthetic_prepare import ensure_synthetic
-
-        root = Path(data_root) if data_root else default_data_root() / "synthetic"
-        return load_prepared(ensure_synthetic(root, size, frames, progress), name)
+        if data_root is not None and not Path(data_root).is_dir():
+            raise DataError(
+                f"data folder {data_root} does not exist; create it (mkdir) to generate the "
+                "synthetic dataset there (about 4 MB of videos plus the prepared frames), or "
+                f"leave out --data-root to use the cache {default_data_root() / 'synthetic'}"
+            )
+        return
     if name not in REAL_DATASETS:
         if data_root is not None and _is_named_folder(Path(data_root), name):
-            return load_prepared(Path(data_root), name, frames)
+            return
         raise KdbenchError(
             f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or the --name of a "
             "`kdbench prepare folder` output given with --data-root"
@@ -110,7 +144,23 @@ def open_dataset(
             f"data folder {data_root} not found; prepare {name} with `{REAL_DATASETS[name]}`, "
             "or use --dataset synthetic"
         )
-    return load_prepared(Path(data_root), name, frames)
+
+
+def open_dataset(
+    name: str, data_root: Path | None, size: int, frames: int, progress: bool = True,
+    require: tuple[str, ...] = TRAIN_SPLITS,
+) -> PreparedData:
+    """Resolve a dataset name to prepared data with frames in each ``require``d split.
+    ``synthetic`` is generated and prepared on first use under ``data_root`` (default: the
+    cache); the real ones need ``data_root`` = a prepared folder."""
+    check_dataset(name, data_root)
+    if name == "synthetic":
+        from kdbench.data.synthetic_prepare import ensure_synthetic
+
+        root = Path(data_root) if data_root else default_data_root() / "synthetic"
+        return load_prepared(ensure_synthetic(root, size, frames, progress), name,
+                             require=require)
+    return load_prepared(Path(data_root), name, frames, require)
 
 
 def _is_named_folder(root: Path, name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 from torch import Tensor, nn
 
+from kdbench.config import BACKBONES as NAMES
 from kdbench.errors import KdbenchError
 
 
@@ -68,6 +70,7 @@ _BUILDERS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], Staged
 }
 
 BACKBONES = tuple(_BUILDERS)
+assert BACKBONES == NAMES, "kdbench.config.BACKBONES names the backbones built here"
 
 
 def load_local_weights(model: nn.Module, path: str | Path) -> None:
@@ -78,7 +81,18 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
             f"pretrained weights file {path} not found; give a local .pth/.pt path "
             "(kdbench never downloads weights) or drop the pretrained setting"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise KdbenchError(
+            f"pretrained weights file {path} needs unpickling (it holds more than tensors), "
+            "which kdbench does not do for safety; re-save it as a state dict: "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise KdbenchError(f"pretrained weights file {path} cannot be read "
+                           f"({str(exc).splitlines()[0][:120]}); is it a PyTorch weight file?"
+                           ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

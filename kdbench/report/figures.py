@@ -9,8 +9,8 @@ import pandas as pd
 
 from kdbench.errors import KdbenchError
 from kdbench.plan import in_default_plan
+from kdbench.report.listing import read_or_skip
 from kdbench.report.tables import Cell, sweep, sweep_command
-from kdbench.train.store import read_jsonl
 
 
 def _pyplot():
@@ -82,7 +82,7 @@ def seed_mean_curves(runs: pd.DataFrame, registry: dict | None = None
         name = r.method + (f"@{r.variant}" if r.variant else "")
         if planned is not None and r.method != "teacher" and not planned(r.dataset, r.mode, name):
             continue
-        hist = pd.DataFrame(read_jsonl(path)) if path.is_file() else pd.DataFrame()
+        hist = pd.DataFrame((read_or_skip(path, lines=True) or []) if path.is_file() else [])
         if not hist.empty and "epoch" in hist:
             curves.setdefault(f"{r.dataset}/{r.student}/{name}/{r.mode}", []).append(hist)
     return {label: (pd.concat(hists).groupby("epoch").mean(numeric_only=True), len(hists))

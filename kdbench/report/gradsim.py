@@ -9,7 +9,7 @@ import pandas as pd
 
 from kdbench.errors import KdbenchError
 from kdbench.plan import in_default_plan
-from kdbench.train.store import read_json, read_jsonl
+from kdbench.report.listing import read_or_skip
 
 PANELS = {"cos_full": "full S_B(x) gradient", "cos_sub": "rotated subspace (first d)"}
 
@@ -29,9 +29,9 @@ def collect_gradsim(results: Path, dataset: str | None = None,
         if planned is not None and not planned(ds, mode, method):
             continue
         metrics = path.parent / "metrics.json"
-        if not metrics.is_file() or read_json(metrics).get("status") != "finished":
+        if not metrics.is_file() or (read_or_skip(metrics) or {}).get("status") != "finished":
             continue  # an unfinished or crashed run's trace is partial
-        rows = read_jsonl(path)
+        rows = read_or_skip(path, lines=True)
         if rows:
             df = pd.DataFrame(rows)
             df = df.assign(dataset=ds, student=student, method=method, mode=mode,

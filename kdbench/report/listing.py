@@ -6,7 +6,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdbench.train.store import read_json
+from kdbench.progress import console
+from kdbench.train.store import StoreError, read_json, read_jsonl
+
+
+def read_or_skip(path: Path, lines: bool = False) -> dict | list | None:
+    """A JSON (``lines``: JSON-lines) file of the store, or None with a warning when it is
+    damaged (a report skips it instead of failing)."""
+    try:
+        return read_jsonl(path) if lines else read_json(path)
+    except StoreError as exc:
+        console.print(f"kdbench: warning: skipped: {exc}", highlight=False, markup=False)
+        return None
 
 COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
            "eer", "video_auc", "wall_s"]
@@ -25,7 +36,9 @@ def collect_runs(results: Path) -> pd.DataFrame:
 
 def _row(folder: Path, kind: str, results: Path) -> dict:
     metrics_path = folder / "metrics.json"
-    m = read_json(metrics_path) if metrics_path.is_file() else {}
+    m = read_or_skip(metrics_path) if metrics_path.is_file() else {}
+    damaged = m is None
+    m = m or {}
     parts = folder.relative_to(results / kind).parts
     if kind == "teachers":
         base = {"dataset": parts[0], "student": parts[-1], "method": "teacher", "variant": "",
@@ -36,7 +49,8 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
         base = {"dataset": dataset, "student": student, "method": method, "variant": variant,
                 "mode": mode, "seed": int(seed[4:]) if seed and seed.startswith("seed") else seed}
     test = m.get("test", {})
-    return {**base, "status": m.get("status", "unfinished"), "best_epoch": m.get("best_epoch"),
+    status = "damaged metrics.json" if damaged else m.get("status", "unfinished")
+    return {**base, "status": status, "best_epoch": m.get("best_epoch"),
             **{k: test.get(k) for k in ("acc", "auc", "eer", "video_auc")},
             "wall_s": m.get("wall_time_s"), "params": m.get("params"), "gflops": m.get("gflops"),
             "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),

@@ -107,7 +107,8 @@ def incomplete_notes(runs: pd.DataFrame) -> list[str]:
 
 
 def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc") -> Report:
-    """Table 3: rows dataset x student; vanilla, then each method's rgb and both columns.
+    """Table 3: rows dataset x student; one column per method and mode the store holds (a
+    teacher-free method's mode ``none`` is named by the method alone).
 
     Only runs with the registry's settings (no variant) count. ``methods`` fixes the column
     order (registry order); methods without any run are left out.
@@ -118,8 +119,7 @@ def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc") -> R
     columns = ["dataset", "student"]
     pairs: list[tuple[str, str]] = []
     for m in present:
-        modes = ["none"] if m == "vanilla" else ["rgb", "both"]
-        for mode in modes:
+        for mode in ("none", "rgb", "both"):  # the modes the store holds for the method
             if ((students["method"] == m) & (students["mode"] == mode)).any():
                 pairs.append((m, mode))
                 columns.append(m if mode == "none" else f"{m} {mode}")
@@ -326,12 +326,14 @@ def cross(runs: pd.DataFrame) -> Report:
     was tested on with `kdbench eval` (``<run>/cross/<dataset>.json``)."""
     from pathlib import Path
 
-    from kdbench.train.store import read_json
+    from kdbench.report.listing import read_or_skip
 
     records = []
     for r in _students(runs).itertuples():
         for path in sorted((Path(r.path) / "cross").glob("*.json")):
-            rec = read_json(path)
+            rec = read_or_skip(path)
+            if rec is None:
+                continue
             records.append({"train": r.dataset, "student": r.student,
                             "method": r.method + (f"@{r.variant}" if r.variant else ""),
                             "mode": r.mode, "seed": r.seed, "test_on": rec["test_dataset"],

@@ -13,6 +13,7 @@ from kdbench.errors import KdbenchError
 from kdbench.models.students import Student, create_student
 from kdbench.train.metrics import detection_metrics
 from kdbench.train.store import atomic_write_json, read_json
+from kdbench.train.trainer import load_checkpoint
 
 CROSS_DIR = "cross"  # <run>/cross/<dataset>.json
 
@@ -28,7 +29,7 @@ def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
     if not ckpt.is_file():
         raise KdbenchError(f"{run_dir} has no best.pt (checkpoints are not committed); train it "
                            "again with `kdbench run` on this machine")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpt)
     student = create_student(metrics["student"])
     prefix = "student."
     student.load_state_dict({k[len(prefix):]: v for k, v in state.items()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import platform
+import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +21,8 @@ from kdbench.models.cost import count_params, gflops
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
-from kdbench.registry import REPO_ROOT, MethodEntry
-from kdbench.train.store import atomic_write_json, read_json
+from kdbench.registry import MethodEntry
+from kdbench.train.store import atomic_write_json, read_json, run_lock
 from kdbench.train.teacher_task import TeacherTask
 from kdbench.train.trainer import Trainer, seed_everything
 
@@ -40,12 +38,18 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
+CODE_ROOT = Path(__file__).resolve().parents[2]  # the checkout, for an editable install
+
+
 def git_commit() -> str | None:
+    """The commit of the kdbench checkout this code runs from (None for an installed wheel)."""
+    if not (CODE_ROOT / ".git").exists() or not (CODE_ROOT / "kdbench").is_dir():
+        return None
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CODE_ROOT, capture_output=True,
                              text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+                               cwd=CODE_ROOT, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -78,10 +82,11 @@ class Context:
     config: dict[str, Any]
     results: Path
     device: torch.device
-    resume: bool = False
+    restart: bool = False  # discard the progress of the planned runs made before this start
     progress: bool = True
     _splits: dict[str, FrameSplit] | None = None
     commit: str | None = field(default_factory=git_commit)  # the code the runs start with
+    started: float = field(default_factory=time.time)
 
     @property
     def splits(self) -> dict[str, FrameSplit]:
@@ -104,7 +109,7 @@ def is_finished(run_dir: Path) -> bool:
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "metrics.json"
     if path.is_file():
-        metrics = read_json(path)
+        metrics = read_json(path)  # a damaged file stops the plan with a one-line error
         if metrics.get("status") == "finished":
             return metrics
     return None
@@ -144,17 +149,42 @@ def _check_same_run(run_dir: Path, old: dict[str, Any], new: dict[str, Any], wha
     if diffs:
         raise KdbenchError(
             f"{run_dir} holds {what} with other settings ({diffs[0]}); use another --results "
-            "folder or delete it"
+            "folder, or --restart to discard it"
         )
 
 
-def _fresh(run_dir: Path, resume: bool) -> None:
-    """Without --resume an unfinished run starts over."""
-    if not resume and run_dir.exists():
-        for name in ("last.pt", "best.pt", "metrics.json", RUN_FILE):
-            (run_dir / name).unlink(missing_ok=True)
-        for trace in run_dir.glob("*.jsonl"):  # history and the method's traces
-            trace.unlink()
+RUN_STATE = ("last.pt", "best.pt", "metrics.json", RUN_FILE)  # + *.jsonl traces, cross/
+
+
+def _progress(run_dir: Path) -> str | None:
+    """What ``run_dir`` holds, in words (None if nothing): a finished run or its last epoch."""
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        try:
+            m = read_json(metrics)
+            return f"a finished run (test acc {m['test']['acc']:.4f})"
+        except (KdbenchError, KeyError, TypeError):
+            return "a damaged metrics.json"
+    history = run_dir / "history.jsonl"
+    if (run_dir / "last.pt").is_file():
+        epochs = sum(1 for line in history.open() if line.strip()) if history.is_file() else 0
+        return f"an unfinished run at epoch {epochs}"
+    return None
+
+
+def _discard(run_dir: Path, started: float) -> str | None:
+    """``--restart``: delete the progress ``run_dir`` held before this invocation ``started``
+    (progress another process made since is kept); returns what was discarded."""
+    held = _progress(run_dir)
+    stamps = [(run_dir / n).stat().st_mtime for n in RUN_STATE if (run_dir / n).is_file()]
+    if held is None or not stamps or max(stamps) >= started:
+        return None
+    for name in RUN_STATE:
+        (run_dir / name).unlink(missing_ok=True)
+    for trace in run_dir.glob("*.jsonl"):  # history and the method's traces
+        trace.unlink()
+    shutil.rmtree(run_dir / "cross", ignore_errors=True)
+    return held
 
 
 def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn.Module,
@@ -190,17 +220,18 @@ def build_teacher(cfg: dict[str, Any]) -> DualBranchTeacher:
 
 
 def ensure_teacher(ctx: Context) -> DualBranchTeacher:
-    """Train the teacher for this dataset and config once; later calls load it."""
+    """Train the teacher for this dataset and config once (continuing an interrupted
+    training); later calls load it. Another process training it is waited for."""
     run_dir = teacher_dir(ctx)
     seed = ctx.config["teacher"]["seed"]
     seed_everything(seed)
     teacher = build_teacher(ctx.config)
-    while True:
-        with run_lock(run_dir) as mine:
-            if mine:
-                return _train_or_load_teacher(ctx, run_dir, teacher, seed)
-        console.print(f"teacher: another kdbench process is training {run_dir}; waiting")
-        time.sleep(30)
+    with run_lock(run_dir) as mine:
+        if mine:
+            return _train_or_load_teacher(ctx, run_dir, teacher, seed)
+    console.print(f"teacher: another kdbench process is training {run_dir}; waiting for it")
+    with run_lock(run_dir, wait=True):
+        return _train_or_load_teacher(ctx, run_dir, teacher, seed)
 
 
 def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
@@ -211,10 +242,9 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
         console.print(f"teacher: {run_dir} has metrics but no best.pt; training it again")
         done = None
     if done is None:
-        _fresh(run_dir, ctx.resume)
-        console.print(f"[bold]teacher[/] {run_dir}")
+        console.print(f"[bold]teacher[/] {run_dir}", highlight=False)
         task = TeacherTask(teacher)
-        result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=ctx.resume)
+        result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=True)
         done = _record(ctx, run_dir, result, teacher,
                        {"role": "teacher", "backbone": teacher.name, "seed": seed})
         _summary("teacher", done)
@@ -239,33 +269,6 @@ def _summary(name: str, m: dict[str, Any]) -> None:
     )
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[bool]:
-    """Claim ``run_dir`` for this process with an advisory lock on ``run.lock``; yields False
-    when another process holds it, so two `kdbench run`s can share a result store. The
-    operating system drops the lock when its holder exits, however it exits."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks (Windows): one process per result store
-        yield True
-        return
-    with open(run_dir / "run.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
             teacher: DualBranchTeacher | None) -> tuple[str, dict[str, Any] | None]:
     """Train one student with one method, mode and seed unless that run is finished; returns
@@ -275,7 +278,7 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     name = f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
     ignored = entry.resolve().ignored_hparams(spec.mode)
     identity = _identity(ctx, spec, ignored)
-    done = _finished(run_dir)
+    done = None if ctx.restart else _finished(run_dir)
     if done is not None:
         # a hyper-parameter added to the registry later is taken to have had its default
         current = entry.hparams(spec.dataset)
@@ -289,8 +292,14 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         if not mine:
             console.print(f"skip {name}: another kdbench process is training it")
             return "busy", None
+        if ctx.restart:
+            discarded = _discard(run_dir, ctx.started)
+            if discarded:
+                console.print(f"restart {name}: discarded {discarded} in {run_dir}",
+                              highlight=False)
         done = _finished(run_dir)  # finished by another process meanwhile
         if done is not None:
+            console.print(f"skip {name}: finished by another process")
             return "finished", done
         return "trained", _train_one(ctx, spec, entry, teacher, run_dir, name, identity)
 
@@ -301,15 +310,19 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     if spec.mode != "none" and teacher is None:
         raise KdbenchError(f"{name} needs the teacher, but none was loaded; run again")
     started = run_dir / RUN_FILE
-    if ctx.resume and (run_dir / "last.pt").is_file() and started.is_file():
-        _check_same_run(run_dir, read_json(started), identity, "an unfinished run (--resume)")
-    _fresh(run_dir, ctx.resume)
+    if (run_dir / "last.pt").is_file():  # an interrupted run continues where it stopped
+        if not started.is_file():
+            raise KdbenchError(f"{run_dir} holds a last.pt without its {RUN_FILE} (settings "
+                               "unknown); pass --restart to discard it")
+        _check_same_run(run_dir, read_json(started), identity, "an unfinished run")
+        console.print(f"continue {name}: {_progress(run_dir)} (--restart discards it)",
+                      highlight=False)
     atomic_write_json(started, identity)
     cls = entry.resolve()
     seed_everything(spec.seed)
     student = create_student(spec.student, ctx.config["student"]["pretrained"])
     distiller = cls(student, teacher if spec.mode != "none" else None, spec.mode, **spec.hparams)
-    result = ctx.trainer(distiller, run_dir, spec.seed, name).fit(resume=ctx.resume)
+    result = ctx.trainer(distiller, run_dir, spec.seed, name).fit(resume=True)
     metrics = _record(ctx, run_dir, result, student, {
         "role": "student", "student": spec.student, "method": spec.method,
         "variant": spec.variant, "mode": spec.mode, "seed": spec.seed, "hparams": spec.hparams,

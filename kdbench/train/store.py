@@ -1,7 +1,9 @@
-"""Result store: atomic file writes and the run folders' metrics.json / history.jsonl."""
+"""Result store: atomic file writes, run locks and the run folders' metrics.json /
+history.jsonl."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -13,7 +15,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from kdbench.errors import KdbenchError
+
+
+class StoreError(KdbenchError):
+    """A file of the result store is unreadable (truncated, not JSON)."""
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (a store shared by a group
+    stays readable to it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _temp_file(folder: Path, name: str) -> Path:
+    """An empty new file in ``folder`` with the mode the umask allows (mkstemp makes 0600)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
+    return Path(tmp)
 
 
 @contextmanager
@@ -22,8 +47,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     error it is removed, so ``path`` is never left half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_file(path.parent, path.name)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -72,17 +96,72 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     _atomic_bytes(path, buf.getvalue())
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """A JSON object from ``path``; a truncated or non-JSON file is a :class:`StoreError`."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path} is not valid JSON ({getattr(exc, 'msg', None) or exc.reason}: "
+                         "truncated or damaged); delete it to redo what wrote it") from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"{path} holds no JSON object; delete it to redo what wrote it")
+    return obj
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file ([] if it does not exist)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise StoreError(f"{path} is not valid JSON lines (truncated or damaged); delete it to "
+                         "redo what wrote it") from None
+
+
+def check_writable(folder: Path, what: str = "results folder") -> Path:
+    """Create ``folder`` if needed and check a file can be written in it, before any work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _temp_file(folder, "write-check").unlink()
+    except OSError as exc:
+        raise KdbenchError(f"{what} {folder} is not writable ({exc.strerror or exc}); choose "
+                           "another folder or fix its permissions") from None
+    return folder
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, wait: bool = False) -> Iterator[bool]:
+    """Claim ``run_dir`` for this process with an advisory lock on ``run.lock``; yields False
+    when another process holds it (``wait``: blocks until it is free instead), so several
+    `kdbench run`s can share a result store. The operating system drops the lock when its
+    holder exits, however it exits (killed included)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks (Windows): one process per result store
+        yield True
+        return
+    with open(run_dir / "run.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            yield False
+            return
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

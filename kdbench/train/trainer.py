@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import pickle
 import random
 import time
 from pathlib import Path
@@ -40,7 +41,12 @@ def seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """The random generators' states as tensors and plain containers (loadable with
+    ``weights_only=True``)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss),
+                       float(gauss)],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -48,11 +54,35 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),)
+                    + tuple(state["python"][2:]))
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with numpy scalars and arrays turned into Python numbers and lists, so that a
+    checkpoint holding it loads with ``torch.load(..., weights_only=True)``."""
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    return obj
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Any:
+    """A checkpoint kdbench wrote, loaded without unpickling code (``weights_only=True``)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise KdbenchError(f"{path} holds more than tensors and plain containers, so it is "
+                           f"not loaded ({str(exc).splitlines()[0][:120]}); delete it, or "
+                           "pass --restart to train the run again") from None
 
 
 def _better(val: dict[str, float], best: dict[str, Any] | None, key: str) -> bool:
@@ -204,7 +234,7 @@ class Trainer:
                                "(the trainer writes history.jsonl); rename it")
         last = self.run_dir / "last.pt"
         if resume and last.is_file():
-            ckpt = torch.load(last, map_location=self.device, weights_only=False)
+            ckpt = load_checkpoint(last, self.device)
             self.learner.load_state_dict(ckpt["learner"])
             for name, rows in ckpt.get("traces", {}).items():
                 traces[name] = list(rows)
@@ -236,15 +266,15 @@ class Trainer:
                 atomic_torch_save(last, {
                     "epoch": epoch + 1, "learner": self.learner.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng": _rng_state(), "best": best, "history": history, "wall": wall,
-                    "traces": traces,
+                    "rng": _rng_state(), "best": plain(best), "history": plain(history),
+                    "wall": wall, "traces": plain(traces),
                 })
                 atomic_write_jsonl(self.run_dir / "history.jsonl", history)
                 for name, rows in traces.items():
                     atomic_write_jsonl(self.run_dir / f"{name}.jsonl", rows)
                 if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg["epochs"]:
                     return None
-        state = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
+        state = load_checkpoint(self.run_dir / "best.pt", self.device)
         self.learner.load_state_dict(state)
         t0 = time.perf_counter()
         test = self.evaluate("test")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import torch
+from kdbench.methods.at import AT
 
 from kdbench.config import resolve_config
 from kdbench.data.datasets import load_prepared
@@ -19,7 +20,6 @@ from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import progress_bar
 from kdbench.train.teacher_cache import TeacherCache
 from kdbench.train.trainer import Trainer
-from methods.at import AT
 from tests.conftest import write_prepared
 
 SIZE, BATCH = 32, 32
