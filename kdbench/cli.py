@@ -26,6 +26,20 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _at_least(low: int):
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
 def _seeds(text: str) -> list[int]:
     try:
         return [int(s) for s in _csv(text)]
@@ -496,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--out", default=None, help="write to this file instead of stdout")
     table.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None,
                        help="cost: the resolution, students and teacher of this preset")
-    table.add_argument("--size", type=int, default=None, help="cost: input size override")
+    table.add_argument("--size", type=_at_least(8), default=None, help="cost: input size override")
     table.add_argument("--device", default=None, help="cost: where images/s is measured")
     table.add_argument("--no-measure", action="store_true", help="cost: skip the timing")
     table.set_defaults(func=cmd_table)
@@ -548,7 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth = sub.add_parser("synth", help="generate the embedded synthetic forgery videos")
     synth.add_argument("--root", default=None)
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--workers", type=_at_least(1), default=2)
     synth.add_argument("--no-progress", action="store_true")
     synth.set_defaults(func=cmd_synth)
 
@@ -562,13 +576,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="ff++ (default c40)")
     prep.add_argument("--methods", default=None, help="ff++: comma list of manipulations")
     prep.add_argument("--splits", default=None, help="ff++: folder of train/val/test.json")
-    prep.add_argument("--frames", type=int, default=None,
+    prep.add_argument("--frames", type=_at_least(1), default=None,
                       help="frames per video (default 32; images have one)")
-    prep.add_argument("--size", type=int, default=299)
+    prep.add_argument("--size", type=_at_least(8), default=299)
     prep.add_argument("--detector", default=None,
                       help="dlib (default for ff++, celebdf) or center (pre-cropped data; "
                       "default for folder)")
-    prep.add_argument("--workers", type=int, default=2)
+    prep.add_argument("--workers", type=_at_least(0), default=2)
     prep.add_argument("--val-fraction", type=float, default=None,
                       help="celebdf: share of identities held out for val (default 0.1)")
     prep.add_argument("--seed", type=int, default=None, help="celebdf, folder: split seed (0)")

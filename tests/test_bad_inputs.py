@@ -140,6 +140,13 @@ CASES = [
     Case("unknown plot kind", ["plot", "nope", "--results", "{results}"],
          "invalid choice: 'nope'"),
     Case("unknown option", ["run", "--epochs", "3"], "unrecognized arguments: --epochs"),
+    Case("cost at size 0", ["table", "--kind", "cost", "--size", "0"],
+         "argument --size: must be >= 8, got 0"),
+    Case("prepare with a word for --frames", ["prepare", "ff++", "--root", "{tmp}", "--out",
+                                              "{tmp}/o", "--frames", "many"],
+         "argument --frames: expected an integer, got 'many'"),
+    Case("prepare a missing folder", ["prepare", "folder", "--root", "{tmp}/nowhere", "--out",
+                                      "{tmp}/o"], "image folder"),
     # --set / --seeds / --sweep
     Case("--set unknown key", [*VANILLA, "--set", "train.lrr=1"], "unknown setting train.lrr"),
     Case("--set unknown section", [*VANILLA, "--set", "foo.x=1"], "unknown --set target 'foo'"),

@@ -164,8 +164,8 @@ def build_section(results: Path) -> str:
     unfinished = runs[runs["status"] != "finished"]["path"].tolist()
     if unfinished:
         raise ValueError(f"{len(unfinished)} unfinished run folder(s), e.g. {unfinished[0]}: "
-                         "finish them (`kdbench reproduce ... --resume`) or move them out of "
-                         f"{results} (a clean clone would not have them)")
+                         "finish them (run the same `kdbench reproduce` again) or move them out "
+                         f"of {results} (a clean clone would not have them)")
     students = runs[runs["method"] != "teacher"]  # all finished (checked above)
     hours = float(runs["wall_s"].fillna(0).sum()) / 3600
     seeds = sorted(int(s) for s in students["seed"].dropna().unique())

@@ -179,12 +179,17 @@ def _discard(run_dir: Path, started: float) -> str | None:
     stamps = [(run_dir / n).stat().st_mtime for n in RUN_STATE if (run_dir / n).is_file()]
     if held is None or not stamps or max(stamps) >= started:
         return None
+    _clear(run_dir)
+    return held
+
+
+def _clear(run_dir: Path) -> None:
+    """Delete a run's checkpoints, metrics, settings, traces and cross-dataset tests."""
     for name in RUN_STATE:
         (run_dir / name).unlink(missing_ok=True)
     for trace in run_dir.glob("*.jsonl"):  # history and the method's traces
         trace.unlink()
     shutil.rmtree(run_dir / "cross", ignore_errors=True)
-    return held
 
 
 def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn.Module,
@@ -240,6 +245,7 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
     if done is not None and not (run_dir / "best.pt").is_file():
         # a committed result store keeps metrics but no checkpoints: retrain (deterministic)
         console.print(f"teacher: {run_dir} has metrics but no best.pt; training it again")
+        _clear(run_dir)
         done = None
     if done is None:
         console.print(f"[bold]teacher[/] {run_dir}", highlight=False)
