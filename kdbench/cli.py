@@ -123,10 +123,10 @@ def _run_all(args: argparse.Namespace) -> dict[str, int]:
     data = open_dataset(args.dataset, args.data_root, config["data"]["size"],
                         config["data"]["frames"], progress=not args.no_progress)
     results = Path(args.results)
+    n_runs = len(plan) * len(students) * len(seeds)
     console.print(f"kdbench run: preset [bold]{preset}[/], dataset [bold]{args.dataset}[/] "
-                  f"({data.root}), device {device}, "
-                  f"{len(plan) * len(students) * len(seeds)} runs; results go to "
-                  f"{results.resolve()}", highlight=False)
+                  f"({data.root}), device {device}, {n_runs} run{'s' * (n_runs != 1)}; "
+                  f"results go to {results.resolve()}", highlight=False)
     ctx = Context(data, args.dataset, config, results, device, args.restart,
                   not args.no_progress)
     t0 = time.perf_counter()
