@@ -9,8 +9,9 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from kdbench.errors import KdbenchError
 
@@ -26,7 +27,7 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _at_least(low: int):
+def _at_least(low: int) -> Callable[[str], int]:
     """An argparse type: an integer >= ``low``."""
     def parse(text: str) -> int:
         try:
@@ -52,12 +53,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_run(args: argparse.Namespace, preset: str) -> tuple[list, list, dict, list, list]:
+class RunChecks(NamedTuple):
+    """What :func:`_check_run` found valid."""
+
+    entries: list  # selected MethodEntry
+    pairs: list  # (MethodEntry, mode)
+    overrides: dict[str, Any]  # parsed --set
+    students: list[str]
+    sweeps: list  # plan.Sweep
+
+
+def _check_run(args: argparse.Namespace, preset: str) -> RunChecks:
     """Every check of `kdbench run`'s arguments that needs no torch: settings, registry,
-    methods and their hyper-parameters, students, modes, seeds, sweeps, dataset and the results
-    folder. Returns (selected entries, (entry, mode) pairs, --set overrides, students,
-    sweeps)."""
-    from kdbench.config import BACKBONES, parse_set, resolve_config
+    methods and their hyper-parameters, students, modes, seeds, sweeps, device name, dataset
+    and the results folder."""
+    from kdbench.config import BACKBONES, check_device_name, parse_set, resolve_config
     from kdbench.data.datasets import check_dataset
     from kdbench.plan import check_plan, parse_sweep
     from kdbench.registry import load_registry, select_methods
@@ -72,6 +82,12 @@ def _check_run(args: argparse.Namespace, preset: str) -> tuple[list, list, dict,
             f"unknown --set target {unknown[0]!r}; use data.*, train.*, teacher.*, student.* or "
             "<method>.<hyper-parameter>"
         )
+    for name in set(overrides) & set(registry):
+        if not isinstance(overrides[name], dict):
+            raise KdbenchError(f"--set {name}=... needs a hyper-parameter: {name}.<name>=value "
+                               "(see `kdbench methods`)")
+    if args.device is not None:
+        check_device_name(args.device)
     config = resolve_config(preset, args.dataset, overrides)
     for section in ("teacher", "student"):
         weights = config[section]["pretrained"]
@@ -97,13 +113,13 @@ def _check_run(args: argparse.Namespace, preset: str) -> tuple[list, list, dict,
     check_plan(pairs, args.dataset, overrides, sweeps)
     check_dataset(args.dataset, args.data_root)
     check_writable(Path(args.results))
-    return entries, pairs, overrides, students, sweeps
+    return RunChecks(entries, pairs, overrides, students, sweeps)
 
 
 def _run_all(args: argparse.Namespace) -> dict[str, int]:
     """Every planned run; returns how many were trained, found finished, or left to another
     process."""
-    _check_run(args, args.preset or "cpu")  # bad input is answered before torch is imported
+    checks = _check_run(args, args.preset or "cpu")  # bad input answered before torch loads
     from kdbench.config import RunSpec, resolve_config
     from kdbench.data.datasets import open_dataset
     from kdbench.plan import merge, plan_runs, report_runs
@@ -112,7 +128,9 @@ def _run_all(args: argparse.Namespace) -> dict[str, int]:
 
     device = pick_device(args.device)
     preset = args.preset or ("paper" if device.type == "cuda" else "cpu")
-    entries, pairs, overrides, students, sweeps = _check_run(args, preset)
+    if preset != (args.preset or "cpu"):  # the GPU default: check its settings and students
+        checks = _check_run(args, preset)
+    entries, pairs, overrides, students, sweeps = checks
     config = resolve_config(preset, args.dataset, overrides)
     seeds = _seeds(args.seeds)
     for e, _ in pairs:  # import every entry point before hours of training start
@@ -141,8 +159,11 @@ def _run_all(args: argparse.Namespace) -> dict[str, int]:
     for spec, entry in specs:
         outcome, _ = run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
         counts[key[outcome]] += 1
-    console.print(f"all runs finished in {time.perf_counter() - t0:.0f} s; "
-                  f"`kdbench table --results {args.results}` lists them", highlight=False)
+    busy = counts["left_to_another_process"]
+    console.print(f"trained {counts['trained']}, found finished {counts['finished_before']}"
+                  + (f", left {busy} to another kdbench process" if busy else "")
+                  + f" in {time.perf_counter() - t0:.0f} s; `kdbench table --results "
+                  f"{args.results}` lists them", highlight=False)
     return counts
 
 
@@ -272,7 +293,7 @@ def _cost_table(args: argparse.Namespace):
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from kdbench.data.datasets import check_dataset
-    from kdbench.train.store import read_json
+    from kdbench.train.store import finished_student_run
 
     runs = []
     for path in args.runs:
@@ -283,6 +304,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise KdbenchError(f"no run folder at or under {path}; give runs/<...>/seed<k> "
                                "folders or a folder holding them")
         runs += found
+    configs = {run: finished_student_run(run)["config"]["data"] for run in runs}
     check_dataset(args.dataset, args.data_root)
     from kdbench.data.datasets import open_dataset
     from kdbench.progress import console
@@ -292,8 +314,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     opened = {}
     for run in runs:
-        cfg = read_json(run / "metrics.json").get("config", {}).get("data", {})
-        key = (cfg.get("size"), cfg.get("frames"))
+        key = (configs[run]["size"], configs[run]["frames"])
         if key not in opened:
             opened[key] = open_dataset(args.dataset, args.data_root, key[0], key[1],
                                        progress=not args.no_progress, require=("test",))
@@ -338,6 +359,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from kdbench.train.store import atomic_write_text
 
     t0, started_at = time.perf_counter(), utc_now()
+    if args.cross_dataset:  # a typo here would otherwise surface after hours of training
+        from kdbench.data.datasets import check_dataset
+
+        check_dataset(args.cross_dataset, args.cross_data_root)
     run_args = _subcommand(
         "run", methods="all", dataset=args.dataset, data_root=args.data_root,
         students=args.students, modes="rgb,both", seeds=args.seeds, preset=args.preset,
@@ -631,6 +656,9 @@ def main(argv: list[str] | None = None) -> int:
     except KdbenchError as exc:
         print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `kdbench table | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as exc:  # disk full, permission denied, ...: say which file
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"kdbench: error: {exc.strerror or exc}{where}; finished runs and epochs are kept "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def check_device_name(name: str) -> None:
+    """``--device`` is auto, cpu, cuda or cuda:N (a one-line error otherwise)."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise KdbenchError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N "
+                           "(default: cuda when there is one)")
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of ``base`` with ``update`` merged in recursively."""
     out = copy.deepcopy(base)
@@ -129,6 +137,8 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
             name = f"{section}.{key}"
             if isinstance(value, (dict, list)):
                 raise KdbenchError(f"--set {name} takes one value, not {value!r}")
+            if cfg[section][key] is None and value is not None and not isinstance(value, str):
+                raise KdbenchError(f"--set {name} takes a file path, not {value!r}")
             value = coerce(value, cfg[section][key], name)
             values[key] = check_limits(value, LIMITS[section].get(key), name)
     cfg = deep_merge(cfg, section_overrides)

@@ -15,9 +15,17 @@ import yaml
 from kdbench.errors import KdbenchError
 from kdbench.values import check_limit_spec, check_limits, coerce
 
-# the built-in registry ships inside the package (the repository's registry.yaml, installed as
-# kdbench/methods/registry.yaml)
-DEFAULT_REGISTRY = Path(str(resources.files("kdbench.methods").joinpath("registry.yaml")))
+
+def _built_in() -> Path | None:
+    """The built-in registry, shipped inside the package (the repository's registry.yaml,
+    installed as kdbench/methods/registry.yaml); None if kdbench.methods is not installed."""
+    try:
+        return Path(str(resources.files("kdbench.methods").joinpath("registry.yaml")))
+    except ModuleNotFoundError:  # an editable install made before methods/ was mapped there
+        return None
+
+
+DEFAULT_REGISTRY = _built_in()
 VALID_MODES = ("none", "rgb", "both")
 DISTILLER_IMPORT = "from kdbench.methods import Distiller"
 
@@ -31,7 +39,7 @@ class MethodEntry:
     modes: list[str]
     defaults: dict[str, Any] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    source: Path = DEFAULT_REGISTRY
+    source: Path | None = DEFAULT_REGISTRY
     # extra runs whenever the method runs: [{"set": {...}, "modes": [...]}]
     variants: list[dict[str, Any]] = field(default_factory=list)
     # one name setting several hyper-parameters, e.g. alpha -> [alpha1, alpha2]
@@ -80,9 +88,10 @@ class MethodEntry:
             hint = ""
             if isinstance(exc, ModuleNotFoundError) and exc.name == "methods":
                 hint = f" (the built-in methods moved: `{DISTILLER_IMPORT}`)"
+            first = str(exc).splitlines()[0] if str(exc) else ""
             raise KdbenchError(
                 f"{self.source}: cannot import {target!r} for method {self.name!r}: "
-                f"{type(exc).__name__}: {exc}{hint}"
+                f"{type(exc).__name__}: {first}{hint}"
             ) from exc
         if not hasattr(module, cls_name):
             raise KdbenchError(
@@ -113,8 +122,10 @@ class MethodEntry:
             return target, cls_name
         try:
             found = importlib.util.find_spec(target) is not None
-        except (ImportError, ValueError):
+        except (ModuleNotFoundError, ValueError):
             found = False
+        except Exception:  # a parent package that fails to import: resolve() reports it
+            found = True
         if not found:
             hint = (f"; the built-in methods moved to kdbench.methods (`{DISTILLER_IMPORT}`)"
                     if target.split(".")[0] == "methods" else
@@ -216,7 +227,9 @@ def read_registry(path: Path) -> dict[str, MethodEntry]:
     if not path.is_file():
         raise KdbenchError(f"registry file {path} not found; check the --registry path")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise KdbenchError(f"{path}: not a UTF-8 text file; give a YAML registry") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where else ""
@@ -228,6 +241,9 @@ def read_registry(path: Path) -> dict[str, MethodEntry]:
 
 def load_registry(extra: list[Path] | None = None) -> dict[str, MethodEntry]:
     """The built-in registry, then each user registry adding or overriding entries."""
+    if DEFAULT_REGISTRY is None:
+        raise KdbenchError("the built-in methods (kdbench.methods) are not installed; in a "
+                           "checkout, run `pip install -e .` again")
     entries = read_registry(DEFAULT_REGISTRY)
     for path in extra or []:
         entries.update(read_registry(path))

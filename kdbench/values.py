@@ -21,8 +21,11 @@ def coerce(value: Any, default: Any, name: str) -> Any:
     """``value`` in the type of ``default``: ``"3e-4"`` -> 0.0003 for a float, ``1e0`` -> 1 for
     an int, ``0``/``1`` -> false/true for a bool, so equal settings compare (and name folders)
     equal. A default of None takes any scalar."""
-    if default is None or value is None:
+    if default is None:
         return value
+    if value is None:
+        raise KdbenchError(f"{name} needs a value of the type of its default {default!r}, e.g. "
+                           f"{name}={default!r}")
     try:
         if isinstance(default, bool):
             if isinstance(value, bool):
@@ -61,6 +64,8 @@ def check_limits(value: Any, limits: dict[str, Any] | None, name: str) -> Any:
         raise KdbenchError(f"{name}={value!r} is not allowed; choose one of "
                            + ", ".join(map(str, limits["choices"])))
     bounds = {k: v for k, v in limits.items() if k in _BOUNDS}
+    if bounds and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise KdbenchError(f"{name}={value!r} must be a number")
     if any(not _BOUNDS[k][0](value, b) for k, b in bounds.items()):
         allowed = " and ".join(f"{_BOUNDS[k][1]} {b}" for k, b in bounds.items())
         raise KdbenchError(f"{name}={value!r} is out of range; it must be {allowed}")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 from torch import Tensor
+
+from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 
 
 def attention_map(f: Tensor) -> Tensor:

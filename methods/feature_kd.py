@@ -5,9 +5,9 @@ features, applied to the RGB branch and, in ``both`` mode, to the frequency bran
 from __future__ import annotations
 
 import torch.nn.functional as F
-from kdbench.methods.base import Distiller
 from torch import Tensor, nn
 
+from kdbench.methods.base import Distiller
 from kdbench.models.outputs import StudentOut, TeacherOut
 
 BRANCHES = {"rgb": ("rgb",), "both": ("rgb", "freq")}

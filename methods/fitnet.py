@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
-from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 from torch import Tensor, nn
+
+from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 
 HINT_STAGE = 2  # of the four stages: ResNet layer3, Xception blocks 8-11
 

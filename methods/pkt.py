@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from kdbench.methods.feature_kd import FeatureKD, teacher_pooled
 from torch import Tensor
+
+from kdbench.methods.feature_kd import FeatureKD, teacher_pooled
 
 
 def _conditional(x: Tensor, eps: float) -> Tensor:

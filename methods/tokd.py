@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from kdbench.methods.base import Distiller
-from kdbench.methods.feature_kd import match_spatial
 from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
+from kdbench.methods.base import Distiller
+from kdbench.methods.feature_kd import match_spatial
 from kdbench.models.outputs import StudentOut, TeacherOut
 
 ROTATION_MODES = ("flat", "channel")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kdbench.methods.base import Distiller
 from torch import Tensor
+
+from kdbench.methods.base import Distiller
 
 
 class Vanilla(Distiller):

@@ -6,8 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 from torch import Tensor, nn
+
+from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 
 
 def vid_loss(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ traceback, and leaves every finished run as it was (issue 11, item 4)."""
 from __future__ import annotations
 
 import argparse
+import ast
 import errno
 import hashlib
 import json
@@ -99,16 +100,24 @@ def _unfinished_metrics(run: Path) -> None:
     (run / "metrics.json").write_text('{"status": "running"}')
 
 
-def _other_settings(tmp: Path) -> None:
-    """An unfinished run folder whose run.json names another learning rate."""
+def _other_settings(tmp: Path, lr: str = "train.lr=0.5") -> None:
+    """An unfinished run folder (its last.pt is no checkpoint) whose run.json names ``lr``."""
     run = tmp / "R2" / FINISHED
     run.mkdir(parents=True)
-    config = resolve_config("quick", "ff_c40", parse_set(["data.size=16", "train.lr=0.5"]))
+    config = resolve_config("quick", "ff_c40", parse_set(["data.size=16", lr]))
     from kdbench.train.runner import comparable_config
 
     (run / "run.json").write_text(json.dumps({"config": comparable_config(config),
                                               "hparams": {}}))
     (run / "last.pt").write_bytes(b"progress")
+
+
+def _truncated_checkpoint(tmp: Path) -> None:
+    """An unfinished run with this command's settings whose last.pt was cut short."""
+    _other_settings(tmp, "train.lr=0.001")
+    last = tmp / "R2" / FINISHED / "last.pt"
+    torch.save({"epoch": 1, "learner": {"w": torch.zeros(1000)}}, last)
+    last.write_bytes(last.read_bytes()[:2000])
 
 
 def _pickled_weights(tmp: Path) -> None:
@@ -220,15 +229,39 @@ CASES = [
          "holds an unfinished run with other settings", _other_settings, before_work=False),
     Case("read-only results folder", [*VANILLA, "--results", "{tmp}/ro"], "not writable",
          lambda tmp: (tmp / "ro").mkdir(mode=0o555),
-         # root writes into a 0555 folder anyway: the write fails as it would for a user
-         patches={"kdbench.train.store.tempfile.mkstemp": _failing(errno.EACCES)}),
+         # root writes into a 0555 folder anyway: for root the write fails as for a user
+         patches={"kdbench.train.store.tempfile.mkstemp": _failing(errno.EACCES)}
+         if os.geteuid() == 0 else {}),
     Case("results folder is a file", [*VANILLA, "--results", "{tmp}/afile"], "not writable",
          lambda tmp: (tmp / "afile").write_text("x")),
     Case("disk full before work", VANILLA, "No space left on device",
          patches={"kdbench.train.store.tempfile.mkstemp": _failing(errno.ENOSPC)}),
     Case("disk full while training", [*VANILLA, "--seeds", "1"], "No space left on device",
-         before_work=False,
-         patches={"kdbench.train.trainer.atomic_torch_save": _failing(errno.ENOSPC)}),
+         before_work=False, patches={"kdbench.train.store.os.fsync": _failing(errno.ENOSPC)}),
+    Case("truncated last.pt", [*VANILLA, "--results", "{tmp}/R2"],
+         "last.pt is damaged or truncated", _truncated_checkpoint, before_work=False),
+    Case("--set a method without a key", [*RUN, "--methods", "tokd", *QUICK, "--set", "tokd=5"],
+         "needs a hyper-parameter: tokd.<name>=value"),
+    Case("--set without a value", [*VANILLA, "--set", "train.epochs="], "needs a value"),
+    Case("--set null", [*VANILLA, "--set", "data.size=null"], "needs a value"),
+    Case("--set a number as a path", [*VANILLA, "--set", "student.pretrained=123"],
+         "takes a file path"),
+    Case("--device not a device", [*VANILLA, "--device", "gpu"], "'gpu' is not a device"),
+    Case("--device cuda:7 without one", [*VANILLA, "--device", "cuda:7"], "cuda:7"),
+    Case("registry not UTF-8", BAD_REGISTRY, "not a UTF-8 text file",
+         lambda tmp: (tmp / "reg.yaml").write_bytes(b"m: {entry: \xff\xfe:X}\n")),
+    Case("index.csv with a bad label", VANILLA, "has the label",
+         _data(_edit_index(lambda i: i.assign(label=i["label"].where(i.index > 0, 7))))),
+    Case("index.csv with a fractional row", VANILLA, "points at frame row 0.5",
+         _data(_edit_index(lambda i: i.assign(row=i["row"].astype(float).where(i.index > 0,
+                                                                               0.5))))),
+    Case("index.csv not a CSV", VANILLA, "index.csv is not a readable CSV",
+         _data(lambda p: (p / "index.csv").write_bytes(b'"row\n\x00\xff'))),
+    Case("reproduce with a misspelt cross dataset", ["reproduce", "--dataset", "ff_c40",
+                                                     "--data-root", "{data}", "--cross-dataset",
+                                                     "celebfd", "--results", "{results}",
+                                                     "--preset", "quick"],
+         "unknown dataset 'celebfd'"),
     Case("weights need unpickling", [*VANILLA, "--seeds", "1", "--set",
                                      "student.pretrained={tmp}/evil.pt"],
          "needs unpickling", _pickled_weights, before_work=False),
@@ -256,9 +289,10 @@ CASES = [
 
 
 def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Content and modification time of each file of a run folder (not its lock file)."""
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(),
                                        p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "run.lock"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -270,7 +304,7 @@ def test_bad_input_is_one_line_exit_2_and_keeps_finished_runs(case, tmp_path, ca
     _finished_store(results)
     if case.setup is not None:
         case.setup(tmp_path)
-    before = _snapshot(results / FINISHED)
+    before = {p: _snapshot(p) for p in (results / FINISHED, tmp_path / "R2" / FINISHED)}
     for target, replacement in case.patches.items():
         if replacement == "installed":  # sys.path as an installed kdbench sees it
             root = Path(__file__).resolve().parent.parent
@@ -288,7 +322,9 @@ def test_bad_input_is_one_line_exit_2_and_keeps_finished_runs(case, tmp_path, ca
     if case.before_work:
         assert len(lines) == 1, err
     assert case.message in errors[0]
-    assert _snapshot(results / FINISHED) == before  # the finished run is untouched
+    # the finished run, and a run folder the command refused, are untouched; no temp file left
+    assert {p: _snapshot(p) for p in before} == before
+    assert not [p for p in tmp_path.rglob(".*.tmp")]
 
 
 def test_a_damaged_metrics_file_is_reported_by_table_and_skipped(tmp_path, capsys):
@@ -317,11 +353,16 @@ def test_result_files_honour_the_umask(tmp_path):
         assert (tmp_path / f"m{mask:o}.json").stat().st_mode & 0o777 == mode
 
 
-def test_no_checkpoint_is_unpickled():
+def test_every_torch_load_is_weights_only():
     root = Path(__file__).resolve().parent.parent
-    offenders = [str(p) for folder in ("kdbench", "methods") for p in (root / folder).rglob("*.py")
-                 if "weights_only=False" in p.read_text()]
-    assert offenders == []
+    loads = []
+    for path in [p for folder in ("kdbench", "methods") for p in (root / folder).rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+                safe = [k for k in node.keywords if k.arg == "weights_only"
+                        and isinstance(k.value, ast.Constant) and k.value.value is True]
+                loads.append((f"{path.name}:{node.lineno}", bool(safe)))
+    assert loads and all(safe for _, safe in loads), loads
 
 
 def test_a_checkpoint_with_code_in_it_is_refused(tmp_path):

@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from torch import nn
+
 from kdbench.methods.at import AT, at_loss
 from kdbench.methods.fitnet import FitNet, fitnet_loss
 from kdbench.methods.pkt import PKT, pkt_loss
 from kdbench.methods.sp import SP, sp_loss
 from kdbench.methods.vid import VID, vid_loss
-from torch import nn
-
 from kdbench.models.outputs import TeacherOut
 from kdbench.models.students import create_student
 

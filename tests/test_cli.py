@@ -81,7 +81,7 @@ def test_run_on_a_prepared_folder_writes_the_result_store(capsys, tmp_path):
 LOGIT_KD = '''
 import torch.nn.functional as F
 
-from kdbench.methods.base import Distiller
+from kdbench.methods import Distiller
 
 
 class LogitKD(Distiller):

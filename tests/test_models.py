@@ -94,3 +94,10 @@ def test_local_pretrained_weights_load_and_missing_file_errors(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(KdbenchError, match="not found"):
         create_student("resnet18_thin", pretrained=str(tmp_path / "nope.pth"))
+
+
+def test_the_light_backbone_list_names_what_is_built():
+    from kdbench.config import BACKBONES as checked_before_torch
+    from kdbench.models.backbones import BACKBONES
+
+    assert checked_before_torch == BACKBONES

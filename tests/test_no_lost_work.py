@@ -98,6 +98,9 @@ def test_restart_discards_on_purpose_and_a_finished_run_is_never_retrained(tmp_p
     again = _metrics(results)
     assert again["finished_at"] > first["finished_at"] and again["test"] == first["test"]
     assert not (results / RUN / "cross").exists()  # evaluations of the old weights went too
+    (results / RUN / "metrics.json").unlink()  # as if killed after its last epoch
+    assert main(_argv(data, results, "--set", "train.epochs=1", "--restart")) == 0
+    assert "discarded an unfinished run at epoch 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -143,3 +146,51 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path):
             assert mine  # the kernel dropped the lock with the process
     finally:
         holder.kill()
+
+
+def test_restart_keeps_what_another_process_wrote_after_this_one_started(tmp_path):
+    from kdbench.train.runner import _discard
+    from kdbench.train.store import store_time
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    for run in (old, new):
+        run.mkdir()
+    (old / "last.pt").write_bytes(b"x")
+    (old / "history.jsonl").write_text('{"epoch": 1}\n')
+    time.sleep(0.05)
+    started = store_time(tmp_path)
+    time.sleep(0.05)
+    (new / "last.pt").write_bytes(b"x")  # another process's progress since this start
+    assert _discard(old, started) == "an unfinished run at epoch 1"
+    assert not (old / "last.pt").exists() and not (old / "history.jsonl").exists()
+    assert _discard(new, started) is None and (new / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_run_loses_no_epoch(tmp_path, capsys, monkeypatch):
+    """ENOSPC on the real write path (fsync of epoch 2's last.pt): exit 2, no temp file left,
+    epoch 1's last.pt intact, and the next `kdbench run` continues from it."""
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    results = tmp_path / "R"
+    real_fsync, seen = os.fsync, []
+
+    def fsync(fd):
+        if ".last.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            seen.append(fd)
+            if len(seen) == 2:
+                raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr("kdbench.train.store.os.fsync", fsync)
+    assert main(_argv(data, results, "--set", "train.epochs=3")) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "kdbench: error: No space left on device")
+    assert not list(results.rglob(".*.tmp"))
+    monkeypatch.setattr("kdbench.train.store.os.fsync", real_fsync)
+    from kdbench.train.trainer import load_checkpoint
+
+    assert load_checkpoint(results / RUN / "last.pt")["epoch"] == 1
+    assert main(_argv(data, results, "--set", "train.epochs=3")) == 0
+    err = capsys.readouterr().err
+    assert "an unfinished run at epoch 1" in err and "epoch 2/3" in err
+    assert _metrics(results)["status"] == "finished"

@@ -28,6 +28,7 @@ def test_every_engine_package_is_listed_for_installation():
 
 
 def test_the_built_in_registry_is_the_repository_file():
+    assert DEFAULT_REGISTRY.parent.resolve() == (ROOT / "methods").resolve()  # this checkout
     assert DEFAULT_REGISTRY.read_text() == (ROOT / "registry.yaml").read_text()
     assert all(e.entry.startswith("kdbench.methods.") for e in load_registry().values())
 
@@ -57,6 +58,10 @@ def test_the_wheel_works_from_any_directory(tmp_path):
                            capture_output=True, text=True, cwd=tmp_path, env=env, check=True)
     module, registry = json.loads(where.stdout)
     assert str(env_dir) in module and str(env_dir) in registry
+    entries = subprocess.run([python, "-c", "from kdbench.registry import load_registry; "
+                              "print(len([e.resolve() for e in load_registry().values()]))"],
+                             capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert entries.returncode == 0 and int(entries.stdout) >= 7, entries.stderr  # all import
     listing = subprocess.run([env_dir / "bin" / "kdbench", "methods"], capture_output=True,
                              text=True, cwd=tmp_path, env=env, timeout=120)
     assert listing.returncode == 0, listing.stderr

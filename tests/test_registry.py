@@ -1,13 +1,13 @@
 import textwrap
 
 import pytest
-from kdbench.methods.base import Distiller
 
 from kdbench.errors import KdbenchError
+from kdbench.methods import Distiller
 from kdbench.registry import load_registry, read_registry, select_methods
 
 USER_METHOD = '''
-from kdbench.methods.base import Distiller
+from kdbench.methods import Distiller
 
 
 class Mine(Distiller):
@@ -101,3 +101,12 @@ def test_malformed_variants_and_aliases_are_one_line_errors(tmp_path):
                    "  aliases: {x: [nope]}\n")
     with pytest.raises(KdbenchError, match="'aliases' must map"):
         read_registry(bad)
+
+
+def test_the_documented_import_is_the_interface():
+    import kdbench.methods
+    from kdbench.methods.base import Distiller as Defined
+
+    assert Distiller is Defined and "Distiller" in kdbench.methods.__all__
+    with pytest.raises(AttributeError):
+        kdbench.methods.Nope  # noqa: B018

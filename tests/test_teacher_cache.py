@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from kdbench.methods.at import AT
 
 from kdbench.config import resolve_config
 from kdbench.data.loader import FrameSplit, to_model_input
+from kdbench.methods.at import AT
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.train.teacher_cache import TeacherCache, flatten, unflatten

@@ -2,6 +2,9 @@
 
 import pytest
 import torch
+from torch import nn
+
+from kdbench.errors import KdbenchError
 from kdbench.methods.tokd import (
     TOKD,
     Rotation,
@@ -12,9 +15,6 @@ from kdbench.methods.tokd import (
     rotation_loss,
     tokd_kd_loss,
 )
-from torch import nn
-
-from kdbench.errors import KdbenchError
 from kdbench.models.outputs import StudentOut, TeacherOut
 
 C, H, W, PROJ = 6, 2, 2, 4

@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
-from kdbench.methods.vanilla import Vanilla
 
 from kdbench.config import resolve_config
 from kdbench.data.loader import FrameSplit, epoch_batches
 from kdbench.errors import KdbenchError
+from kdbench.methods.vanilla import Vanilla
 from kdbench.models.students import create_student
 from kdbench.train.trainer import Trainer, seed_everything
 
@@ -44,7 +44,6 @@ def test_resume_equals_uninterrupted_run(tiny_data, tmp_path):
 
 def _tokd():
     from kdbench.methods.tokd import TOKD
-
     from kdbench.models.teacher import DualBranchTeacher
 
     seed_everything(0)
@@ -128,3 +127,28 @@ def test_flip_flag_mirrors_the_image(tiny_data):
     assert torch.equal(out["image"][0], ref["image"][0].flip(-1))
     assert torch.equal(out["image"][1], ref["image"][1])
     assert out["label"].tolist() == split.labels[pos].tolist()
+
+
+def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from kdbench.train.store import atomic_torch_save
+    from kdbench.train.trainer import _rng_state, _set_rng_state, load_checkpoint
+
+    def draw():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    atomic_torch_save(tmp_path / "new.pt", {"rng": _rng_state()})
+    # the form kdbench 0.1 wrote: numpy's state as arrays, numpy floats in the history
+    torch.save({"rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                        "torch": torch.get_rng_state()},
+                "history": [{"val_acc": np.float64(0.5)}]}, tmp_path / "old.pt")
+    expected = draw()
+    for name in ("new.pt", "old.pt"):
+        draw(), draw()  # move every generator on
+        ckpt = load_checkpoint(tmp_path / name)
+        assert ckpt["rng"]["torch"].device.type == "cpu"
+        _set_rng_state(ckpt["rng"])
+        assert draw() == expected, name

@@ -74,8 +74,9 @@ def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None,
         )
     try:
         meta = read_json(meta_path)
-    except KdbenchError as exc:
-        raise DataError(f"{exc}; or re-run the preparation") from None
+    except KdbenchError:
+        raise DataError(f"{meta_path} is not valid JSON (truncated or damaged); re-run the "
+                        "preparation into a new folder") from None
     if meta.get("dataset") != dataset:
         raise DataError(
             f"{root} holds prepared {meta.get('dataset')!r}, not {dataset!r}; "
@@ -94,17 +95,24 @@ def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None,
                         f"uint8 frames [N, S, S, 3]; {redo}")
     try:
         index = pd.read_csv(root / "index.csv", dtype={"video": str})
-    except (ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{root}/index.csv is not a readable CSV ({exc}); {redo}") from None
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{root}/index.csv is not a readable CSV ({first}); {redo}") from None
     missing = [c for c in INDEX_COLUMNS if c not in index.columns]
     if missing:
         raise DataError(f"{root}/index.csv lacks the column(s) {', '.join(missing)} (it needs "
                         f"{', '.join(INDEX_COLUMNS)}); {redo}")
     rows = pd.to_numeric(index["row"], errors="coerce")
-    if rows.isna().any() or (rows < 0).any() or (rows >= len(frames)).any():
-        bad = index["row"][rows.isna() | (rows < 0) | (rows >= len(frames))].iloc[0]
-        raise DataError(f"{root}/index.csv points at frame row {bad}, but frames.npy has "
-                        f"{len(frames)} frames; {redo}")
+    bad = rows.isna() | (rows != rows.round()) | (rows < 0) | (rows >= len(frames))
+    if bad.any():
+        raise DataError(f"{root}/index.csv points at frame row {index['row'][bad].iloc[0]}, "
+                        f"but frames.npy has rows 0 to {len(frames) - 1}; {redo}")
+    labels = pd.to_numeric(index["label"], errors="coerce")
+    if not labels.isin([0, 1]).all():
+        raise DataError(f"{root}/index.csv has the label "
+                        f"{index['label'][~labels.isin([0, 1])].iloc[0]}; labels are 0 (real) "
+                        f"or 1 (fake) - {redo}")
+    index["row"], index["label"] = rows.astype(np.int64), labels.astype(np.int64)
     if len(index) != len(frames):
         raise DataError(f"{root}: index.csv and frames.npy disagree; {redo}")
     for split in require:
@@ -167,6 +175,6 @@ def _is_named_folder(root: Path, name: str) -> bool:
     """Whether ``root`` is a `kdbench prepare folder --name NAME` output."""
     try:
         meta = read_json(root / "prepared.json")
-    except (OSError, ValueError):
+    except (OSError, KdbenchError):
         return False
     return meta.get("dataset") == name and meta.get("source") == "folder"

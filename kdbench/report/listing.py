@@ -46,9 +46,10 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
     else:
         dataset, student, label, mode, seed = (list(parts) + [None] * 5)[:5]
         method, _, variant = (label or "").partition("@")
+        number = seed[4:] if seed and seed.startswith("seed") else ""
         base = {"dataset": dataset, "student": student, "method": method, "variant": variant,
-                "mode": mode, "seed": int(seed[4:]) if seed and seed.startswith("seed") else seed}
-    test = m.get("test", {})
+                "mode": mode, "seed": int(number) if number.isdigit() else seed}
+    test = m.get("test") if isinstance(m.get("test"), dict) else {}
     status = "damaged metrics.json" if damaged else m.get("status", "unfinished")
     return {**base, "status": status, "best_epoch": m.get("best_epoch"),
             **{k: test.get(k) for k in ("acc", "auc", "eer", "video_auc")},

@@ -9,10 +9,9 @@ import torch
 
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
-from kdbench.errors import KdbenchError
 from kdbench.models.students import Student, create_student
 from kdbench.train.metrics import detection_metrics
-from kdbench.train.store import atomic_write_json, read_json
+from kdbench.train.store import atomic_write_json, finished_student_run
 from kdbench.train.trainer import load_checkpoint
 
 CROSS_DIR = "cross"  # <run>/cross/<dataset>.json
@@ -20,16 +19,8 @@ CROSS_DIR = "cross"  # <run>/cross/<dataset>.json
 
 def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
     """The student of a finished run at its best validation epoch, and the run's metrics."""
-    metrics_path, ckpt = run_dir / "metrics.json", run_dir / "best.pt"
-    if not metrics_path.is_file() or read_json(metrics_path).get("status") != "finished":
-        raise KdbenchError(f"{run_dir} is not a finished run; finish it with `kdbench run`")
-    metrics = read_json(metrics_path)
-    if metrics.get("role") != "student":
-        raise KdbenchError(f"{run_dir} is not a student run; give a runs/... folder")
-    if not ckpt.is_file():
-        raise KdbenchError(f"{run_dir} has no best.pt (checkpoints are not committed); train it "
-                           "again with `kdbench run` on this machine")
-    state = load_checkpoint(ckpt)
+    metrics = finished_student_run(run_dir)
+    state = load_checkpoint(run_dir / "best.pt")
     student = create_student(metrics["student"])
     prefix = "student."
     student.load_state_dict({k[len(prefix):]: v for k, v in state.items()
@@ -47,8 +38,6 @@ def evaluate_run(run_dir: Path, data: PreparedData, dataset: str, device: torch.
     student, metrics = load_student(run_dir)
     size = metrics["config"]["data"]["size"]
     split = FrameSplit(data.frames, data.split("test"))
-    if len(split) == 0:
-        raise KdbenchError(f"{data.root} has no test split; prepare it with its split files")
     student.to(device)
     probs = []
     for batch in iterate(split, batch_size, shuffle=False):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 
 import torch
 
-from kdbench.config import RunSpec, config_hash
+from kdbench.config import RunSpec, check_device_name, config_hash
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
 from kdbench.errors import KdbenchError
@@ -22,19 +21,24 @@ from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
 from kdbench.registry import MethodEntry
-from kdbench.train.store import atomic_write_json, read_json, run_lock
+from kdbench.train.store import atomic_write_json, read_json, run_lock, store_time
 from kdbench.train.teacher_task import TeacherTask
-from kdbench.train.trainer import Trainer, seed_everything
+from kdbench.train.trainer import Trainer, load_checkpoint, seed_everything
 
 
 def pick_device(name: str | None) -> torch.device:
-    """``cuda`` when available unless ``name`` says otherwise."""
+    """``cuda`` when available unless ``name`` says otherwise (cpu, cuda, cuda:N)."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KdbenchError(
-            "--device cuda asked for but no CUDA device is visible; use --device cpu"
-        )
+    check_device_name(name)
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KdbenchError(f"--device {name} asked for but no CUDA device is visible; use "
+                               "--device cpu")
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise KdbenchError(f"--device {name}: this machine has {torch.cuda.device_count()} "
+                               "CUDA device(s), numbered from 0")
     return torch.device(name)
 
 
@@ -86,7 +90,10 @@ class Context:
     progress: bool = True
     _splits: dict[str, FrameSplit] | None = None
     commit: str | None = field(default_factory=git_commit)  # the code the runs start with
-    started: float = field(default_factory=time.time)
+    started: float = 0.0  # when this invocation started, by the store's clock (--restart)
+
+    def __post_init__(self) -> None:
+        self.started = store_time(self.results)
 
     @property
     def splits(self) -> dict[str, FrameSplit]:
@@ -167,8 +174,8 @@ def _progress(run_dir: Path) -> str | None:
             return "a damaged metrics.json"
     history = run_dir / "history.jsonl"
     if (run_dir / "last.pt").is_file():
-        epochs = sum(1 for line in history.open() if line.strip()) if history.is_file() else 0
-        return f"an unfinished run at epoch {epochs}"
+        lines = history.read_text().splitlines() if history.is_file() else []
+        return f"an unfinished run at epoch {sum(1 for line in lines if line.strip())}"
     return None
 
 
@@ -255,8 +262,7 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
                        {"role": "teacher", "backbone": teacher.name, "seed": seed})
         _summary("teacher", done)
     else:
-        state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)
-        TeacherTask(teacher).load_state_dict(state)
+        TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
         console.print(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
     return teacher.to(ctx.device).eval()
 
@@ -284,14 +290,8 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     name = f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
     ignored = entry.resolve().ignored_hparams(spec.mode)
     identity = _identity(ctx, spec, ignored)
-    done = None if ctx.restart else _finished(run_dir)
+    done = None if ctx.restart else _finished_as(ctx, run_dir, spec, entry, ignored, identity)
     if done is not None:
-        # a hyper-parameter added to the registry later is taken to have had its default
-        current = entry.hparams(spec.dataset)
-        recorded = {"config": comparable_config(done.get("config", ctx.config)),
-                    "hparams": {k: v for k, v in {**current, **done.get("hparams", {})}.items()
-                                if k not in ignored}}
-        _check_same_run(run_dir, recorded, identity, "a finished run")
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
         return "finished", done
     with run_lock(run_dir) as mine:
@@ -303,11 +303,26 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
             if discarded:
                 console.print(f"restart {name}: discarded {discarded} in {run_dir}",
                               highlight=False)
-        done = _finished(run_dir)  # finished by another process meanwhile
-        if done is not None:
+        done = _finished_as(ctx, run_dir, spec, entry, ignored, identity)
+        if done is not None:  # finished by another process meanwhile
             console.print(f"skip {name}: finished by another process")
             return "finished", done
         return "trained", _train_one(ctx, spec, entry, teacher, run_dir, name, identity)
+
+
+def _finished_as(ctx: Context, run_dir: Path, spec: RunSpec, entry: MethodEntry,
+                 ignored: set[str], identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The metrics of the finished run in ``run_dir`` (None if unfinished); an error if it was
+    made with other settings than ``identity``."""
+    done = _finished(run_dir)
+    if done is not None:
+        # a hyper-parameter added to the registry later is taken to have had its default
+        current = entry.hparams(spec.dataset)
+        recorded = {"config": comparable_config(done.get("config", ctx.config)),
+                    "hparams": {k: v for k, v in {**current, **done.get("hparams", {})}.items()
+                                if k not in ignored}}
+        _check_same_run(run_dir, recorded, identity, "a finished run")
+    return done
 
 
 def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
@@ -323,7 +338,8 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         _check_same_run(run_dir, read_json(started), identity, "an unfinished run")
         console.print(f"continue {name}: {_progress(run_dir)} (--restart discards it)",
                       highlight=False)
-    atomic_write_json(started, identity)
+    else:
+        atomic_write_json(started, identity)
     cls = entry.resolve()
     seed_everything(spec.seed)
     student = create_student(spec.student, ctx.config["student"]["pretrained"])

@@ -3,7 +3,6 @@ history.jsonl."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -63,13 +62,17 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python."""
+def plain(obj: Any) -> Any:
+    """A copy in plain Python values (JSON-safe, and loadable from a checkpoint with
+    ``weights_only=True``): NaN/inf -> None, numpy scalars and arrays -> Python numbers and
+    lists, paths -> str."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return plain(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
@@ -83,11 +86,11 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(plain(obj), indent=2, sort_keys=True) + "\n")
 
 
 def atomic_write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(_clean(r), sort_keys=True) + "\n" for r in rows))
+    atomic_write_text(path, "".join(json.dumps(plain(r), sort_keys=True) + "\n" for r in rows))
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -127,6 +130,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                          "redo what wrote it") from None
 
 
+def finished_student_run(run_dir: Path) -> dict[str, Any]:
+    """The metrics of the finished student run in ``run_dir`` that still has its ``best.pt``;
+    a one-line error saying what is missing otherwise."""
+    run_dir = Path(run_dir)
+    metrics_path = run_dir / "metrics.json"
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    if metrics.get("status") != "finished":
+        raise KdbenchError(f"{run_dir} is not a finished run; finish it with `kdbench run`")
+    if metrics.get("role") != "student":
+        raise KdbenchError(f"{run_dir} is not a student run; give a runs/... folder")
+    if not (run_dir / "best.pt").is_file():
+        raise KdbenchError(f"{run_dir} has no best.pt (checkpoints are not committed); train it "
+                           "again with `kdbench run` on this machine")
+    return metrics
+
+
 def check_writable(folder: Path, what: str = "results folder") -> Path:
     """Create ``folder`` if needed and check a file can be written in it, before any work."""
     folder = Path(folder)
@@ -139,7 +158,18 @@ def check_writable(folder: Path, what: str = "results folder") -> Path:
     return folder
 
 
-@contextlib.contextmanager
+def store_time(folder: Path) -> float:
+    """Now, by the clock of the file system holding ``folder`` (the one its files' mtimes come
+    from, which may be another machine's on a cluster)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    probe = _temp_file(Path(folder), "clock")
+    try:
+        return probe.stat().st_mtime
+    finally:
+        probe.unlink()
+
+
+@contextmanager
 def run_lock(run_dir: Path, wait: bool = False) -> Iterator[bool]:
     """Claim ``run_dir`` for this process with an advisory lock on ``run.lock``; yields False
     when another process holds it (``wait``: blocks until it is free instead), so several

@@ -19,7 +19,7 @@ from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
 from kdbench.progress import console, progress_bar
 from kdbench.train.metrics import detection_metrics
-from kdbench.train.store import atomic_torch_save, atomic_write_jsonl
+from kdbench.train.store import atomic_torch_save, atomic_write_jsonl, plain
 from kdbench.train.teacher_cache import TeacherCache
 
 CHECK_EVERY = 20  # steps between finiteness checks of the loss (each check syncs the device)
@@ -54,35 +54,40 @@ def _rng_state() -> dict[str, Any]:
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),)
-                    + tuple(state["python"][2:]))
+    """Restore :func:`_rng_state` (or the numpy-array form kdbench 0.1 wrote); the tensors must
+    be on the CPU, as :func:`load_checkpoint` leaves them."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     kind, key, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
+    key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+    np.random.set_state((kind, key.astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def plain(obj: Any) -> Any:
-    """``obj`` with numpy scalars and arrays turned into Python numbers and lists, so that a
-    checkpoint holding it loads with ``torch.load(..., weights_only=True)``."""
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(plain(v) for v in obj)
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return obj.tolist()
-    return obj
+def _numpy_data_types() -> list:
+    """What numpy arrays and scalars are rebuilt from when unpickled: data, no code. kdbench
+    0.1 stored the numpy RNG state and numpy floats in ``last.pt``; allowing these lets such a
+    run continue under ``weights_only=True``."""
+    core = getattr(np, "_core", None) or np.core
+    dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float32, np.float64)]
+    return [np.dtype, np.ndarray, core.multiarray.scalar, core.multiarray._reconstruct, *dtypes]
 
 
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> Any:
-    """A checkpoint kdbench wrote, loaded without unpickling code (``weights_only=True``)."""
+def load_checkpoint(path: Path) -> Any:
+    """A checkpoint kdbench wrote, loaded on the CPU without unpickling code
+    (``weights_only=True``); a file holding more, or a damaged one, is a one-line error."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_data_types()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise KdbenchError(f"{path} holds more than tensors and plain containers, so it is "
                            f"not loaded ({str(exc).splitlines()[0][:120]}); delete it, or "
                            "pass --restart to train the run again") from None
+    except (RuntimeError, EOFError, ValueError) as exc:
+        raise KdbenchError(f"{path} is damaged or truncated ({str(exc).splitlines()[0][:120]});"
+                           " delete it, or pass --restart to train the run again") from None
 
 
 def _better(val: dict[str, float], best: dict[str, Any] | None, key: str) -> bool:
@@ -234,7 +239,7 @@ class Trainer:
                                "(the trainer writes history.jsonl); rename it")
         last = self.run_dir / "last.pt"
         if resume and last.is_file():
-            ckpt = load_checkpoint(last, self.device)
+            ckpt = load_checkpoint(last)  # the optimizer and model move it to the device
             self.learner.load_state_dict(ckpt["learner"])
             for name, rows in ckpt.get("traces", {}).items():
                 traces[name] = list(rows)
@@ -274,7 +279,7 @@ class Trainer:
                     atomic_write_jsonl(self.run_dir / f"{name}.jsonl", rows)
                 if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg["epochs"]:
                     return None
-        state = load_checkpoint(self.run_dir / "best.pt", self.device)
+        state = load_checkpoint(self.run_dir / "best.pt")
         self.learner.load_state_dict(state)
         t0 = time.perf_counter()
         test = self.evaluate("test")

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 import torch
-from kdbench.methods.at import AT
 
 from kdbench.config import resolve_config
 from kdbench.data.datasets import load_prepared
 from kdbench.data.loader import FrameSplit
+from kdbench.methods.at import AT
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import progress_bar

@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import torch
-from kdbench.methods.vanilla import Vanilla
 
 from kdbench.config import resolve_config
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
+from kdbench.methods.vanilla import Vanilla
 from kdbench.models.students import create_student
 from kdbench.progress import progress_bar
 from kdbench.train.trainer import Trainer
