@@ -25,8 +25,12 @@ class StoreError(KdbenchError):
 def file_mode() -> int:
     """The mode ``open()`` gives a new file under the current umask (a store shared by a group
     stays readable to it)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    try:  # Linux: read it without setting it
+        status = Path("/proc/self/status").read_text()
+        mask = int(status.split("Umask:")[1].split()[0], 8)
+    except (OSError, IndexError, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
 
 
