@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from kdbench.errors import KdbenchError
+from kdbench.errors import KdbenchError, did_you_mean
 from kdbench.values import check_limits, coerce
 
 SECTIONS = ("data", "train", "teacher", "student")
@@ -61,14 +61,16 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
 PRESETS: dict[str, dict[str, Any]] = {
     # smoke size: every method of the registry in minutes on 2 CPU cores
     "quick": {
+        "students": ["resnet18_thin"],
         "data": {"size": 32, "frames": 4},
         "train": {"epochs": 2, "batch_size": 64, "step_size": 1, "gamma": 0.5},
         "teacher": {"proj_dim": 64},
     },
     # default without a GPU: the embedded dataset at a small resolution
-    "cpu": {},
-    # DESIGN.md paper setting
+    "cpu": {"students": ["resnet18_thin"]},
+    # the paper's setting (docs/design.md)
     "paper": {
+        "students": ["resnet18_thin", "resnet34_thin", "xception"],
         "data": {"size": 299, "frames": 32, "workers": 4},
         "train": {"epochs": 15, "batch_size": 64, "lr": 1e-4, "step_size": 5, "gamma": 0.1},
         "teacher": {"backbone": "xception", "proj_dim": 256},
@@ -119,8 +121,10 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Preset + its per-dataset overrides + the ``--set`` overrides of the config sections."""
     if preset not in PRESETS:
-        raise KdbenchError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise KdbenchError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; choose "
+                           f"one of {', '.join(PRESETS)}")
     cfg = deep_merge(_BASE, PRESETS[preset])
+    cfg.pop("students")
     per_dataset = cfg.pop("datasets").get(dataset, {})
     cfg = deep_merge(cfg, per_dataset)
     section_overrides = {k: v for k, v in overrides.items() if k in SECTIONS}
@@ -130,7 +134,8 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
         unknown = sorted(set(values) - set(cfg[section]))
         if unknown:
             raise KdbenchError(
-                f"unknown setting {section}.{unknown[0]}; known: "
+                f"unknown setting {section}.{unknown[0]}"
+                f"{did_you_mean(unknown[0], cfg[section])}; known: "
                 + ", ".join(f"{section}.{k}" for k in cfg[section])
             )
         for key, value in values.items():  # the type of the default, within its limits
@@ -144,6 +149,14 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
     cfg = deep_merge(cfg, section_overrides)
     cfg["preset"] = preset
     return cfg
+
+
+def preset_students(preset: str) -> list[str]:
+    """The students a preset trains when ``--students`` is not given."""
+    if preset not in PRESETS:
+        raise KdbenchError(f"unknown preset {preset!r}{did_you_mean(preset, PRESETS)}; choose "
+                           f"one of {', '.join(PRESETS)}")
+    return list(PRESETS[preset]["students"])
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -166,7 +179,7 @@ class RunSpec:
 
     @property
     def label(self) -> str:
-        """Method name plus its variant: ``tokd`` or ``tokd@d=256``."""
+        """Method name plus its variant: ``m`` or ``m@k=256``."""
         return f"{self.method}@{self.variant}" if self.variant else self.method
 
     @property

@@ -5,6 +5,14 @@ class KdbenchError(Exception):
     """A user-facing problem: the message names what is wrong and how to fix it."""
 
 
+def did_you_mean(name: str, known) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to a misspelt ``name``, or ""."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class DataError(KdbenchError):
     """A dataset, a data folder or a media file is missing or unusable."""
 

@@ -102,8 +102,8 @@ def _applies(sw: Sweep, entry: MethodEntry) -> bool:
 
 def report_runs(entries: list[MethodEntry], dataset: str,
                 overrides: dict[str, dict[str, Any]]) -> list[PlannedRun]:
-    """The runs the paper tables of the methods' registry ``reports`` need beyond the default
-    ones: the ablation rows and every value of the rotation / alpha sweeps."""
+    """The runs the tables of the methods' registry ``reports`` need beyond the default ones:
+    the ablation rows and every value of each declared sweep."""
     planned = []
     for entry in entries:
         ignored = entry.resolve().ignored_hparams
@@ -112,12 +112,10 @@ def report_runs(entries: list[MethodEntry], dataset: str,
         changes: list[tuple[str, dict[str, Any]]] = []
         for row in entry.reports.get("ablation", []):
             changes.append((row["mode"], dict(row.get("set") or {})))
-        for kind in ("rotation", "alpha"):
-            spec = entry.reports.get(kind)
-            if spec:
-                names = list(spec["sweep"])
-                changes += [(spec["mode"], dict(zip(names, combo)))
-                            for combo in itertools.product(*(spec["sweep"][k] for k in names))]
+        for spec in entry.reports.get("sweeps", {}).values():
+            names = list(spec["sweep"])
+            changes += [(spec["mode"], dict(zip(names, combo)))
+                        for combo in itertools.product(*(spec["sweep"][k] for k in names))]
         for mode, change in changes:
             hp = entry.hparams(dataset, {**base, **change})
             tag = variant_tag({k: v for k, v in hp.items() if k not in ignored(mode)}, defaults)
@@ -138,7 +136,7 @@ def merge(*plans: list[PlannedRun]) -> list[PlannedRun]:
 
 def default_plan_labels(registry: dict, dataset: str, mode: str) -> set[str]:
     """The run folders `kdbench run` makes by default for ``mode`` (no --set/--sweep): each
-    method's plain folder and its registry ``variants``, e.g. {"tokd", "tokd@rotation=false"}."""
+    method's plain folder and its registry ``variants``, e.g. {"m", "m@flag=false"}."""
     labels: set[str] = set()
     for entry in registry.values():
         defaults = entry.hparams(dataset)
@@ -149,7 +147,7 @@ def default_plan_labels(registry: dict, dataset: str, mode: str) -> set[str]:
 
 
 def in_default_plan(registry: dict) -> Callable[[str, str, str], bool]:
-    """``(dataset, mode, label) -> bool``: is the run folder ``label`` (e.g. ``tokd@d=256``)
+    """``(dataset, mode, label) -> bool``: is the run folder ``label`` (e.g. ``m@k=256``)
     one of :func:`default_plan_labels`; the labels are computed once per (dataset, mode). A
     method the registry does not know (added with another --registry) counts with its plain
     folder, so a store's runs are drawn whatever registry is loaded."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from kdbench.errors import KdbenchError
+from kdbench.errors import KdbenchError, did_you_mean
 from kdbench.values import check_limit_spec, check_limits, coerce
 
 
@@ -42,9 +42,9 @@ class MethodEntry:
     source: Path | None = DEFAULT_REGISTRY
     # extra runs whenever the method runs: [{"set": {...}, "modes": [...]}]
     variants: list[dict[str, Any]] = field(default_factory=list)
-    # one name setting several hyper-parameters, e.g. alpha -> [alpha1, alpha2]
+    # one name setting several hyper-parameters, e.g. a -> [a1, a2]
     aliases: dict[str, list[str]] = field(default_factory=dict)
-    # the paper tables this method's runs fill (kdbench.report.tables.REPORT_KINDS)
+    # the tables and figures this method's runs fill (see _check_reports)
     reports: dict[str, Any] = field(default_factory=dict)
     # allowed values of hyper-parameters: {name: {min, max, gt, lt, choices}} (kdbench.values)
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -60,7 +60,9 @@ class MethodEntry:
             if not self.knows(key):
                 known = ", ".join(f"{self.name}.{k}" for k in [*self.defaults, *self.aliases])
                 raise KdbenchError(
-                    f"unknown hyper-parameter {self.name}.{key}; known: {known or 'none'}"
+                    f"unknown hyper-parameter {self.name}.{key}"
+                    f"{did_you_mean(key, [*self.defaults, *self.aliases])}; known: "
+                    f"{known or 'none'}"
                 )
             for target in self.aliases.get(key, [key]):
                 params[target] = coerce(value, self.defaults[target], f"{self.name}.{key}")
@@ -194,14 +196,19 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
                        dict(reports), {k: dict(v) for k, v in limits.items()})
 
 
+BUILT_IN_KINDS = ("runs", "comparison", "ablation", "teacher", "cross", "cost", "curves")
+
+
 def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, source: Path) -> None:
-    """``reports: {ablation: [{label, mode, set}], rotation|alpha: {mode, sweep: {key: [..]}},
-    teacher: {mode}}``."""
+    """``reports: {ablation: [{label, mode, set}], teacher: {mode},
+    sweeps: {NAME: {title, mode, sweep: {key: [values]}}},
+    traces: {NAME: {title, mode, panels: {field: title}, ylabel, label}}}``: the tables and
+    figures a method's runs fill (`kdbench table --kind NAME`, `kdbench plot NAME`)."""
     def bad(why: str) -> KdbenchError:
         return KdbenchError(f"{source}: method {name!r}: reports: {why}")
 
     if not isinstance(reports, dict):
-        raise bad("must be a mapping of table kind -> rows")
+        raise bad("must be a mapping of report kind -> rows")
     known = set(defaults) | set(aliases)
     for kind, spec in reports.items():
         if kind == "ablation":
@@ -209,16 +216,37 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, sourc
                     not isinstance(r, dict) or "label" not in r or r.get("mode") not in VALID_MODES
                     or any(k not in known for k in (r.get("set") or {})) for r in spec):
                 raise bad("ablation must be a list of {label, mode, set: {...}} rows")
-        elif kind in ("rotation", "alpha"):
-            sweep = spec.get("sweep") if isinstance(spec, dict) else None
-            if (not isinstance(sweep, dict) or not sweep or spec.get("mode") not in VALID_MODES
-                    or any(k not in known or not isinstance(v, list) for k, v in sweep.items())):
-                raise bad(f"{kind} must be {{mode, sweep: {{hyper-parameter: [values]}}}}")
         elif kind == "teacher":
             if not isinstance(spec, dict) or spec.get("mode") not in VALID_MODES:
                 raise bad("teacher must be {mode: rgb|both}")
+        elif kind in ("sweeps", "traces"):
+            if not isinstance(spec, dict) or any(
+                    not isinstance(s, dict) or s.get("mode") not in VALID_MODES
+                    for s in spec.values()):
+                raise bad(f"{kind} must map a name to {{title, mode, ...}}")
+            clash = sorted(set(spec) & set(BUILT_IN_KINDS))
+            if clash:
+                raise bad(f"{kind} name {clash[0]!r} is a built-in report; choose another")
+            for sname, s in spec.items():
+                if kind == "sweeps":
+                    sweep = s.get("sweep")
+                    if not isinstance(sweep, dict) or not sweep or any(
+                            k not in known or not isinstance(v, list) for k, v in sweep.items()):
+                        raise bad(f"sweeps.{sname} needs sweep: {{hyper-parameter: [values]}}")
+                elif not isinstance(s.get("panels"), dict) or not s["panels"]:
+                    raise bad(f"traces.{sname} needs panels: {{record field: title}}")
         else:
-            raise bad(f"unknown table kind {kind!r}; use ablation, rotation, alpha or teacher")
+            raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps or traces")
+
+
+def report_specs(registry: dict[str, MethodEntry], kind: str) -> dict[str, list]:
+    """``kind`` ("sweeps" or "traces") -> {report name: [(entry, spec), ...]} over the
+    registry's methods, in registry order."""
+    found: dict[str, list] = {}
+    for entry in registry.values():
+        for name, spec in entry.reports.get(kind, {}).items():
+            found.setdefault(name, []).append((entry, spec))
+    return found
 
 
 def read_registry(path: Path) -> dict[str, MethodEntry]:
@@ -258,7 +286,7 @@ def select_methods(registry: dict[str, MethodEntry], spec: str) -> list[MethodEn
     unknown = [n for n in names if n not in registry]
     if unknown:
         raise KdbenchError(
-            f"unknown method {unknown[0]!r}; known: {', '.join(registry)} "
-            "(add one with --registry FILE)"
+            f"unknown method {unknown[0]!r}{did_you_mean(unknown[0], registry)}; known: "
+            f"{', '.join(registry)} (add one with --registry FILE)"
         )
     return [registry[n] for n in names]

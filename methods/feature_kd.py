@@ -1,6 +1,6 @@
 """Shared shape of the five baseline feature distillers: a pure loss on (student, teacher)
 features, applied to the RGB branch and, in ``both`` mode, to the frequency branch too
-(DESIGN decision 7: L = CE + w * (L_rgb + L_fre), separate adaptors per branch)."""
+(docs/design.md decision 7: L = CE + w * (L_rgb + L_fre), separate adaptors per branch)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TOKD: two-in-one knowledge distillation (paper section 4; DESIGN decisions 1-4).
+"""TOKD: two-in-one knowledge distillation (paper section 4; docs/design.md decisions 1-4).
 
 The student backbone output S_B(x) feeds the classifier directly (Eq. 8) and, through the
 rotations R_r, R_f in SO(d) (Eq. 14: m_k = R_k S_B(x)), the projectors G_Sr (2 conv+BN+ReLU)
@@ -117,7 +117,9 @@ class Rotation(nn.Module):
 
 
 class TOKD(Distiller):
-    """Hyper-parameters (registry ``defaults``, ``--set tokd.<key>=...``):
+    """TOKD: both teacher branches distilled into S_B(x) through projectors and rotations.
+
+    Hyper-parameters (registry ``defaults``, ``--set tokd.<key>=...``):
 
     alpha1, alpha2: weights of L_KD_RGB and L_KD_Fre; use_rgb, use_fre: which teacher branches
     are distilled (``both`` mode; ``rgb`` mode uses the RGB branch only); projectors: G_Sr/G_Sf

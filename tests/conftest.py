@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdbench.data.datasets import PreparedData, load_prepared
-from kdbench.train.store import atomic_save_npy, atomic_write_json
+from kdbench.files import atomic_save_npy, atomic_write_json
 
 torch.set_num_threads(1)
 

@@ -144,10 +144,14 @@ CASES = [
     Case("unknown preset", [*RUN, "--preset", "huge"], "invalid choice: 'huge'"),
     Case("unknown student", [*VANILLA, "--students", "vgg"], "unknown student 'vgg'"),
     Case("unknown mode", [*VANILLA, "--modes", "fancy"], "unknown mode 'fancy'"),
-    Case("unknown table kind", ["table", "--kind", "nope", "--results", "{results}"],
-         "invalid choice: 'nope'"),
-    Case("unknown plot kind", ["plot", "nope", "--results", "{results}"],
-         "invalid choice: 'nope'"),
+    Case("unknown table kind", ["table", "--kind", "rotaton", "--results", "{results}"],
+         "unknown table kind 'rotaton' (did you mean 'rotation'?)"),
+    Case("unknown plot kind", ["plot", "gradsm", "--results", "{results}"],
+         "unknown figure 'gradsm' (did you mean 'gradsim'?)"),
+    Case("misspelt method", [*RUN, "--methods", "tokdd", *QUICK],
+         "unknown method 'tokdd' (did you mean 'tokd'?)"),
+    Case("misspelt setting", [*VANILLA, "--set", "train.epoch=3"],
+         "unknown setting train.epoch (did you mean 'epochs'?)"),
     Case("unknown option", ["run", "--epochs", "3"], "unrecognized arguments: --epochs"),
     Case("cost at size 0", ["table", "--kind", "cost", "--size", "0"],
          "argument --size: must be >= 8, got 0"),
@@ -158,7 +162,7 @@ CASES = [
                                       "{tmp}/o"], "image folder"),
     # --set / --seeds / --sweep
     Case("--set unknown key", [*VANILLA, "--set", "train.lrr=1"], "unknown setting train.lrr"),
-    Case("--set unknown section", [*VANILLA, "--set", "foo.x=1"], "unknown --set target 'foo'"),
+    Case("--set unknown section", [*VANILLA, "--set", "foo.x=1"], "unknown setting target 'foo'"),
     Case("--set malformed", [*VANILLA, "--set", "train.lr"], "--set expects key=value"),
     Case("--set empty key", [*VANILLA, "--set", "train.=1"], "--set expects key=value"),
     Case("--set wrong type", [*VANILLA, "--set", "train.lr=abc"],
@@ -182,7 +186,7 @@ CASES = [
          "no selected method"),
     Case("--sweep malformed", [*RUN, "--methods", "at", *QUICK, "--sweep", "beta="],
          "--sweep expects key=v1,v2"),
-    Case("--seeds not integers", [*VANILLA, "--seeds", "x"], "--seeds expects integers"),
+    Case("--seeds not integers", [*VANILLA, "--seeds", "x"], "seeds must be integers"),
     Case("--device cuda without one", [*VANILLA, "--device", "cuda"], "no CUDA device"),
     # registries
     Case("registry not YAML", BAD_REGISTRY, "malformed YAML", _registry("m: [\n")),
@@ -230,14 +234,14 @@ CASES = [
     Case("read-only results folder", [*VANILLA, "--results", "{tmp}/ro"], "not writable",
          lambda tmp: (tmp / "ro").mkdir(mode=0o555),
          # root writes into a 0555 folder anyway: for root the write fails as for a user
-         patches={"kdbench.train.store.tempfile.mkstemp": _failing(errno.EACCES)}
+         patches={"kdbench.files.tempfile.mkstemp": _failing(errno.EACCES)}
          if os.geteuid() == 0 else {}),
     Case("results folder is a file", [*VANILLA, "--results", "{tmp}/afile"], "not writable",
          lambda tmp: (tmp / "afile").write_text("x")),
     Case("disk full before work", VANILLA, "No space left on device",
-         patches={"kdbench.train.store.tempfile.mkstemp": _failing(errno.ENOSPC)}),
+         patches={"kdbench.files.tempfile.mkstemp": _failing(errno.ENOSPC)}),
     Case("disk full while training", [*VANILLA, "--seeds", "1"], "No space left on device",
-         before_work=False, patches={"kdbench.train.store.os.fsync": _failing(errno.ENOSPC)}),
+         before_work=False, patches={"kdbench.files.os.fsync": _failing(errno.ENOSPC)}),
     Case("truncated last.pt", [*VANILLA, "--results", "{tmp}/R2"],
          "last.pt is damaged or truncated", _truncated_checkpoint, before_work=False),
     Case("--set a method without a key", [*RUN, "--methods", "tokd", *QUICK, "--set", "tokd=5"],
@@ -276,7 +280,7 @@ CASES = [
     Case("plot of a store without traces", ["plot", "gradsim", "--results", "{results}"],
          "no gradsim"),
     Case("plot to a text file", ["plot", "curves", "--results", "{results}", "--out",
-                                 "{tmp}/x.txt"], "--out"),
+                                 "{tmp}/x.txt"], "x.txt: a figure is written as .png"),
     Case("eval of a missing run", ["eval", "{tmp}/nowhere", "--dataset", "ff_c40",
                                    "--data-root", "{data}"], "no run folder"),
     Case("eval of a damaged run", ["eval", "{tmp}/R2/" + FINISHED, "--dataset", "ff_c40",
@@ -342,7 +346,7 @@ def test_a_damaged_metrics_file_is_reported_by_table_and_skipped(tmp_path, capsy
 
 
 def test_result_files_honour_the_umask(tmp_path):
-    from kdbench.train.store import atomic_write_json
+    from kdbench.files import atomic_write_json
 
     for mask, mode in ((0o022, 0o644), (0o002, 0o664), (0o077, 0o600)):
         old = os.umask(mask)

@@ -1,9 +1,12 @@
+import argparse
 import json
 
 import pytest
 
+from kdbench import __version__
 from kdbench.cli import main
-from kdbench.train.store import read_jsonl
+from kdbench.errors import KdbenchError
+from kdbench.files import read_jsonl
 from tests.conftest import write_prepared
 
 
@@ -20,9 +23,9 @@ def _run(capsys, *argv):
         (["run", "--dataset", "ff_c40", "--methods", "vanilla"], "kdbench prepare ff++"),
         (["run", "--methods", "nope"], "unknown method 'nope'"),
         (["run", "--methods", "vanilla", "--set", "train.lrr=1"], "unknown setting train.lrr"),
-        (["run", "--methods", "vanilla", "--set", "foo.x=1"], "unknown --set target 'foo'"),
+        (["run", "--methods", "vanilla", "--set", "foo.x=1"], "unknown setting target 'foo'"),
         (["run", "--methods", "vanilla", "--students", "vgg"], "unknown student 'vgg'"),
-        (["run", "--methods", "vanilla", "--seeds", "a"], "--seeds expects integers"),
+        (["run", "--methods", "vanilla", "--seeds", "a"], "seeds must be integers"),
     ],
 )
 def test_bad_input_gives_one_line_error_and_exit_2(capsys, argv, message):
@@ -256,14 +259,53 @@ def test_reproduce_runs_what_the_tables_need_and_writes_them(capsys, two_dataset
     assert log[0]["wall_s"] > 0 and log[0]["finished_at"] >= log[0]["started_at"]
 
 
-def test_reproduce_builds_its_subcommands_with_the_real_parser():
-    from kdbench.cli import _subcommand
+@pytest.mark.slow
+def test_the_python_api_runs_tables_and_plots_from_a_notebook(tmp_path):
+    import kdbench.api as k
 
-    ns = _subcommand("run", methods="all", set=["train.lr=0.1", "data.size=16"], restart=True,
-                     students=None, no_progress=False)
-    assert (ns.methods, ns.set, ns.restart, ns.no_progress) == (
-        "all", ["train.lr=0.1", "data.size=16"], True, False)
-    assert ns.sweep == [] and ns.modes == "rgb,both" and ns.func.__name__ == "cmd_run"
-    plot = _subcommand("plot", "curves", results="R")
-    assert _subcommand("run").results == "kdbench-results"  # never the committed results/
-    assert (plot.figure, plot.results, plot.all_runs, plot.registry) == ("curves", "R", False, [])
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    results = tmp_path / "R"
+    summary = k.run(methods=["vanilla", "at"], dataset="ff_c40", data_root=data, modes=["rgb"],
+                    preset="quick", results=results, settings={"data.size": 16, "train.lr": 3e-4},
+                    progress=False)
+    assert (summary.trained, summary.finished_before, len(summary.runs)) == (2, 0, 2)
+    again = k.run(methods="vanilla,at", dataset="ff_c40", data_root=data, modes="rgb",
+                  preset="quick", results=results, settings=["data.size=16", "train.lr=3e-4"],
+                  progress=False)
+    assert (again.trained, again.finished_before) == (0, 2)  # dict and strings: one setting
+    df = k.table("comparison", results=results)
+    assert list(df.columns) == ["dataset", "student", "vanilla", "at rgb"]
+    assert df.iloc[0]["vanilla"].endswith("(1)")
+    runs = k.table("runs", results=results)
+    assert set(runs["method"]) == {"vanilla", "at", "teacher"}
+    path = k.plot("curves", results=results)
+    assert path == results / "curves.png" and path.stat().st_size > 1000
+    listed = k.methods().set_index("name")  # the description: the docstring's first line
+    assert listed.loc["vanilla", "description"].startswith("Vanilla: the student trained")
+    assert listed.loc["at", "description"].startswith("AT: attention transfer")
+    with pytest.raises(KdbenchError, match="unknown method 'atx'"):
+        k.run(methods=["atx"], results=results)
+
+
+def test_each_preset_names_its_students():
+    from kdbench.config import preset_students
+
+    assert preset_students("quick") == ["resnet18_thin"]
+    assert preset_students("paper") == ["resnet18_thin", "resnet34_thin", "xception"]
+
+
+def test_help_text_and_defaults_on_every_option(capsys):
+    from kdbench.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        for action in command._actions:
+            if action.dest in ("help",) or action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, (name, action.dest)
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"kdbench {__version__}"
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # as wrapped for any terminal width
+    assert "(default: synthetic)" in text and "(default: kdbench-results)" in text

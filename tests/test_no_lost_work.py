@@ -149,8 +149,8 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path):
 
 
 def test_restart_keeps_what_another_process_wrote_after_this_one_started(tmp_path):
+    from kdbench.files import store_time
     from kdbench.train.runner import _discard
-    from kdbench.train.store import store_time
 
     old, new = tmp_path / "old", tmp_path / "new"
     for run in (old, new):
@@ -181,12 +181,12 @@ def test_a_full_disk_mid_run_loses_no_epoch(tmp_path, capsys, monkeypatch):
                 raise OSError(28, "No space left on device")
         return real_fsync(fd)
 
-    monkeypatch.setattr("kdbench.train.store.os.fsync", fsync)
+    monkeypatch.setattr("kdbench.files.os.fsync", fsync)
     assert main(_argv(data, results, "--set", "train.epochs=3")) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
         "kdbench: error: No space left on device")
     assert not list(results.rglob(".*.tmp"))
-    monkeypatch.setattr("kdbench.train.store.os.fsync", real_fsync)
+    monkeypatch.setattr("kdbench.files.os.fsync", real_fsync)
     from kdbench.train.trainer import load_checkpoint
 
     assert load_checkpoint(results / RUN / "last.pt")["epoch"] == 1

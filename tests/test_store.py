@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from kdbench.train.store import (
+from kdbench.files import (
     atomic_path,
     atomic_save_npy,
     atomic_write_json,

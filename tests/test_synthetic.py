@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import kdbench.data.synthetic as synthetic
+import kdbench.data.synthetic.tree as synthetic
 from kdbench.data.synthetic import (
     MANIPULATIONS,
     SynthConfig,

@@ -151,7 +151,7 @@ def test_sweep_and_curve_plots_are_written(tmp_path, capsys):
     assert "(2 lines, 4 runs)" in capsys.readouterr().err
     assert main(["plot", "alpha", "--results", str(tmp_path), "--out", str(tmp_path / "a.png")]) \
         == 0
-    assert "(1 points)" in capsys.readouterr().err  # only alpha=10, the registry default
+    assert "(1 point)" in capsys.readouterr().err  # only alpha=10, the registry default
     other = tmp_path / "other"
     _write(other, "runs/synthetic/resnet18_thin/vanilla/none/seed0", 0.8)
     assert main(["plot", "alpha", "--results", str(other), "--out", str(tmp_path / "b.png")]) == 2
@@ -170,14 +170,49 @@ def test_cost_table_counts_parameters_flops_and_measures_speed(tmp_path):
     assert "teacher (2 x resnet18_thin)" in text and "32 x 32 input" in text
 
 
-def test_gradsim_curve_labels_name_rotation_d_and_other_settings():
-    from kdbench.report.gradsim import curve_label
+MY_REGISTRY = """
+mine:
+  entry: mine.py:Mine
+  modes: [rgb]
+  defaults: {k: 1}
+  reports:
+    sweeps:
+      ksweep: {title: "Sensitivity to k", mode: rgb, sweep: {k: [1, 2]}}
+    traces:
+      margin: {title: "logit margin", mode: rgb, ylabel: nats,
+               panels: {m: "margin", m2: "margin again", q: "other"}}
+"""
 
-    assert curve_label("tokd", True, 1024) == "rotation d=1024"
-    assert curve_label("tokd@rotation=false", False, 1024) == "no rotation"
-    assert curve_label("tokd@d=2048", True, 1024) == "rotation d=2048 (effective 1024)"
-    assert curve_label("tokd@alpha1=1,alpha2=1", True, 256) == \
-        "rotation d=256 (tokd alpha1=1,alpha2=1)"
+
+def test_any_method_declares_its_own_sweep_table_and_trace_plot(tmp_path, capsys):
+    from kdbench.report.traces import collect_trace, identical_panels
+
+    (tmp_path / "my.yaml").write_text(MY_REGISTRY)
+    base = tmp_path / "runs/synthetic/resnet18_thin"
+    for label, value, acc in (("mine", 0.5, 0.8), ("mine@k=2", -0.25, 0.9)):
+        run = base / label / "rgb/seed0"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"status": "finished",
+                                                      "test": {"acc": acc}}))
+        (run / "margin.jsonl").write_text("".join(json.dumps(
+            {"step": s, "m": value, "m2": value, "q": s / 10}) + "\n" for s in (0, 1)))
+    reg = ["--registry", str(tmp_path / "my.yaml"), "--results", str(tmp_path)]
+    assert main(["table", "--kind", "ksweep", *reg]) == 0
+    out = capsys.readouterr().out
+    assert "**Sensitivity to k: test acc**" in out
+    assert "| mine rgb | 1 | 80.00 (1) |" in out and "| mine rgb | 2 | 90.00 (1) |" in out
+    png = tmp_path / "m.png"
+    assert main(["plot", "margin", *reg, "--out", str(png), "--all-runs"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic/resnet18_thin/mine/rgb: mean m +0.5000, mean m2 +0.5000, mean q +0.0500" \
+        in printed and "mine@k=2/rgb: mean m -0.2500" in printed
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    from kdbench.registry import load_registry
+
+    df = collect_trace(tmp_path, "margin", load_registry([tmp_path / "my.yaml"]), all_runs=True)
+    assert identical_panels(df, ["m", "m2", "q"]) == ["m2"]  # drawn once, with a note
+    assert main(["plot", "margin", "--results", str(tmp_path)]) == 2  # without its registry
+    assert "unknown figure 'margin'" in capsys.readouterr().err
 
 
 def test_gradsim_plot_draws_the_default_plan_unless_asked_for_all_runs(tmp_path, capsys):

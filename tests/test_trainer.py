@@ -134,7 +134,7 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
 
     import numpy as np
 
-    from kdbench.train.store import atomic_torch_save
+    from kdbench.files import atomic_torch_save
     from kdbench.train.trainer import _rng_state, _set_rng_state, load_checkpoint
 
     def draw():

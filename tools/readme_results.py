@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdbench.files import read_json, read_jsonl
 from kdbench.registry import load_registry
 from kdbench.report import tables
-from kdbench.report.gradsim import PANELS, collect_gradsim
 from kdbench.report.listing import collect_runs
-from kdbench.train.store import read_json, read_jsonl
+from kdbench.report.traces import trace_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "## Reference results", "## Tests and benchmarks"
@@ -146,15 +146,56 @@ def _earlier_teacher_runs(results: Path) -> list[str]:
 
 def _gradsim_lines(results: Path, registry: dict) -> list[str]:
     """The mean gradient cosine of each curve of `kdbench plot gradsim`."""
-    df = collect_gradsim(results, registry=registry)
-    if df.empty:
-        return []
-    keys = ["dataset", "student", "method", "mode"]
-    return [f"`{'/'.join(map(str, key))}`: mean cosine "
-            + ", ".join(f"{col} {g[col].mean():+.3f}" for col in PANELS)
-            + f" ({g['seed'].nunique()} seed{'s' * (g['seed'].nunique() != 1)}, "
-            f"{len(g)} records)"
-            for key, g in df.groupby(keys, sort=True)]
+    df = trace_summary(results, "gradsim", registry)
+    panels = [c for c in df.columns if c.startswith("mean ")]
+    return [f"`{r['curve']}`: mean cosine "
+            + ", ".join(f"{c[5:]} {r[c]:+.3f}" for c in panels)
+            + f" ({r['seeds']} seed{'s' * (r['seeds'] != 1)}, {r['records']} records)"
+            for _, r in df.iterrows()]
+
+
+def _loss_terms(results: Path, mode: str) -> dict[str, list[list[float]]]:
+    """Per loss term: each seed's per-epoch training value, of the default TOKD runs in
+    ``mode``."""
+    terms: dict[str, list[list[float]]] = {}
+    for path in sorted((results / "runs").glob(f"*/*/tokd/{mode}/seed*/history.jsonl")):
+        rows = read_jsonl(path)
+        for key in ("train_loss_ce", "train_loss_kd_rgb", "train_loss_kd_freq"):
+            if rows and key in rows[0]:
+                terms.setdefault(key, []).append([r[key] for r in rows])
+    return terms
+
+
+def _weakest_cell(results: Path, acc: tables.Report, ablation: tables.Report) -> str:
+    """Two sentences on why TOKD both is the weakest cell, from the runs' own loss terms."""
+    both, rgb = _loss_terms(results, "both"), _loss_terms(results, "rgb")
+    if "train_loss_kd_freq" not in both or "train_loss_ce" not in rgb:
+        return ""
+    cols = dict(zip(acc.columns, acc.rows[0])) if acc.rows else {}
+    rows = {str(r[0]): r[1] for r in ablation.rows}
+    fre = next((c for k, c in rows.items() if k.startswith("Fre + projector")), None)
+    none = next((c for k, c in rows.items() if k.startswith("none")), None)
+
+    def mean(series: list[list[float]], epoch: int | None = None) -> float:
+        vals = [s[epoch] for s in series] if epoch is not None else [v for s in series for v in s]
+        return sum(vals) / len(vals)
+
+    f = both["train_loss_kd_freq"]
+    return (
+        f"**Why TOKD both is the weakest cell here** ({cols['tokd both'].text()} against "
+        f"{cols['tokd rgb'].text()} for rgb), from its runs' `history.jsonl`: the weighted "
+        f"frequency term L_KD_Fre averages {mean(f):.1f} over all epochs and seeds (epoch 1: "
+        f"{mean(f, 0):.1f}, last epoch: {mean(f, -1):.1f}) against "
+        f"{mean(both['train_loss_ce']):.2f} for the cross-entropy and "
+        f"{mean(both['train_loss_kd_rgb']):.1f} for L_KD_RGB, so it "
+        f"dominates what the student follows; its cross-entropy ends at "
+        f"{mean(both['train_loss_ce'], -1):.2f} against {mean(rgb['train_loss_ce'], -1):.2f} in "
+        f"rgb mode, and the frequency-only ablation row (Fre + projector, "
+        f"{fre.text() if fre else '-'}) sits below vanilla ({none.text() if none else '-'}). "
+        "Whether that term is mis-scaled (the paper leaves the distance's scale open; "
+        "`--set tokd.kd_reduction=mean` is the other reading) or partly out of reach (G_Sf ends "
+        "in BN+ReLU while its target F_Tf ends in a linear conv, docs/design.md decision 10) "
+        "is not measured yet.\n")
 
 
 def build_section(results: Path) -> str:
@@ -172,6 +213,7 @@ def build_section(results: Path) -> str:
     acc = tables.build("comparison", runs, registry, "acc")
     auc = tables.build("comparison", runs, registry, "auc")
     others = "\n".join(tables.build(kind, runs, registry).markdown() for kind in TABLES)
+    weakest = _weakest_cell(results, acc, tables.build("ablation", runs, registry))
     cost = (results / "tables" / "cost.md").read_text()
     sessions = "\n".join(_sessions(results)) or "- (no `kdbench reproduce` logged yet)"
     spans = "\n".join(_training_spans(runs)) or "- (no run records `finished_at`)"
@@ -213,6 +255,7 @@ for the second); the cost table is `results/tables/cost.md` as `reproduce` measu
 both below rgb for every baseline, and above it for TOKD):
 {gaps}.
 
+{weakest}
 {others}
 The cross-dataset table (Table 7, `results/tables/cross.md`) needs a second dataset: the
 embedded one has no sibling, so it is empty here; `kdbench reproduce --cross-dataset celebdf

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.errors import DataError, KdbenchError
-from kdbench.train.store import read_json
+from kdbench.files import read_json
 
 REAL_DATASETS = {
     "ff_c40": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression c40 --out DIR",
@@ -163,7 +163,7 @@ def open_dataset(
     cache); the real ones need ``data_root`` = a prepared folder."""
     check_dataset(name, data_root)
     if name == "synthetic":
-        from kdbench.data.synthetic_prepare import ensure_synthetic
+        from kdbench.data.synthetic.prepare import ensure_synthetic
 
         root = Path(data_root) if data_root else default_data_root() / "synthetic"
         return load_prepared(ensure_synthetic(root, size, frames, progress), name,

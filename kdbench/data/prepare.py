@@ -20,8 +20,8 @@ import pandas as pd
 from kdbench.data.detectors import Detector, fill_boxes, make_detector, square_crop
 from kdbench.data.video import read_frames
 from kdbench.errors import DataError, KdbenchError
+from kdbench.files import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
 from kdbench.progress import progress_bar
-from kdbench.train.store import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 FF_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")

@@ -1,4 +1,4 @@
-"""RGB-Frequency Attention Module (Chen et al., AAAI 2021; DESIGN decision 5)."""
+"""RGB-Frequency Attention Module (Chen et al., AAAI 2021; docs/design.md decision 5)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`kdbench plot alpha|rotation|curves`: accuracy against a swept hyper-parameter (Fig. 3,
-Table 5 as a figure) and the train / validation curves of each run."""
+"""`kdbench plot <sweep>|curves`: a metric against a declared swept hyper-parameter (e.g.
+Fig. 3, Table 5 as a figure) and the train / validation curves of each run."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pandas as pd
 
 from kdbench.errors import KdbenchError
 from kdbench.plan import in_default_plan
+from kdbench.registry import report_specs
 from kdbench.report.listing import read_or_skip
 from kdbench.report.tables import Cell, sweep, sweep_command
 
@@ -54,11 +55,14 @@ def plot_sweep(runs: pd.DataFrame, registry: dict, kind: str, out: Path,
                         label=f"{method} - {report.columns[col]}")
             ax.set_xticks(xs, [x for x, _ in pts])
             points += len(pts)
+    hint = "; ".join(f"`{sweep_command(e, spec)}`"
+                     for e, spec in report_specs(registry, "sweeps").get(kind, []))
     if not points:
         plt.close(fig)
-        hint = "; ".join(f"`{sweep_command(e, kind)}`" for e in registry.values()
-                         if kind in e.reports)
         raise KdbenchError(f"no finished runs for the {kind} sweep; train them with {hint}")
+    if points == len(ax.get_lines()):  # every line is a single point: say what draws a curve
+        ax.text(0.5, 0.04, f"one point per line: {hint} draws the curve", fontsize=7,
+                ha="center", transform=ax.transAxes, wrap=True, color="dimgray")
     ax.set_xlabel(", ".join(report.columns[1:n_keys]))
     ax.set_ylabel(f"test {metric} (%)")
     ax.set_title(report.title)
@@ -89,31 +93,69 @@ def seed_mean_curves(runs: pd.DataFrame, registry: dict | None = None
             for label, hists in sorted(curves.items())}
 
 
+MODE_STYLES = {"none": ":", "rgb": "-", "both": "--"}
+
+
 def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> tuple[int, int]:
-    """Training loss (log scale) and validation accuracy per epoch, one line per group of
-    :func:`seed_mean_curves`, averaged over its seeds. Returns (lines, runs)."""
+    """Training loss (log scale, top) and validation accuracy (bottom) per epoch, averaged over
+    seeds (:func:`seed_mean_curves`): one column per mode (rgb, both) with the teacher-free
+    runs and the teacher in each as references, one colour per method and a line style per
+    mode, integer epochs. Returns (lines, runs)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
     curves = seed_mean_curves(runs, registry)
     if not curves:
         raise KdbenchError("no history.jsonl of a finished run in the selected runs; train "
                            "some with `kdbench run`")
+    parsed = {label: (label.rsplit("/", 2)[0], *label.rsplit("/", 2)[1:])  # ds/student, name,
+              for label in curves}                                         # mode
+    groups = sorted({g for g, n, _ in parsed.values() if n != "teacher"})
+    names = sorted({n for _, n, _ in parsed.values()}, key=lambda n: (n != "teacher", n))
+    modes = [m for m in ("rgb", "both") if any(m == md and n != "teacher"
+                                               for _, n, md in parsed.values())] or ["none"]
     plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.5))
-    colors = plt.get_cmap("tab20")
-    for i, (label, (mean, n)) in enumerate(curves.items()):
-        style = {"lw": 1.2, "color": colors(i % 20), "ls": "-" if i < 20 else "--",
-                 "label": f"{label} ({n} seed{'s' * (n != 1)})"}
-        ax_loss.plot(mean.index, mean["train_loss"], **style)
-        if "val_acc" in mean:
-            ax_acc.plot(mean.index, 100 * mean["val_acc"], **style)
+    references = [n for n in names if n == "teacher" or all(
+        md == "none" for _, m, md in parsed.values() if m == n)]
+    colors = plt.get_cmap("tab10" if len(names) - len(references) <= 10 else "tab20")
+    color = {n: colors(i % colors.N) for i, n in enumerate(x for x in names
+                                                             if x not in references)}
+    color.update({n: ("black" if n == "teacher" else "dimgray") for n in references})
+    fig, axes = plt.subplots(2, len(modes), figsize=(6.2 * len(modes) + 3, 7.5), sharex=True,
+                             squeeze=False)
     positive = all((mean["train_loss"] > 0).all() for mean, _ in curves.values())
-    ax_loss.set(xlabel="epoch", ylabel="train loss (sum of terms)", title="training loss",
-                yscale="log" if positive else "symlog")  # e.g. a Gaussian NLL term can go below 0
-    ax_acc.set(xlabel="epoch", ylabel="val acc (%)", title="validation accuracy (seed mean)")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-    if len(curves) <= 40:
-        ax_acc.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
+    for col, mode in enumerate(modes):
+        ax_loss, ax_acc = axes[0][col], axes[1][col]
+        for label, (mean, _) in curves.items():
+            group, name, md = parsed[label]
+            reference = md == "none" or name == "teacher"
+            if md != mode and not reference:
+                continue
+            style = {"color": color[name],
+                     "ls": "-." if name == "teacher" else MODE_STYLES.get(md, "-"),
+                     "lw": 1.3 if reference else 1.6,
+                     "marker": "o" if len(groups) > 1 and group != groups[0]
+                     and name != "teacher" else None, "ms": 3}
+            ax_loss.plot(mean.index, mean["train_loss"], **style)
+            if "val_acc" in mean:
+                ax_acc.plot(mean.index, 100 * mean["val_acc"], **style)
+        ax_loss.set(title=f"{mode} mode: training loss (seed mean)", ylabel="train loss (sum "
+                    "of terms)", yscale="log" if positive else "symlog")
+        ax_acc.set(title=f"{mode} mode: validation accuracy (seed mean)", xlabel="epoch",
+                   ylabel="val acc (%)")
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    seeds = {n: max(c[1] for lab, c in curves.items() if parsed[lab][1] == n) for n in names}
+    handles = [Line2D([], [], color=color[n], lw=2,
+                      ls="-." if n == "teacher" else ":" if n in references else "-",
+                      label=f"{n} ({seeds[n]} seed{'s' * (seeds[n] != 1)})") for n in names]
+    handles += [Line2D([], [], color="black", ls=MODE_STYLES[m], label=f"mode {m}")
+                for m in MODE_STYLES if any(md == m for _, _, md in parsed.values())]
+    if len(groups) > 1:
+        handles.append(Line2D([], [], color="black", label=f"no marker: {groups[0]}"))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1 - 2.6 / (6.2 * len(modes) + 3), 1))
     _save(fig, out)
     plt.close(fig)
     return len(curves), sum(n for _, n in curves.values())

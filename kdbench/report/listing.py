@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdbench.files import StoreError, read_json, read_jsonl
 from kdbench.progress import console
-from kdbench.train.store import StoreError, read_json, read_jsonl
 
 
 def read_or_skip(path: Path, lines: bool = False) -> dict | list | None:

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from kdbench.config import variant_tag
+from kdbench.registry import report_specs
 
 METRICS = ("acc", "auc", "eer", "video_auc")
 
@@ -82,6 +83,13 @@ class Report:
 
     def render(self, fmt: str) -> str:
         return {"md": self.markdown, "latex": self.latex, "csv": self.csv}[fmt]()
+
+    def frame(self) -> pd.DataFrame:
+        """The table as a DataFrame of its cells' text (``mean ± std (n)``)."""
+        return pd.DataFrame(self.text_rows(), columns=self.columns)
+
+    def __str__(self) -> str:
+        return self.markdown()
 
 
 def cell(values: pd.Series) -> Cell:
@@ -171,6 +179,11 @@ def _entries_with(registry: dict, kind: str) -> list:
     return [e for e in registry.values() if kind in e.reports]
 
 
+def _sweeps_named(registry: dict, name: str) -> list[tuple[Any, dict]]:
+    """(entry, spec) of each method declaring the sweep ``name`` (``reports.sweeps``)."""
+    return report_specs(registry, "sweeps").get(name, [])
+
+
 def _baselines(registry: dict) -> list:
     """Methods that run without a teacher (mode none): the "none" rows."""
     return [e for e in registry.values() if e.modes == ["none"]]
@@ -201,28 +214,27 @@ def ablation(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
     return Report(f"Ablation (Table 6): test {metric}", columns, rows, notes)
 
 
-def sweep_flags(entry, kind: str) -> list[str]:
-    """The ``--sweep key=v1,v2`` options that train a method's ``reports.<kind>`` runs."""
-    return [f"--sweep {k}={','.join(map(str, v))}"
-            for k, v in entry.reports[kind]["sweep"].items()]
+def sweep_flags(spec: dict) -> list[str]:
+    """The ``--sweep key=v1,v2`` options that train a declared sweep's runs."""
+    return [f"--sweep {k}={','.join(map(str, v))}" for k, v in spec["sweep"].items()]
 
 
-def sweep_command(entry, kind: str) -> str:
-    """The `kdbench run` that trains a method's ``reports.<kind>`` sweep."""
-    return (f"kdbench run --methods {entry.name} --modes {entry.reports[kind]['mode']} "
-            + " ".join(sweep_flags(entry, kind)))
+def sweep_command(entry, spec: dict) -> str:
+    """The `kdbench run` that trains a method's declared sweep ``spec``."""
+    return (f"kdbench run --methods {entry.name} --modes {spec['mode']} "
+            + " ".join(sweep_flags(spec)))
 
 
 def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") -> Report:
-    """Table 5 (``rotation``) / Fig. 3 as a table (``alpha``): one row per value (combination)
-    of the hyper-parameters a method's ``reports.<kind>.sweep`` names."""
+    """The sweep table ``kind`` a method's registry declares (``reports.sweeps.<kind>``), e.g.
+    Table 5 or Fig. 3 as a table: one row per value (combination) of the swept
+    hyper-parameters."""
     groups = _groups(runs)
-    entries = _entries_with(registry, kind)
-    keys = sorted({k for e in entries for k in e.reports[kind]["sweep"]})
+    declared = _sweeps_named(registry, kind)
+    keys = sorted({k for _, spec in declared for k in spec["sweep"]})
     columns = ["method", *keys, *[f"{d} / {s}" for d, s in groups]]
     rows, used = [], []
-    for entry in entries:
-        spec = entry.reports[kind]
+    for entry, spec in declared:
         names = list(spec["sweep"])
         for combo in itertools.product(*(spec["sweep"][k] for k in names)):
             changes = dict(zip(names, combo))
@@ -233,14 +245,14 @@ def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") ->
                          *[_value_used(k, changes[k], sels) if k in changes else ""
                            for k in keys], *[_finished_cell(sel, metric) for sel in sels]])
     notes = [f"{metric} in %, mean ± std over seeds (number of seeds); run with "
-             + " ".join(f"`{flag}`" for e in entries for flag in sweep_flags(e, kind))]
+             + " ".join(f"`{flag}`" for _, spec in declared for flag in sweep_flags(spec))]
     if any("used)" in row[1 + i] for row in rows for i in range(len(keys))):
         notes.append("`v (u used)`: the method could not use v here and used u "
                      "(`run_info.<name>_effective` in the runs' metrics.json).")
     if used:
         notes += incomplete_notes(pd.concat(used))
-    title = {"rotation": "Rotation size (Table 5)", "alpha": "Sensitivity to alpha (Fig. 3)"}
-    return Report(f"{title.get(kind, kind)}: test {metric}", columns, rows, notes)
+    title = next((spec.get("title") for _, spec in declared if spec.get("title")), kind)
+    return Report(f"{title}: test {metric}", columns, rows, notes)
 
 
 def _value_used(key: str, value: Any, selections: list[pd.DataFrame]) -> str:
@@ -272,22 +284,20 @@ def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") 
     return Report(f"Teacher vs student (Table 4): test {metric}", columns, rows, notes)
 
 
-REPORT_KINDS = ("comparison", "ablation", "rotation", "alpha", "teacher", "cross")
-
-
 def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
-    """The table ``kind`` (one of REPORT_KINDS) from the run listing."""
+    """The table ``kind`` (comparison, ablation, teacher, cross, or a sweep the registry
+    declares) from the run listing."""
     if kind == "comparison":
         order = list(registry) + sorted(set(runs["method"]) - set(registry) - {"teacher"})
         return comparison(runs, order, metric)
     if kind == "ablation":
         return ablation(runs, registry, metric)
-    if kind in ("rotation", "alpha"):
-        return sweep(runs, registry, kind, metric)
     if kind == "teacher":
         return teacher_vs_student(runs, registry, metric)
     if kind == "cross":
         return cross(runs)
+    if _sweeps_named(registry, kind):
+        return sweep(runs, registry, kind, metric)
     raise ValueError(f"unknown table kind {kind!r}")
 
 

@@ -9,9 +9,10 @@ import torch
 
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
+from kdbench.files import atomic_write_json
 from kdbench.models.students import Student, create_student
 from kdbench.train.metrics import detection_metrics
-from kdbench.train.store import atomic_write_json, finished_student_run
+from kdbench.train.store import finished_student_run
 from kdbench.train.trainer import load_checkpoint
 
 CROSS_DIR = "cross"  # <run>/cross/<dataset>.json

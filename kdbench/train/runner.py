@@ -16,12 +16,13 @@ from kdbench.config import RunSpec, check_device_name, config_hash
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
 from kdbench.errors import KdbenchError
+from kdbench.files import atomic_write_json, read_json, store_time
 from kdbench.models.cost import count_params, gflops
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
 from kdbench.registry import MethodEntry
-from kdbench.train.store import atomic_write_json, read_json, run_lock, store_time
+from kdbench.train.store import run_lock
 from kdbench.train.teacher_task import TeacherTask
 from kdbench.train.trainer import Trainer, load_checkpoint, seed_everything
 
@@ -91,6 +92,7 @@ class Context:
     _splits: dict[str, FrameSplit] | None = None
     commit: str | None = field(default_factory=git_commit)  # the code the runs start with
     started: float = 0.0  # when this invocation started, by the store's clock (--restart)
+    keep_checkpoints: str = "all"  # all | best (drop last.pt) | none, once a run is finished
 
     def __post_init__(self) -> None:
         self.started = store_time(self.results)
@@ -353,6 +355,9 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         "run_info": dict(getattr(distiller, "run_info", {})),
     })
     _summary(name, metrics)
+    drop = {"all": (), "best": ("last.pt",), "none": ("last.pt", "best.pt")}
+    for ckpt in drop[ctx.keep_checkpoints]:
+        (run_dir / ckpt).unlink(missing_ok=True)
     return metrics
 
 

@@ -1,5 +1,6 @@
 """Training task of the dual-branch teacher: main CE + the projectors' auxiliary CE
-(DESIGN decision 1: G_Tr / G_Tf are trained with the teacher through pooled linear heads)."""
+(docs/design.md decision 1: G_Tr / G_Tf are trained with the teacher through pooled linear
+heads)."""
 
 from __future__ import annotations
 

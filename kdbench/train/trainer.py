@@ -17,9 +17,9 @@ from torch import Tensor, nn
 
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
+from kdbench.files import atomic_torch_save, atomic_write_jsonl, plain
 from kdbench.progress import console, progress_bar
 from kdbench.train.metrics import detection_metrics
-from kdbench.train.store import atomic_torch_save, atomic_write_jsonl, plain
 from kdbench.train.teacher_cache import TeacherCache
 
 CHECK_EVERY = 20  # steps between finiteness checks of the loss (each check syncs the device)

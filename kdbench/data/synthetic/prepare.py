@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdbench.data.prepare import ffpp_items, prepare_items
-from kdbench.data.synthetic import MANIPULATIONS, SynthConfig, generate
+from kdbench.data.synthetic.manipulations import MANIPULATIONS
+from kdbench.data.synthetic.tree import SynthConfig, generate
 
 
 def ensure_synthetic(

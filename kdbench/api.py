@@ -1,0 +1,603 @@
+"""kdbench as Python functions: what the `kdbench` command does, usable from a notebook.
+
+>>> import kdbench.api as k
+>>> summary = k.run(methods=["vanilla", "at"], preset="quick", results="/tmp/r")
+>>> k.table("comparison", results="/tmp/r")          # a DataFrame
+>>> k.plot("curves", results="/tmp/r")               # the figure's path
+
+Every function checks its arguments before it imports torch, and raises
+:class:`kdbench.errors.KdbenchError` (one line: the problem and the fix) on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdbench.errors import KdbenchError, did_you_mean
+
+DEFAULT_RESULTS = "kdbench-results"  # results/ holds the committed reference runs: named only
+PLOT_FORMATS = (".png", ".svg", ".pdf")
+REPRO_LOG = "reproduce.jsonl"  # one record per reproduce(): command, times, run counts
+KEEP_CHECKPOINTS = ("all", "best", "none")
+
+PathLike = str | os.PathLike
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run` did: how many runs it trained, found finished, or left to another
+    process sharing the store, their folders and the wall time."""
+
+    results: Path
+    trained: int = 0
+    finished_before: int = 0
+    left_to_another_process: int = 0
+    runs: list[Path] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        return {"trained": self.trained, "finished_before": self.finished_before,
+                "left_to_another_process": self.left_to_another_process}
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _seeds(value: str | int | Sequence[int]) -> list[int]:
+    if isinstance(value, int):
+        return [value]
+    try:
+        seeds = [int(s) for s in _names(value if isinstance(value, str) else map(str, value))]
+    except ValueError:
+        raise KdbenchError(f"seeds must be integers like 0,1,2, got {value!r}") from None
+    if not seeds:
+        raise KdbenchError("give at least one seed, e.g. 0 or 0,1,2")
+    return seeds
+
+
+def _settings(settings: Mapping[str, Any] | Sequence[str] | None) -> dict[str, Any]:
+    """``{"train.lr": 3e-4}`` or ``["train.lr=3e-4"]`` -> the nested overrides."""
+    from kdbench.config import parse_set
+
+    if isinstance(settings, Mapping):
+        return parse_set([f"{k}={json.dumps(v)}" for k, v in settings.items()])
+    return parse_set(list(settings or []))
+
+
+def _sweeps(sweeps: Mapping[str, Sequence[Any]] | Sequence[str] | None) -> list:
+    from kdbench.plan import parse_sweep
+
+    if isinstance(sweeps, Mapping):
+        return [parse_sweep(f"{k}={','.join(map(str, v))}") for k, v in sweeps.items()]
+    return [parse_sweep(s) for s in sweeps or []]
+
+
+def _registry(registry: PathLike | Sequence[PathLike] | None) -> dict:
+    from kdbench.registry import load_registry
+
+    paths = [registry] if isinstance(registry, (str, os.PathLike)) else list(registry or [])
+    return load_registry([Path(p) for p in paths])
+
+
+def _check_device(device: str | None) -> None:
+    from kdbench.config import check_device_name
+
+    if device is not None:
+        check_device_name(device)
+
+
+@dataclass
+class _Plan:
+    """The checked arguments of :func:`run`."""
+
+    entries: list
+    pairs: list
+    overrides: dict[str, Any]
+    students: list[str]
+    sweeps: list
+    seeds: list[int]
+
+
+def _check_run(methods, dataset, data_root, students, modes, seeds, preset, results, registry,
+               settings, sweeps, device) -> _Plan:
+    """Every check of :func:`run`'s arguments that needs no torch: settings, registry, methods
+    and their hyper-parameters, students, modes, seeds, sweeps, device name, dataset and the
+    results folder."""
+    from kdbench.config import BACKBONES, preset_students, resolve_config
+    from kdbench.data.datasets import check_dataset
+    from kdbench.files import check_writable
+    from kdbench.plan import check_plan
+    from kdbench.registry import select_methods
+
+    reg = _registry(registry)
+    entries = select_methods(reg, ",".join(_names(methods)) or "all")
+    overrides = _settings(settings)
+    unknown = sorted(set(overrides) - {"data", "train", "teacher", "student"} - set(reg))
+    if unknown:
+        raise KdbenchError(
+            f"unknown setting target {unknown[0]!r}"
+            f"{did_you_mean(unknown[0], ['data', 'train', 'teacher', 'student', *reg])}; use "
+            "data.*, train.*, teacher.*, student.* or <method>.<hyper-parameter>"
+        )
+    for name in set(overrides) & set(reg):
+        if not isinstance(overrides[name], dict):
+            raise KdbenchError(f"setting {name}=... needs a hyper-parameter: {name}.<name>=value "
+                               "(see `kdbench methods`)")
+    _check_device(device)
+    config = resolve_config(preset, dataset, overrides)
+    for section in ("teacher", "student"):
+        weights = config[section]["pretrained"]
+        if weights and not Path(weights).expanduser().is_file():
+            raise KdbenchError(f"{section}.pretrained: weights file {weights} not found; give a "
+                               "local .pth/.pt path (kdbench never downloads weights)")
+    chosen = _names(students) or preset_students(preset)
+    for s in chosen:
+        if s not in BACKBONES:
+            raise KdbenchError(f"unknown student {s!r}{did_you_mean(s, BACKBONES)}; choose from "
+                               f"{', '.join(BACKBONES)}")
+    wanted = _names(modes)
+    bad_modes = [m for m in wanted if m not in ("rgb", "both")]
+    if bad_modes or not wanted:
+        raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; modes are rgb, both or "
+                           "rgb,both")
+    seed_list = _seeds(seeds)
+    pairs = [(e, m) for e in entries for m in e.modes if m == "none" or m in wanted]
+    if not pairs:
+        raise KdbenchError(f"no method of {methods!r} runs in modes {modes!r}")
+    for e, _ in pairs:  # entry points found (not imported yet)
+        e.check_entry()
+    sweep_list = _sweeps(sweeps)
+    check_plan(pairs, dataset, overrides, sweep_list)
+    check_dataset(dataset, data_root)
+    check_writable(Path(results))
+    return _Plan(entries, pairs, overrides, chosen, sweep_list, seed_list)
+
+
+def run(
+    methods: str | Sequence[str] = "all",
+    dataset: str = "synthetic",
+    *,
+    data_root: PathLike | None = None,
+    students: str | Sequence[str] | None = None,
+    modes: str | Sequence[str] = ("rgb", "both"),
+    seeds: str | int | Sequence[int] = (0,),
+    preset: str | None = None,
+    results: PathLike = DEFAULT_RESULTS,
+    registry: PathLike | Sequence[PathLike] | None = None,
+    settings: Mapping[str, Any] | Sequence[str] | None = None,
+    sweeps: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+    device: str | None = None,
+    restart: bool = False,
+    keep_checkpoints: str = "all",
+    progress: bool = True,
+    with_reports: bool = False,
+) -> RunSummary:
+    """Train the teacher (once per dataset and teacher config) and every planned student run:
+    each method (registry name, or "all") in each of its ``modes``, with its registry variants
+    and the ``sweeps`` (``{"d": [128, 256]}``), for each student and seed. ``settings``
+    overrides the preset (``{"train.lr": 3e-4, "at.beta": 500}``). A finished run is skipped,
+    an interrupted one continues; ``restart`` discards both. ``with_reports`` adds the runs the
+    registry's report tables need (:func:`reproduce`). ``preset`` defaults to paper on CUDA,
+    cpu otherwise."""
+    if keep_checkpoints not in KEEP_CHECKPOINTS:
+        raise KdbenchError(f"keep_checkpoints={keep_checkpoints!r}; use one of "
+                           + ", ".join(KEEP_CHECKPOINTS))
+    args = (methods, dataset, data_root, students, modes, seeds)
+    rest = (results, registry, settings, sweeps, device)
+    plan = _check_run(*args, preset or "cpu", *rest)  # bad input answered before torch loads
+    from kdbench.config import RunSpec, resolve_config
+    from kdbench.data.datasets import open_dataset
+    from kdbench.plan import merge, plan_runs, report_runs
+    from kdbench.progress import console
+    from kdbench.train.runner import Context, ensure_teacher, is_finished, pick_device, run_one
+
+    torch_device = pick_device(device)
+    chosen = preset or ("paper" if torch_device.type == "cuda" else "cpu")
+    if chosen != (preset or "cpu"):  # the GPU default: check its settings and students
+        plan = _check_run(*args, chosen, *rest)
+    config = resolve_config(chosen, dataset, plan.overrides)
+    for e, _ in plan.pairs:  # import every entry point before hours of training start
+        e.resolve()
+    planned = plan_runs(plan.pairs, dataset, plan.overrides, plan.sweeps)
+    if with_reports:
+        planned = merge(planned, report_runs(plan.entries, dataset, plan.overrides))
+    data = open_dataset(dataset, data_root, config["data"]["size"], config["data"]["frames"],
+                        progress=progress)
+    out = Path(results)
+    n_runs = len(planned) * len(plan.students) * len(plan.seeds)
+    console.print(f"kdbench run: preset [bold]{chosen}[/], dataset [bold]{dataset}[/] "
+                  f"({data.root}), device {torch_device}, {n_runs} run{'s' * (n_runs != 1)}; "
+                  f"results go to {out.resolve()}", highlight=False)
+    ctx = Context(data, dataset, config, out, torch_device, restart, progress,
+                  keep_checkpoints=keep_checkpoints)
+    t0 = time.perf_counter()
+    specs = [(RunSpec(dataset, student, p.entry.name, p.mode, seed, p.hparams, p.variant),
+              p.entry) for seed in plan.seeds for student in plan.students for p in planned]
+    # the teacher is trained (or loaded) only if a distillation run is left to do
+    todo = [s for s, _ in specs if s.mode != "none"
+            and (restart or not is_finished(out / s.relpath))]
+    teacher = ensure_teacher(ctx) if todo else None
+    summary = RunSummary(out, runs=[out / s.relpath for s, _ in specs])
+    key = {"trained": "trained", "finished": "finished_before",
+           "busy": "left_to_another_process"}
+    for spec, entry in specs:
+        outcome, _ = run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
+        setattr(summary, key[outcome], getattr(summary, key[outcome]) + 1)
+    summary.wall_s = time.perf_counter() - t0
+    busy = summary.left_to_another_process
+    console.print(f"trained {summary.trained}, found finished {summary.finished_before}"
+                  + (f", left {busy} to another kdbench process" if busy else "")
+                  + f" in {summary.wall_s:.0f} s; `kdbench table --results {results}` lists "
+                  "them", highlight=False)
+    return summary
+
+
+# ------------------------------------------------------------------------------ reports
+
+
+def runs(results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,
+         student: str | None = None) -> pd.DataFrame:
+    """One row per run folder of the store (teachers and students, finished or not)."""
+    from kdbench.report.listing import collect_runs
+
+    df = collect_runs(Path(results))
+    if df.empty:
+        raise KdbenchError(f"no runs under {results}; start some with `kdbench run`")
+    for col, wanted in (("dataset", dataset), ("student", student)):
+        if wanted:
+            df = df[df[col] == wanted]
+            if df.empty:
+                raise KdbenchError(f"no runs with {col} {wanted!r} under {results}")
+    return df
+
+
+def table_kinds(registry: PathLike | Sequence[PathLike] | None = None) -> list[str]:
+    """The table kinds: the built-in ones and each sweep a registry method declares."""
+    from kdbench.registry import report_specs
+
+    sweeps = list(report_specs(_registry(registry), "sweeps"))
+    return ["runs", "comparison", "ablation", *sweeps, "teacher", "cross", "cost"]
+
+
+def trace_names(registry: PathLike | Sequence[PathLike] | None = None) -> list[str]:
+    """The traces registry methods declare (each a figure of records against the step)."""
+    from kdbench.registry import report_specs
+
+    return list(report_specs(_registry(registry), "traces"))
+
+
+def figure_kinds(registry: PathLike | Sequence[PathLike] | None = None) -> list[str]:
+    """The figures: each trace and sweep a registry method declares, and the curves."""
+    from kdbench.registry import report_specs
+
+    return [*trace_names(registry), *report_specs(_registry(registry), "sweeps"), "curves"]
+
+
+def _known(kind: str, kinds: list[str], what: str) -> None:
+    if kind not in kinds:
+        raise KdbenchError(f"unknown {what} {kind!r}{did_you_mean(kind, kinds)}; choose one of "
+                           f"{', '.join(kinds)} (a registry's `reports` adds more)")
+
+
+def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, metric: str = "acc",
+           dataset: str | None = None, student: str | None = None,
+           registry: PathLike | Sequence[PathLike] | None = None, preset: str | None = None,
+           size: int | None = None, device: str | None = None, measure: bool = True):
+    """The table ``kind`` as a :class:`kdbench.report.tables.Report` (``.markdown()``,
+    ``.latex()``, ``.csv()``, ``.frame()``): mean ± std over seeds of ``metric``. ``cost``
+    measures the models of ``preset`` at ``size`` on ``device``."""
+    from kdbench.config import METRIC_NAMES
+    from kdbench.report import tables
+
+    _known(kind, table_kinds(registry), "table kind")
+    if kind == "runs":
+        raise KdbenchError("the runs listing is a DataFrame: use kdbench.api.runs()")
+    if metric not in METRIC_NAMES:
+        raise KdbenchError(f"unknown metric {metric!r}{did_you_mean(metric, METRIC_NAMES)}; "
+                           f"choose one of {', '.join(METRIC_NAMES)}")
+    if kind == "cost":
+        return _cost(preset, dataset, student, size, device, measure)
+    return tables.build(kind, runs(results, dataset, student), _registry(registry), metric)
+
+
+def table(kind: str = "comparison", **options: Any) -> pd.DataFrame:
+    """The table ``kind`` (see :func:`report` for the options) as a DataFrame of its cells;
+    ``runs`` lists the store's run folders."""
+    if kind == "runs":
+        keep = {k: options[k] for k in ("results", "dataset", "student") if k in options}
+        return runs(**keep)
+    return report(kind, **options).frame()
+
+
+def _cost(preset: str | None, dataset: str | None, student: str | None, size: int | None,
+          device: str | None, measure: bool):
+    from kdbench.config import BACKBONES, preset_students, resolve_config
+
+    _check_device(device)
+    chosen = _names(student)
+    for s in chosen:
+        if s not in BACKBONES:
+            raise KdbenchError(f"unknown student {s!r}{did_you_mean(s, BACKBONES)}; choose from "
+                               f"{', '.join(BACKBONES)}")
+    from kdbench.report import tables
+    from kdbench.train.runner import pick_device
+
+    torch_device = pick_device(device)
+    preset = preset or ("paper" if torch_device.type == "cuda" else "cpu")
+    config = resolve_config(preset, dataset or "synthetic", {})
+    return tables.cost(chosen or preset_students(preset), config["teacher"],
+                       size or config["data"]["size"], torch_device, measure=measure)
+
+
+def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
+         out: PathLike | None = None, dataset: str | None = None, all_runs: bool = False,
+         registry: PathLike | Sequence[PathLike] | None = None) -> Path:
+    """Draw ``figure`` from the store and return its path (default
+    ``<results>/<figure>.png``): ``curves`` (loss and validation accuracy per epoch), a
+    declared trace (e.g. a gradient-cosine trace against the step) or a declared sweep (the
+    metric against the swept value). ``all_runs`` also draws the sweep and ablation variants
+    in curves and traces."""
+    from kdbench.report.figures import plot_curves, plot_sweep
+    from kdbench.report.traces import plot_trace
+
+    reg = _registry(registry)
+    _known(figure, figure_kinds(registry), "figure")
+    path = Path(out) if out else Path(results) / f"{figure}.png"
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise KdbenchError(f"{path}: a figure is written as {', '.join(PLOT_FORMATS)}; give "
+                           "an output file name ending in one of them")
+    if not Path(results).is_dir():
+        raise KdbenchError(f"no result store at {results}; give results=DIR (--results), or "
+                           "start runs with `kdbench run`")
+    from kdbench.progress import console
+
+    if figure in trace_names(registry):
+        curves = plot_trace(Path(results), figure, path, reg, dataset, all_runs)
+        detail = f"{curves} curve{'s' * (curves != 1)}"
+    elif figure == "curves":
+        lines, n = plot_curves(runs(results, dataset), path, None if all_runs else reg)
+        detail = f"{lines} line{'s' * (lines != 1)}, {n} runs"
+    else:
+        points = plot_sweep(runs(results, dataset), reg, figure, path)
+        detail = f"{points} point{'s' * (points != 1)}"
+    console.print(f"wrote {path} ({detail})", highlight=False)
+    return path
+
+
+def trace_means(name: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,
+                all_runs: bool = False,
+                registry: PathLike | Sequence[PathLike] | None = None) -> pd.DataFrame:
+    """Per curve of the trace figure ``name``: the mean of each panel over its records, with
+    the number of seeds and records."""
+    from kdbench.report.traces import trace_summary
+
+    _known(name, trace_names(registry), "trace")
+    return trace_summary(Path(results), name, _registry(registry), dataset, all_runs)
+
+
+def evaluate(run_dirs: PathLike | Sequence[PathLike], dataset: str, *,
+             data_root: PathLike | None = None, device: str | None = None,
+             progress: bool = True) -> pd.DataFrame:
+    """Test the students of finished runs (folders, or folders holding them) on another
+    dataset's test split; writes ``<run>/cross/<dataset>.json`` (Table 7) and returns one row
+    per run."""
+    from kdbench.data.datasets import check_dataset
+    from kdbench.train.store import finished_student_run
+
+    folders = []
+    for path in [run_dirs] if isinstance(run_dirs, (str, os.PathLike)) else run_dirs:
+        path = Path(path)
+        found = [path] if (path / "metrics.json").is_file() else sorted(
+            p.parent for p in path.rglob("seed*/metrics.json"))
+        if not found:
+            raise KdbenchError(f"no run folder at or under {path}; give runs/<...>/seed<k> "
+                               "folders or a folder holding them")
+        folders += found
+    configs = {run: finished_student_run(run)["config"]["data"] for run in folders}
+    check_dataset(dataset, data_root)
+    _check_device(device)
+    from kdbench.data.datasets import open_dataset
+    from kdbench.progress import console
+    from kdbench.train.evaluate import evaluate_run
+    from kdbench.train.runner import pick_device
+
+    torch_device = pick_device(device)
+    opened, rows = {}, []
+    for run_dir in folders:
+        key = (configs[run_dir]["size"], configs[run_dir]["frames"])
+        if key not in opened:
+            opened[key] = open_dataset(dataset, data_root, key[0], key[1], progress=progress,
+                                       require=("test",))
+        t = evaluate_run(run_dir, opened[key], dataset, torch_device)["test"]
+        console.print(f"{run_dir}: on {dataset} acc {t['acc']:.4f} auc {t['auc']:.4f} "
+                      f"eer {t['eer']:.4f} video-auc {t['video_auc']:.4f}", highlight=False)
+        rows.append({"run": str(run_dir), "dataset": dataset, **t})
+    return pd.DataFrame(rows)
+
+
+def methods(registry: PathLike | Sequence[PathLike] | None = None) -> pd.DataFrame:
+    """The registered methods: name, one-line description (the class docstring's first
+    line), entry point, modes, default hyper-parameters and registry file."""
+    rows = []
+    for e in _registry(registry).values():
+        try:
+            description = _description(e.resolve())
+        except KdbenchError as exc:  # a broken user entry is listed, not fatal
+            description = f"(cannot load: {exc})"
+        rows.append({"name": e.name, "description": description, "entry": e.entry,
+                     "modes": ",".join(e.modes), "defaults": e.defaults,
+                     "source": str(e.source)})
+    return pd.DataFrame(rows)
+
+
+def _description(cls: type) -> str:
+    """The first line of the class's own docstring, else of its module's."""
+    import sys
+
+    doc = cls.__dict__.get("__doc__") or getattr(sys.modules.get(cls.__module__), "__doc__", "")
+    lines = (doc or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def reproduce(
+    preset: str | None = None,
+    dataset: str = "synthetic",
+    *,
+    data_root: PathLike | None = None,
+    cross_dataset: str | None = None,
+    cross_data_root: PathLike | None = None,
+    students: str | Sequence[str] | None = None,
+    seeds: str | int | Sequence[int] = (0, 1, 2),
+    results: PathLike = DEFAULT_RESULTS,
+    registry: PathLike | Sequence[PathLike] | None = None,
+    settings: Mapping[str, Any] | Sequence[str] | None = None,
+    device: str | None = None,
+    restart: bool = False,
+    keep_checkpoints: str = "all",
+    progress: bool = True,
+    command: str | None = None,
+) -> RunSummary:
+    """Every run the tables need (every method in rgb and both, its variants, and the
+    ablation and sweep runs its registry ``reports`` declare), then every table as
+    ``<results>/tables/<kind>.md`` and every figure as ``<results>/<figure>.png``; appends a
+    record of this call (``command``, times, run counts) to ``<results>/reproduce.jsonl``."""
+    from kdbench.files import atomic_write_text
+    from kdbench.progress import console
+
+    t0, started_at = time.perf_counter(), _utc_now()
+    if cross_dataset:  # a typo here would otherwise surface after hours of training
+        from kdbench.data.datasets import check_dataset
+
+        check_dataset(cross_dataset, cross_data_root)
+    summary = run("all", dataset, data_root=data_root, students=students, seeds=seeds,
+                  preset=preset, results=results, registry=registry, settings=settings,
+                  device=device, restart=restart, keep_checkpoints=keep_checkpoints,
+                  progress=progress, with_reports=True)
+    from kdbench.train.runner import versions
+
+    out = Path(results)
+    if cross_dataset:
+        evaluate([out / "runs" / dataset], cross_dataset, data_root=cross_data_root,
+                 device=device, progress=progress)
+    for kind in [k for k in table_kinds(registry) if k not in ("runs", "cost")]:
+        atomic_write_text(out / "tables" / f"{kind}.md",
+                          report(kind, results=out, registry=registry).markdown())
+    cost = report("cost", preset=preset, dataset=dataset, student=students, device=device)
+    atomic_write_text(out / "tables" / "cost.md", cost.markdown())
+    for figure in figure_kinds(registry):
+        try:
+            console.print(f"wrote {plot(figure, results=out, registry=registry)}",
+                          highlight=False)
+        except KdbenchError as exc:  # e.g. a sweep with no finished run: say so, go on
+            console.print(f"[yellow]plot {figure} skipped: {exc}[/]", highlight=False)
+    wall = time.perf_counter() - t0
+    with open(out / REPRO_LOG, "a", encoding="utf-8") as log:  # one line per invocation
+        log.write(json.dumps({
+            "command": command or f"kdbench.api.reproduce(preset={preset!r}, "
+                                  f"dataset={dataset!r}, seeds={seeds!r})",
+            "started_at": started_at, "finished_at": _utc_now(), "wall_s": round(wall, 1),
+            **summary.counts(), "cpu_count": os.cpu_count(),
+            "torch_threads": versions()["torch_threads"], "device": device or "auto"},
+            sort_keys=True) + "\n")
+    console.print(f"reproduce finished in {wall:.0f} s: tables in {out / 'tables'}, plots in "
+                  f"{out}, this call logged in {out / REPRO_LOG}", highlight=False)
+    summary.wall_s = wall
+    return summary
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """``kdbench ARGV`` as one shell-quoted line (the reproduce log's ``command``)."""
+    return shlex.join(["kdbench", *argv])
+
+
+def synth(root: PathLike | None = None, *, seed: int = 0, workers: int = 2,
+          progress: bool = True) -> Path:
+    """Generate the embedded synthetic FF++-shaped video tree (default: the data cache) and
+    return its folder; an existing tree with the same settings is kept."""
+    from dataclasses import replace
+
+    from kdbench.data.datasets import default_data_root
+    from kdbench.data.synthetic import SynthConfig, generate
+    from kdbench.progress import console
+
+    folder = Path(root) if root else default_data_root() / "synthetic" / "videos"
+    t0 = time.perf_counter()
+    generate(folder, replace(SynthConfig(), seed=seed), workers=workers, progress=progress)
+    console.print(f"synthetic FF++-shaped dataset at {folder} ({time.perf_counter() - t0:.1f} s)",
+                  highlight=False)
+    return folder
+
+
+PREPARE_SOURCES = ("ff++", "celebdf", "folder")
+_PREPARE_ONLY = {"compression": ("ff++",), "methods": ("ff++",), "splits": ("ff++",),
+                 "frames": ("ff++", "celebdf"), "val_fraction": ("celebdf",),
+                 "name": ("folder",), "seed": ("celebdf", "folder")}
+
+
+def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | None = None,
+            methods: str | Sequence[str] | None = None, splits: PathLike | None = None,
+            frames: int | None = None, size: int = 299, detector: str | None = None,
+            workers: int = 2, val_fraction: float | None = None, seed: int | None = None,
+            name: str | None = None, progress: bool = True) -> dict[str, int]:
+    """Turn a dataset as downloaded (``ff++``, ``celebdf``, or a ``folder`` of real/ and
+    fake/ images) into a prepared folder of face crops; resumes in ``out``. Returns the counts
+    (prepared, skipped, failed, frames)."""
+    from kdbench.data.prepare import FF_METHODS, ffpp_items, prepare_items, summary_line
+    from kdbench.progress import console
+
+    if source not in PREPARE_SOURCES:
+        raise KdbenchError(f"unknown source {source!r}{did_you_mean(source, PREPARE_SOURCES)}; "
+                           f"choose one of {', '.join(PREPARE_SOURCES)}")
+    given = {"compression": compression, "methods": methods, "splits": splits,
+             "frames": frames, "val_fraction": val_fraction, "name": name, "seed": seed}
+    for opt, sources in _PREPARE_ONLY.items():
+        if given[opt] is not None and source not in sources:
+            raise KdbenchError(f"--{opt.replace('_', '-')} does not apply to prepare {source}; "
+                               f"it is an option of {' and '.join(sources)}")
+    root, out, seed = Path(root), Path(out), seed or 0
+    frames = 32 if frames is None else frames
+    noun, meta = "videos", {"source": source}
+    detector = detector or ("center" if source == "folder" else "dlib")
+    t0 = time.perf_counter()
+    if source == "ff++":
+        dataset = f"ff_{compression or 'c40'}"
+        items = ffpp_items(root, compression or "c40", tuple(_names(methods)) or FF_METHODS,
+                           Path(splits) if splits else None)
+    elif source == "celebdf":
+        from kdbench.data.prepare_celebdf import celebdf_items
+
+        val_fraction = 0.1 if val_fraction is None else val_fraction
+        split = celebdf_items(root, val_fraction, seed)
+        dataset, items = "celebdf", split.items
+        meta.update(seed=seed, val_fraction=val_fraction, val_identities=split.val_identities,
+                    excluded=split.excluded)
+        if split.excluded:
+            console.print(f"left out {len(split.excluded)} videos that mix a train and a val "
+                          "identity (listed in prepared.json)")
+    else:
+        from kdbench.data.prepare_folder import check_name, folder_items
+
+        dataset, frames, noun = check_name(name or "folder"), 1, "images"
+        items = folder_items(root, seed)
+        meta.update(seed=seed)
+    counts = prepare_items(items, out, dataset, frames, size, detector, workers, progress, meta)
+    console.print(summary_line(counts, time.perf_counter() - t0, out, noun), highlight=False)
+    return counts
