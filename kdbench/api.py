@@ -1,7 +1,7 @@
 """kdbench as Python functions: what the `kdbench` command does, usable from a notebook.
 
 >>> import kdbench.api as k
->>> summary = k.run(methods=["vanilla", "at"], preset="quick", results="/tmp/r")
+>>> summary = k.run(methods="all", preset="quick", results="/tmp/r")
 >>> k.table("comparison", results="/tmp/r")          # a DataFrame
 >>> k.plot("curves", results="/tmp/r")               # the figure's path
 
@@ -19,18 +19,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from kdbench.config import DEFAULT_RESULTS  # re-exported
 from kdbench.errors import KdbenchError, did_you_mean
 
-DEFAULT_RESULTS = "kdbench-results"  # results/ holds the committed reference runs: named only
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 REPRO_LOG = "reproduce.jsonl"  # one record per reproduce(): command, times, run counts
 KEEP_CHECKPOINTS = ("all", "best", "none")
 
 PathLike = str | os.PathLike
+if TYPE_CHECKING:
+    from kdbench.report.tables import Report as tables_Report
 
 
 @dataclass
@@ -46,6 +48,7 @@ class RunSummary:
     wall_s: float = 0.0
 
     def counts(self) -> dict[str, int]:
+        """The three counts by name (the reproduce log's fields)."""
         return {"trained": self.trained, "finished_before": self.finished_before,
                 "left_to_another_process": self.left_to_another_process}
 
@@ -60,6 +63,8 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
 def _seeds(value: str | int | Sequence[int]) -> list[int]:
     if isinstance(value, int):
         return [value]
+    if value is None:
+        raise KdbenchError("give at least one seed, e.g. 0 or 0,1,2")
     try:
         seeds = [int(s) for s in _names(value if isinstance(value, str) else map(str, value))]
     except ValueError:
@@ -74,7 +79,14 @@ def _settings(settings: Mapping[str, Any] | Sequence[str] | None) -> dict[str, A
     from kdbench.config import parse_set
 
     if isinstance(settings, Mapping):
-        return parse_set([f"{k}={json.dumps(v)}" for k, v in settings.items()])
+        items = []
+        for k, v in settings.items():
+            if not isinstance(v, (str, int, float, bool)) and v is not None:
+                v = str(v)  # a path, say
+            items.append(f"{k}={json.dumps(v) if not isinstance(v, str) else v}")
+        return parse_set(items)
+    if isinstance(settings, str):
+        settings = [settings]
     return parse_set(list(settings or []))
 
 
@@ -82,7 +94,14 @@ def _sweeps(sweeps: Mapping[str, Sequence[Any]] | Sequence[str] | None) -> list:
     from kdbench.plan import parse_sweep
 
     if isinstance(sweeps, Mapping):
-        return [parse_sweep(f"{k}={','.join(map(str, v))}") for k, v in sweeps.items()]
+        def values(v: Any) -> str:  # "128,256", 128 or [128, 256]
+            if isinstance(v, str):
+                return v
+            return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+        return [parse_sweep(f"{k}={values(v)}") for k, v in sweeps.items()]
+    if isinstance(sweeps, str):
+        sweeps = [sweeps]
     return [parse_sweep(s) for s in sweeps or []]
 
 
@@ -124,7 +143,10 @@ def _check_run(methods, dataset, data_root, students, modes, seeds, preset, resu
     from kdbench.registry import select_methods
 
     reg = _registry(registry)
-    entries = select_methods(reg, ",".join(_names(methods)) or "all")
+    if not _names(methods):
+        raise KdbenchError("no method given; name registry methods (see `kdbench methods`) or "
+                           "all")
+    entries = select_methods(reg, ",".join(_names(methods)))
     overrides = _settings(settings)
     unknown = sorted(set(overrides) - {"data", "train", "teacher", "student"} - set(reg))
     if unknown:
@@ -294,10 +316,11 @@ def _known(kind: str, kinds: list[str], what: str) -> None:
 
 
 def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, metric: str = "acc",
-           dataset: str | None = None, student: str | None = None,
+           dataset: str | None = None, student: str | Sequence[str] | None = None,
            registry: PathLike | Sequence[PathLike] | None = None, preset: str | None = None,
-           size: int | None = None, device: str | None = None, measure: bool = True):
-    """The table ``kind`` as a :class:`kdbench.report.tables.Report` (``.markdown()``,
+           size: int | None = None, device: str | None = None,
+           measure: bool = True) -> tables_Report:
+    """The table ``kind`` as a ``kdbench.report.tables.Report`` (``.markdown()``,
     ``.latex()``, ``.csv()``, ``.frame()``): mean ± std over seeds of ``metric``. ``cost``
     measures the models of ``preset`` at ``size`` on ``device``."""
     from kdbench.config import METRIC_NAMES
@@ -323,7 +346,8 @@ def table(kind: str = "comparison", **options: Any) -> pd.DataFrame:
     return report(kind, **options).frame()
 
 
-def _cost(preset: str | None, dataset: str | None, student: str | None, size: int | None,
+def _cost(preset: str | None, dataset: str | None, student: str | Sequence[str] | None,
+          size: int | None,
           device: str | None, measure: bool):
     from kdbench.config import BACKBONES, preset_students, resolve_config
 
@@ -352,7 +376,7 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
     metric against the swept value). ``all_runs`` also draws the sweep and ablation variants
     in curves and traces."""
     from kdbench.report.figures import plot_curves, plot_sweep
-    from kdbench.report.traces import plot_trace
+    from kdbench.report.traces import plot_trace, trace_summary
 
     reg = _registry(registry)
     _known(figure, figure_kinds(registry), "figure")
@@ -375,6 +399,14 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
         points = plot_sweep(runs(results, dataset), reg, figure, path)
         detail = f"{points} point{'s' * (points != 1)}"
     console.print(f"wrote {path} ({detail})", highlight=False)
+    if figure in trace_names(registry):  # the mean of each curve, to stdout
+        from kdbench.progress import stdout_console
+
+        for _, row in trace_summary(Path(results), figure, reg, dataset, all_runs).iterrows():
+            panels = [c for c in row.index if c.startswith("mean ")]
+            stdout_console().print(
+                f"{row['curve']}: " + ", ".join(f"{c} {row[c]:+.4f}" for c in panels)
+                + f" ({row['seeds']} seeds, {row['records']} records)", highlight=False)
     return path
 
 
@@ -434,21 +466,28 @@ def methods(registry: PathLike | Sequence[PathLike] | None = None) -> pd.DataFra
     line), entry point, modes, default hyper-parameters and registry file."""
     rows = []
     for e in _registry(registry).values():
-        try:
-            description = _description(e.resolve())
-        except KdbenchError as exc:  # a broken user entry is listed, not fatal
-            description = f"(cannot load: {exc})"
-        rows.append({"name": e.name, "description": description, "entry": e.entry,
+        rows.append({"name": e.name, "description": _description(e), "entry": e.entry,
                      "modes": ",".join(e.modes), "defaults": e.defaults,
                      "source": str(e.source)})
     return pd.DataFrame(rows)
 
 
-def _description(cls: type) -> str:
-    """The first line of the class's own docstring, else of its module's."""
-    import sys
+def _description(entry: Any) -> str:
+    """The first line of the entry class's own docstring, else of its module's, read from the
+    source (no import, so no torch)."""
+    import ast
+    import importlib.util
 
-    doc = cls.__dict__.get("__doc__") or getattr(sys.modules.get(cls.__module__), "__doc__", "")
+    try:
+        target, cls_name = entry.check_entry()
+        path = (entry._path(target) if target.endswith(".py")
+                else Path(importlib.util.find_spec(target).origin))
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (KdbenchError, OSError, SyntaxError, AttributeError, TypeError) as exc:
+        return f"(cannot read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name),
+               None)
+    doc = (ast.get_docstring(cls) if cls is not None else None) or ast.get_docstring(tree)
     lines = (doc or "").strip().splitlines()
     return lines[0] if lines else ""
 
@@ -483,6 +522,9 @@ def reproduce(
         from kdbench.data.datasets import check_dataset
 
         check_dataset(cross_dataset, cross_data_root)
+        if keep_checkpoints == "none":
+            raise KdbenchError("a cross-dataset test needs each run's best.pt; use "
+                               "--keep-checkpoints best (or all) with --cross-dataset")
     summary = run("all", dataset, data_root=data_root, students=students, seeds=seeds,
                   preset=preset, results=results, registry=registry, settings=settings,
                   device=device, restart=restart, keep_checkpoints=keep_checkpoints,
@@ -500,15 +542,16 @@ def reproduce(
     atomic_write_text(out / "tables" / "cost.md", cost.markdown())
     for figure in figure_kinds(registry):
         try:
-            console.print(f"wrote {plot(figure, results=out, registry=registry)}",
-                          highlight=False)
+            plot(figure, results=out, registry=registry)
         except KdbenchError as exc:  # e.g. a sweep with no finished run: say so, go on
             console.print(f"[yellow]plot {figure} skipped: {exc}[/]", highlight=False)
     wall = time.perf_counter() - t0
     with open(out / REPRO_LOG, "a", encoding="utf-8") as log:  # one line per invocation
         log.write(json.dumps({
             "command": command or f"kdbench.api.reproduce(preset={preset!r}, "
-                                  f"dataset={dataset!r}, seeds={seeds!r})",
+                                  f"dataset={dataset!r}, students={students!r}, "
+                                  f"seeds={seeds!r}, settings={settings!r}, "
+                                  f"registry={registry!r})",
             "started_at": started_at, "finished_at": _utc_now(), "wall_s": round(wall, 1),
             **summary.counts(), "cpu_count": os.cpu_count(),
             "torch_threads": versions()["torch_threads"], "device": device or "auto"},

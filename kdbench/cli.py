@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdbench import __version__
+from kdbench.config import DEFAULT_RESULTS
 from kdbench.errors import KdbenchError
-
-DEFAULT_RESULTS = "kdbench-results"  # kdbench.api.DEFAULT_RESULTS (not imported: kept light)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -89,17 +88,10 @@ def _print_runs(df, results: str) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from kdbench import api
-    from kdbench.progress import stdout_console
 
     options = {"results": args.results, "dataset": args.dataset, "all_runs": args.all_runs,
                "registry": args.registry}
-    api.plot(args.figure, out=args.out, **options)
-    if args.figure in api.trace_names(args.registry):  # the mean of each curve, to stdout
-        for _, row in api.trace_means(args.figure, **options).iterrows():
-            panels = [c for c in row.index if c.startswith("mean ")]
-            stdout_console().print(
-                f"{row['curve']}: " + ", ".join(f"{c} {row[c]:+.4f}" for c in panels)
-                + f" ({row['seeds']} seeds, {row['records']} records)", highlight=False)
+    api.plot(args.figure, out=args.out, **options)  # a trace's curve means go to stdout
     return 0
 
 
@@ -118,11 +110,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from kdbench.progress import stdout_console
 
     table = Table(title="registered methods")
-    for col in ("name", "description", "modes", "defaults", "entry"):
+    for col in ("name", "description", "modes", "defaults", "entry", "source"):
         table.add_column(col)
     for _, row in api.methods(args.registry).iterrows():
         table.add_row(row["name"], row["description"], row["modes"], str(row["defaults"]),
-                      row["entry"])
+                      row["entry"], row["source"])
     stdout_console().print(table)
     return 0
 
@@ -147,12 +139,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ the parser
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" only where X says something the help does not already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (
+                action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors as one line (what is wrong and where the help is), and every
     option's default in its help."""
 
     def __init__(self, *args, **kwargs) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -208,8 +210,9 @@ def _training(parser: argparse.ArgumentParser) -> None:
                         help="quick: smoke size; cpu: 64 px; paper: the paper's setting "
                         "(default: paper on CUDA, cpu otherwise)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. train.lr=3e-4 or at.beta=500 "
-                        "(repeatable; typed like the default)")
+                        help="override a setting, e.g. train.lr=3e-4, or a method's "
+                        "hyper-parameter as <method>.<name>=value (repeatable; typed like the "
+                        "default; `kdbench methods` lists them)")
     parser.add_argument("--restart", action="store_true",
                         help="discard the planned runs' progress and results (finished or not) "
                         "and train them again; the teacher is kept (without it a run continues "
@@ -235,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="rgb (RGB branch only), both (RGB and frequency branches), or rgb,both")
     run.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
     run.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2",
-                     help="one run per value of a method hyper-parameter, e.g. d=128,256 "
+                     help="one run per value of a method hyper-parameter, as <name>=v1,v2 "
                      "(repeatable: all combinations)")
     _training(run)
     run.set_defaults(func=cmd_run)
@@ -244,8 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--kind", default="runs",
                        help="runs: every run folder; comparison: Table 3; ablation: Table 6; "
                        "teacher: Table 4; cross: Table 7; cost: Table 1 (params, GFLOPs, "
-                       "images/s); or a sweep a registry method declares (rotation: Table 5, "
-                       "alpha: Fig. 3)")
+                       "images/s); or a sweep a registry method declares (`kdbench table "
+                       "--kind x` lists them)")
     _common(table, device=True)
     table.add_argument("--format", choices=("md", "latex", "csv"), default="md",
                        help="output format")
@@ -263,8 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="figures from the result store")
     plot.add_argument("figure", help="curves: train loss and val acc per epoch; or a trace or "
-                      "sweep a registry method declares (gradsim: Fig. 4; alpha: Fig. 3; "
-                      "rotation: Table 5 as a figure)")
+                      "sweep a registry method declares (`kdbench plot x` lists them)")
     _common(plot)
     plot.add_argument("--dataset", default=None, help="only this dataset's runs")
     plot.add_argument("--out", default=None,

@@ -15,6 +15,7 @@ from kdbench.errors import KdbenchError, did_you_mean
 from kdbench.values import check_limits, coerce
 
 SECTIONS = ("data", "train", "teacher", "student")
+DEFAULT_RESULTS = "kdbench-results"  # results/ holds the committed reference runs: named only
 # the backbones a student or the teacher can be (kdbench.models.backbones builds them); named
 # here so that arguments are checked before torch and timm are imported
 BACKBONES = ("resnet18_thin", "resnet34_thin", "xception")

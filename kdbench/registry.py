@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -180,7 +181,7 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
         raise KdbenchError(f"{source}: method {name!r}: 'variants' must be a list of "
                            "{set: {hyper-parameter: value}, modes: [...]} mappings")
     reports = raw.get("reports") or {}
-    _check_reports(name, reports, defaults, aliases, source)
+    _check_reports(name, reports, defaults, aliases, modes, source)
     limits = raw.get("limits") or {}
     if not isinstance(limits, dict):
         raise KdbenchError(f"{source}: method {name!r}: 'limits' must map a hyper-parameter to "
@@ -199,7 +200,12 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
 BUILT_IN_KINDS = ("runs", "comparison", "ablation", "teacher", "cross", "cost", "curves")
 
 
-def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, source: Path) -> None:
+SWEEP_KEYS = ("title", "mode", "sweep")
+TRACE_KEYS = ("title", "mode", "panels", "ylabel", "label")
+
+
+def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes: list[str],
+                   source: Path) -> None:
     """``reports: {ablation: [{label, mode, set}], teacher: {mode},
     sweeps: {NAME: {title, mode, sweep: {key: [values]}}},
     traces: {NAME: {title, mode, panels: {field: title}, ylabel, label}}}``: the tables and
@@ -220,23 +226,39 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, sourc
             if not isinstance(spec, dict) or spec.get("mode") not in VALID_MODES:
                 raise bad("teacher must be {mode: rgb|both}")
         elif kind in ("sweeps", "traces"):
-            if not isinstance(spec, dict) or any(
-                    not isinstance(s, dict) or s.get("mode") not in VALID_MODES
-                    for s in spec.values()):
-                raise bad(f"{kind} must map a name to {{title, mode, ...}}")
-            clash = sorted(set(spec) & set(BUILT_IN_KINDS))
-            if clash:
-                raise bad(f"{kind} name {clash[0]!r} is a built-in report; choose another")
+            keys = SWEEP_KEYS if kind == "sweeps" else TRACE_KEYS
+            if not isinstance(spec, dict):
+                raise bad(f"{kind} must map a name to {{{', '.join(keys)}}}")
             for sname, s in spec.items():
+                where = f"{kind}.{sname}"
+                if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", str(sname)):
+                    raise bad(f"{where}: a name is a word (letters, digits, _ and -): it names "
+                              "a file and a command")
+                if sname in BUILT_IN_KINDS:
+                    raise bad(f"{where} is a built-in report's name; choose another")
+                if not isinstance(s, dict) or set(s) - set(keys):
+                    extra = sorted(set(s) - set(keys)) if isinstance(s, dict) else []
+                    raise bad(f"{where}: unknown key {extra[0]!r}; use {', '.join(keys)}"
+                              if extra else f"{where} must be {{{', '.join(keys)}}}")
+                if s.get("mode") not in modes or s.get("mode") == "none":
+                    raise bad(f"{where}: mode {s.get('mode')!r} is not a teacher mode of the "
+                              f"method ({', '.join(m for m in modes if m != 'none')})")
                 if kind == "sweeps":
                     sweep = s.get("sweep")
                     if not isinstance(sweep, dict) or not sweep or any(
-                            k not in known or not isinstance(v, list) for k, v in sweep.items()):
-                        raise bad(f"sweeps.{sname} needs sweep: {{hyper-parameter: [values]}}")
+                            k not in known or not isinstance(v, list) or not v
+                            for k, v in sweep.items()):
+                        raise bad(f"{where} needs sweep: {{hyper-parameter: [values]}}")
                 elif not isinstance(s.get("panels"), dict) or not s["panels"]:
-                    raise bad(f"traces.{sname} needs panels: {{record field: title}}")
+                    raise bad(f"{where} needs panels: {{record field: title}}")
         else:
-            raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps or traces")
+            hint = (f" (a sweep is declared as sweeps: {{{kind}: {{title, mode, sweep}}}})"
+                    if isinstance(spec, dict) and "sweep" in spec else "")
+            raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps or "
+                      f"traces{hint}")
+    both = set(reports.get("sweeps") or {}) & set(reports.get("traces") or {})
+    if both:
+        raise bad(f"{sorted(both)[0]!r} is both a sweep and a trace; rename one")
 
 
 def report_specs(registry: dict[str, MethodEntry], kind: str) -> dict[str, list]:

@@ -194,3 +194,20 @@ def test_a_full_disk_mid_run_loses_no_epoch(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "an unfinished run at epoch 1" in err and "epoch 2/3" in err
     assert _metrics(results)["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_keep_checkpoints_drops_them_from_finished_runs_too(tmp_path, capsys):
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    results = tmp_path / "R"
+    argv = _argv(data, results, "--set", "train.epochs=1")
+    assert main(argv) == 0
+    assert {p.name for p in (results / RUN).glob("*.pt")} == {"best.pt", "last.pt"}
+    assert main([*argv, "--keep-checkpoints", "best"]) == 0  # a finished run is pruned too
+    assert {p.name for p in (results / RUN).glob("*.pt")} == {"best.pt"}
+    assert main([*argv, "--keep-checkpoints", "none"]) == 0
+    assert not list((results / RUN).glob("*.pt")) and _metrics(results)["status"] == "finished"
+    capsys.readouterr()
+    assert main(["eval", str(results / RUN), "--dataset", "ff_c40", "--data-root",
+                 str(data)]) == 2
+    assert "--keep-checkpoints none" in capsys.readouterr().err

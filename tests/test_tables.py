@@ -254,3 +254,36 @@ def test_curves_average_the_finished_seeds_of_the_default_plan(tmp_path):
     mean, n = curves["synthetic/resnet18_thin/tokd/both"]
     assert n == 2 and mean["val_acc"].tolist() == pytest.approx([0.76, 0.77])  # seeds 0, 1
     assert len(seed_mean_curves(runs)) == 2  # every finished variant without the registry
+
+
+def test_a_sweep_figure_places_points_by_value_and_names_the_sweep_of_single_points(
+        tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from kdbench.registry import load_registry
+    from kdbench.report.figures import plot_sweep
+
+    drawn = {}
+    real_save = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        ax = fig.axes[0]
+        drawn["ticks"] = [t.get_text() for t in ax.get_xticklabels()]
+        drawn["x"] = [list(c.lines[0].get_xdata()) for c in ax.containers]
+        drawn["texts"] = [t.get_text() for t in ax.texts]
+        return real_save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    base = "runs/synthetic/{}/tokd{}/both/seed0"
+    _write(tmp_path, base.format("resnet18_thin", "@d=256"), 0.8)
+    _write(tmp_path, base.format("resnet18_thin", "@d=512"), 0.8)
+    _write(tmp_path, base.format("resnet34_thin", "@d=128"), 0.8)  # a student lacking 256/512
+    reg = load_registry()
+    plot_sweep(collect_runs(tmp_path), reg, "rotation", tmp_path / "r.png")
+    assert drawn["ticks"] == ["128", "256", "512", "1024", "2048"]
+    assert sorted(drawn["x"]) == [[0], [1, 2]]  # each point at its own value's position
+    assert drawn["texts"] == []
+    other = tmp_path / "one"
+    _write(other, base.format("resnet18_thin", "@alpha1=100,alpha2=100"), 0.8)
+    plot_sweep(collect_runs(other), reg, "alpha", tmp_path / "a.png")
+    assert "--sweep alpha=1,10,100,1000" in drawn["texts"][0]

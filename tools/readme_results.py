@@ -154,48 +154,46 @@ def _gradsim_lines(results: Path, registry: dict) -> list[str]:
             for _, r in df.iterrows()]
 
 
-def _loss_terms(results: Path, mode: str) -> dict[str, list[list[float]]]:
-    """Per loss term: each seed's per-epoch training value, of the default TOKD runs in
-    ``mode``."""
-    terms: dict[str, list[list[float]]] = {}
-    for path in sorted((results / "runs").glob(f"*/*/tokd/{mode}/seed*/history.jsonl")):
-        rows = read_jsonl(path)
-        for key in ("train_loss_ce", "train_loss_kd_rgb", "train_loss_kd_freq"):
-            if rows and key in rows[0]:
-                terms.setdefault(key, []).append([r[key] for r in rows])
-    return terms
+def _mean_term(results: Path, label: str, key: str = "train_loss_kd_freq") -> float | None:
+    """The mean of a loss term over all epochs and seeds of the runs in folder ``label``
+    (e.g. ``tokd@d=128``) in both mode."""
+    vals = [r[key] for path in sorted((results / "runs").glob(f"*/*/{label}/both/seed*/"
+                                                                "history.jsonl"))
+            for r in read_jsonl(path) if key in r]
+    return sum(vals) / len(vals) if vals else None
 
 
-def _weakest_cell(results: Path, acc: tables.Report, ablation: tables.Report) -> str:
-    """Two sentences on why TOKD both is the weakest cell, from the runs' own loss terms."""
-    both, rgb = _loss_terms(results, "both"), _loss_terms(results, "rgb")
-    if "train_loss_kd_freq" not in both or "train_loss_ce" not in rgb:
-        return ""
+def _weakest_cell(results: Path, acc: tables.Report, rotation: tables.Report,
+                  ablation: tables.Report) -> str:
+    """Why TOKD both is the weakest cell, in two sentences of the store's own numbers: what
+    the rotation-size and ablation runs separate, and what they rule out."""
     cols = dict(zip(acc.columns, acc.rows[0])) if acc.rows else {}
-    rows = {str(r[0]): r[1] for r in ablation.rows}
-    fre = next((c for k, c in rows.items() if k.startswith("Fre + projector")), None)
-    none = next((c for k, c in rows.items() if k.startswith("none")), None)
-
-    def mean(series: list[list[float]], epoch: int | None = None) -> float:
-        vals = [s[epoch] for s in series] if epoch is not None else [v for s in series for v in s]
-        return sum(vals) / len(vals)
-
-    f = both["train_loss_kd_freq"]
+    both, rgb = cols.get("tokd both"), cols.get("tokd rgb")
+    full = _mean_term(results, "tokd")
+    norot_row = next((r for r in ablation.rows if str(r[0]).startswith("RGB + Fre + projector "
+                                                                       "(")), None)
+    parts = [(str(r[1]), r[2]) for r in rotation.rows
+             if isinstance(r[2], tables.Cell) and r[2].n and "used)" not in str(r[1])
+             and r[2].mean != (both.mean if both else None)]
+    if not (both and rgb and norot_row and parts and full is not None):
+        return ""
+    norot = norot_row[1]
+    better = [d for d, c in parts if c.mean > both.mean]
+    d128, norot_term = _mean_term(results, "tokd@d=128"), _mean_term(results, "tokd@rotation=false")
+    verdict = ("higher than" if len(better) == len(parts) and norot.mean > both.mean
+               else "not all higher than")
+    same = (f"the weighted frequency term L_KD_Fre is about as large in those runs "
+            f"({norot_term:.1f} without rotation, {d128:.1f} at d = 128, averaged over epochs "
+            f"and seeds) as in the weak one ({full:.1f}), so the size of that term alone does "
+            "not explain the gap" if norot_term is not None and d128 is not None else "")
     return (
-        f"**Why TOKD both is the weakest cell here** ({cols['tokd both'].text()} against "
-        f"{cols['tokd rgb'].text()} for rgb), from its runs' `history.jsonl`: the weighted "
-        f"frequency term L_KD_Fre averages {mean(f):.1f} over all epochs and seeds (epoch 1: "
-        f"{mean(f, 0):.1f}, last epoch: {mean(f, -1):.1f}) against "
-        f"{mean(both['train_loss_ce']):.2f} for the cross-entropy and "
-        f"{mean(both['train_loss_kd_rgb']):.1f} for L_KD_RGB, so it "
-        f"dominates what the student follows; its cross-entropy ends at "
-        f"{mean(both['train_loss_ce'], -1):.2f} against {mean(rgb['train_loss_ce'], -1):.2f} in "
-        f"rgb mode, and the frequency-only ablation row (Fre + projector, "
-        f"{fre.text() if fre else '-'}) sits below vanilla ({none.text() if none else '-'}). "
-        "Whether that term is mis-scaled (the paper leaves the distance's scale open; "
-        "`--set tokd.kd_reduction=mean` is the other reading) or partly out of reach (G_Sf ends "
-        "in BN+ReLU while its target F_Tf ends in a linear conv, docs/design.md decision 10) "
-        "is not measured yet.\n")
+        f"**Why TOKD both is the weakest cell here** ({both.text()} against {rgb.text()} for "
+        f"rgb): its runs separate it by the rotation - rotating a part of S_B(x) gives "
+        + ", ".join(f"{c.text()} (d = {d})" for d, c in parts)
+        + f" and no rotation {norot.text()}, {verdict} rotating all of it (d = 1024 is every "
+        f"value of S_B(x) at 64 px, and d = 2048 was clamped to it); {same}. Why a rotation "
+        "of the whole vector hurts on this data is not measured yet (the paper also reports a "
+        "middle d best and its largest d worse).\n")
 
 
 def build_section(results: Path) -> str:
@@ -213,7 +211,8 @@ def build_section(results: Path) -> str:
     acc = tables.build("comparison", runs, registry, "acc")
     auc = tables.build("comparison", runs, registry, "auc")
     others = "\n".join(tables.build(kind, runs, registry).markdown() for kind in TABLES)
-    weakest = _weakest_cell(results, acc, tables.build("ablation", runs, registry))
+    weakest = _weakest_cell(results, acc, tables.build("rotation", runs, registry),
+                            tables.build("ablation", runs, registry))
     cost = (results / "tables" / "cost.md").read_text()
     sessions = "\n".join(_sessions(results)) or "- (no `kdbench reproduce` logged yet)"
     spans = "\n".join(_training_spans(runs)) or "- (no run records `finished_at`)"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kdbench.errors import DataError, KdbenchError
+from kdbench.errors import DataError, KdbenchError, did_you_mean
 from kdbench.files import read_json
 
 REAL_DATASETS = {
@@ -139,7 +139,8 @@ def check_dataset(name: str, data_root: Path | None) -> None:
         if data_root is not None and _is_named_folder(Path(data_root), name):
             return
         raise KdbenchError(
-            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or the --name of a "
+            f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of "
+            f"{', '.join(DATASETS)}, or the --name of a "
             "`kdbench prepare folder` output given with --data-root"
         )
     if data_root is None:

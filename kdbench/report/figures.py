@@ -40,7 +40,12 @@ def plot_sweep(runs: pd.DataFrame, registry: dict, kind: str, out: Path,
     n_keys = group_cols[0] if group_cols else len(report.columns)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    points = 0
+    xs: list[str] = []  # every swept value (combination) in table order: one x position each
+    for row in report.rows:
+        x = ",".join(row[1:n_keys])
+        if x not in xs:
+            xs.append(x)
+    points, longest = 0, 0
     for col in group_cols:
         lines: dict[str, list[tuple[str, Cell]]] = {}
         for row in report.rows:
@@ -48,19 +53,18 @@ def plot_sweep(runs: pd.DataFrame, registry: dict, kind: str, out: Path,
             if isinstance(c, Cell) and c.n > 0:
                 lines.setdefault(row[0], []).append((",".join(row[1:n_keys]), c))
         for method, pts in lines.items():
-            xs = list(range(len(pts)))
             means = [100 * c.mean for _, c in pts]
             stds = [0.0 if c.std != c.std else 100 * c.std for _, c in pts]
-            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3,
+            ax.errorbar([xs.index(x) for x, _ in pts], means, yerr=stds, marker="o", capsize=3,
                         label=f"{method} - {report.columns[col]}")
-            ax.set_xticks(xs, [x for x, _ in pts])
-            points += len(pts)
+            points, longest = points + len(pts), max(longest, len(pts))
+    ax.set_xticks(range(len(xs)), xs)
     hint = "; ".join(f"`{sweep_command(e, spec)}`"
                      for e, spec in report_specs(registry, "sweeps").get(kind, []))
     if not points:
         plt.close(fig)
         raise KdbenchError(f"no finished runs for the {kind} sweep; train them with {hint}")
-    if points == len(ax.get_lines()):  # every line is a single point: say what draws a curve
+    if longest == 1:  # every line is a single point: say what draws a curve
         ax.text(0.5, 0.04, f"one point per line: {hint} draws the curve", fontsize=7,
                 ha="center", transform=ax.transAxes, wrap=True, color="dimgray")
     ax.set_xlabel(", ".join(report.columns[1:n_keys]))
@@ -94,6 +98,7 @@ def seed_mean_curves(runs: pd.DataFrame, registry: dict | None = None
 
 
 MODE_STYLES = {"none": ":", "rgb": "-", "both": "--"}
+MARKERS = (None, "o", "s", "^", "v", "D", "x")  # one per (dataset, student), the first plain
 
 
 def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> tuple[int, int]:
@@ -134,8 +139,8 @@ def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> 
             style = {"color": color[name],
                      "ls": "-." if name == "teacher" else MODE_STYLES.get(md, "-"),
                      "lw": 1.3 if reference else 1.6,
-                     "marker": "o" if len(groups) > 1 and group != groups[0]
-                     and name != "teacher" else None, "ms": 3}
+                     "marker": MARKERS[groups.index(group) % len(MARKERS)]
+                     if group in groups and name != "teacher" else None, "ms": 4}
             ax_loss.plot(mean.index, mean["train_loss"], **style)
             if "val_acc" in mean:
                 ax_acc.plot(mean.index, 100 * mean["val_acc"], **style)
@@ -153,7 +158,8 @@ def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> 
     handles += [Line2D([], [], color="black", ls=MODE_STYLES[m], label=f"mode {m}")
                 for m in MODE_STYLES if any(md == m for _, _, md in parsed.values())]
     if len(groups) > 1:
-        handles.append(Line2D([], [], color="black", label=f"no marker: {groups[0]}"))
+        handles += [Line2D([], [], color="black", marker=MARKERS[i % len(MARKERS)], label=g)
+                    for i, g in enumerate(groups)]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / (6.2 * len(modes) + 3), 1))
     _save(fig, out)

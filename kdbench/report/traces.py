@@ -114,6 +114,9 @@ def plot_trace(results: Path, name: str, out: Path, registry: dict, dataset: str
         per_step = group.groupby("step")[shown].mean()
         seeds = group["seed"].nunique()
         label = f"{method}/{mode} ({seeds} seed{'s' * (seeds != 1)})"
+        if spec.get("label"):  # e.g. "d={d}": filled in from the curve's first record
+            first = {k: v for k, v in group.iloc[0].items() if v == v}
+            label += " " + str(spec["label"]).format_map(_Fields(first))
         if len({k[:2] for k, _ in groups}) > 1:
             label += f" - {student}, {ds}"
         for ax, f in zip(axes, shown):
@@ -137,6 +140,13 @@ def plot_trace(results: Path, name: str, out: Path, registry: dict, dataset: str
     plt.close(fig)
     tmp.replace(out)
     return len(groups)
+
+
+class _Fields(dict):
+    """Record fields for a label template; a missing one shows as ?."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
 
 
 def _twin(df: pd.DataFrame, f: str, g: str) -> bool:

@@ -295,6 +295,7 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     done = None if ctx.restart else _finished_as(ctx, run_dir, spec, entry, ignored, identity)
     if done is not None:
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
+        _prune(ctx, run_dir)
         return "finished", done
     with run_lock(run_dir) as mine:
         if not mine:
@@ -355,9 +356,15 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         "run_info": dict(getattr(distiller, "run_info", {})),
     })
     _summary(name, metrics)
+    _prune(ctx, run_dir)
+    return metrics
+
+
+def _prune(ctx: Context, run_dir: Path) -> None:
+    """``--keep-checkpoints``: drop a finished student run's last.pt (best) or both (none);
+    the teacher keeps both (every later distillation run loads it)."""
     drop = {"all": (), "best": ("last.pt",), "none": ("last.pt", "best.pt")}
     for ckpt in drop[ctx.keep_checkpoints]:
         (run_dir / ckpt).unlink(missing_ok=True)
-    return metrics
 
 

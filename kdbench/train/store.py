@@ -56,8 +56,9 @@ def finished_student_run(run_dir: Path) -> dict[str, Any]:
     if metrics.get("role") != "student":
         raise KdbenchError(f"{run_dir} is not a student run; give a runs/... folder")
     if not (run_dir / "best.pt").is_file():
-        raise KdbenchError(f"{run_dir} has no best.pt (checkpoints are not committed); train it "
-                           "again with `kdbench run` on this machine")
+        raise KdbenchError(f"{run_dir} has no best.pt (checkpoints are not committed, or it was "
+                           "kept with --keep-checkpoints none); train it again with `kdbench run "
+                           "... --restart` on this machine")
     return metrics
 
 
