@@ -31,6 +31,7 @@ REPRO_LOG = "reproduce.jsonl"  # one record per reproduce(): command, times, run
 KEEP_CHECKPOINTS = ("all", "best", "none")
 
 PathLike = str | os.PathLike
+RegistryArg = PathLike | Sequence[PathLike] | None  # extra registry files
 if TYPE_CHECKING:
     from kdbench.report.tables import Report as tables_Report
 
@@ -105,7 +106,7 @@ def _sweeps(sweeps: Mapping[str, Sequence[Any]] | Sequence[str] | None) -> list:
     return [parse_sweep(s) for s in sweeps or []]
 
 
-def _registry(registry: PathLike | Sequence[PathLike] | None) -> dict:
+def _registry(registry: RegistryArg) -> dict:
     from kdbench.registry import load_registry
 
     paths = [registry] if isinstance(registry, (str, os.PathLike)) else list(registry or [])
@@ -199,7 +200,7 @@ def run(
     seeds: str | int | Sequence[int] = (0,),
     preset: str | None = None,
     results: PathLike = DEFAULT_RESULTS,
-    registry: PathLike | Sequence[PathLike] | None = None,
+    registry: RegistryArg = None,
     settings: Mapping[str, Any] | Sequence[str] | None = None,
     sweeps: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
     device: str | None = None,
@@ -210,8 +211,9 @@ def run(
 ) -> RunSummary:
     """Train the teacher (once per dataset and teacher config) and every planned student run:
     each method (registry name, or "all") in each of its ``modes``, with its registry variants
-    and the ``sweeps`` (``{"d": [128, 256]}``), for each student and seed. ``settings``
-    overrides the preset (``{"train.lr": 3e-4, "at.beta": 500}``). A finished run is skipped,
+    and the ``sweeps`` (``{"<hyper-parameter>": [v1, v2]}``), for each student and seed.
+    ``settings`` overrides the preset (``{"train.lr": 3e-4, "<method>.<name>": value}``).
+    A finished run is skipped,
     an interrupted one continues; ``restart`` discards both. ``with_reports`` adds the runs the
     registry's report tables need (:func:`reproduce`). ``preset`` defaults to paper on CUDA,
     cpu otherwise."""
@@ -287,26 +289,33 @@ def runs(results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,
     return df
 
 
-def table_kinds(registry: PathLike | Sequence[PathLike] | None = None) -> list[str]:
+
+
+def _declared(reg: dict, kind: str) -> list[str]:
+    from kdbench.registry import report_specs
+
+    return list(report_specs(reg, kind))
+
+
+def table_kinds(registry: RegistryArg = None) -> list[str]:
     """The table kinds: the built-in ones and each sweep a registry method declares."""
-    from kdbench.registry import report_specs
-
-    sweeps = list(report_specs(_registry(registry), "sweeps"))
-    return ["runs", "comparison", "ablation", *sweeps, "teacher", "cross", "cost"]
+    return _table_kinds(_registry(registry))
 
 
-def trace_names(registry: PathLike | Sequence[PathLike] | None = None) -> list[str]:
+def _table_kinds(reg: dict) -> list[str]:
+    return ["runs", "comparison", "ablation", *_declared(reg, "sweeps"), "teacher", "cross",
+            "cost"]
+
+
+def trace_names(registry: RegistryArg = None) -> list[str]:
     """The traces registry methods declare (each a figure of records against the step)."""
-    from kdbench.registry import report_specs
-
-    return list(report_specs(_registry(registry), "traces"))
+    return _declared(_registry(registry), "traces")
 
 
-def figure_kinds(registry: PathLike | Sequence[PathLike] | None = None) -> list[str]:
+def figure_kinds(registry: RegistryArg = None) -> list[str]:
     """The figures: each trace and sweep a registry method declares, and the curves."""
-    from kdbench.registry import report_specs
-
-    return [*trace_names(registry), *report_specs(_registry(registry), "sweeps"), "curves"]
+    reg = _registry(registry)
+    return [*_declared(reg, "traces"), *_declared(reg, "sweeps"), "curves"]
 
 
 def _known(kind: str, kinds: list[str], what: str) -> None:
@@ -317,7 +326,7 @@ def _known(kind: str, kinds: list[str], what: str) -> None:
 
 def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, metric: str = "acc",
            dataset: str | None = None, student: str | Sequence[str] | None = None,
-           registry: PathLike | Sequence[PathLike] | None = None, preset: str | None = None,
+           registry: RegistryArg = None, preset: str | None = None,
            size: int | None = None, device: str | None = None,
            measure: bool = True) -> tables_Report:
     """The table ``kind`` as a ``kdbench.report.tables.Report`` (``.markdown()``,
@@ -326,7 +335,8 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, met
     from kdbench.config import METRIC_NAMES
     from kdbench.report import tables
 
-    _known(kind, table_kinds(registry), "table kind")
+    reg = _registry(registry)
+    _known(kind, _table_kinds(reg), "table kind")
     if kind == "runs":
         raise KdbenchError("the runs listing is a DataFrame: use kdbench.api.runs()")
     if metric not in METRIC_NAMES:
@@ -334,7 +344,7 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, met
                            f"choose one of {', '.join(METRIC_NAMES)}")
     if kind == "cost":
         return _cost(preset, dataset, student, size, device, measure)
-    return tables.build(kind, runs(results, dataset, student), _registry(registry), metric)
+    return tables.build(kind, runs(results, dataset, student), reg, metric)
 
 
 def table(kind: str = "comparison", **options: Any) -> pd.DataFrame:
@@ -369,17 +379,18 @@ def _cost(preset: str | None, dataset: str | None, student: str | Sequence[str] 
 
 def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
          out: PathLike | None = None, dataset: str | None = None, all_runs: bool = False,
-         registry: PathLike | Sequence[PathLike] | None = None) -> Path:
+         registry: RegistryArg = None) -> Path:
     """Draw ``figure`` from the store and return its path (default
     ``<results>/<figure>.png``): ``curves`` (loss and validation accuracy per epoch), a
     declared trace (e.g. a gradient-cosine trace against the step) or a declared sweep (the
     metric against the swept value). ``all_runs`` also draws the sweep and ablation variants
     in curves and traces."""
     from kdbench.report.figures import plot_curves, plot_sweep
-    from kdbench.report.traces import plot_trace, trace_summary
+    from kdbench.report.traces import plot_trace
 
     reg = _registry(registry)
-    _known(figure, figure_kinds(registry), "figure")
+    traces = _declared(reg, "traces")
+    _known(figure, [*traces, *_declared(reg, "sweeps"), "curves"], "figure")
     path = Path(out) if out else Path(results) / f"{figure}.png"
     if path.suffix.lower() not in PLOT_FORMATS:
         raise KdbenchError(f"{path}: a figure is written as {', '.join(PLOT_FORMATS)}; give "
@@ -387,11 +398,12 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
     if not Path(results).is_dir():
         raise KdbenchError(f"no result store at {results}; give results=DIR (--results), or "
                            "start runs with `kdbench run`")
-    from kdbench.progress import console
+    from kdbench.progress import console, stdout_console
 
-    if figure in trace_names(registry):
-        curves = plot_trace(Path(results), figure, path, reg, dataset, all_runs)
-        detail = f"{curves} curve{'s' * (curves != 1)}"
+    summary = None
+    if figure in traces:
+        summary = plot_trace(Path(results), figure, path, reg, dataset, all_runs)
+        detail = f"{len(summary)} curve{'s' * (len(summary) != 1)}"
     elif figure == "curves":
         lines, n = plot_curves(runs(results, dataset), path, None if all_runs else reg)
         detail = f"{lines} line{'s' * (lines != 1)}, {n} runs"
@@ -399,10 +411,8 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
         points = plot_sweep(runs(results, dataset), reg, figure, path)
         detail = f"{points} point{'s' * (points != 1)}"
     console.print(f"wrote {path} ({detail})", highlight=False)
-    if figure in trace_names(registry):  # the mean of each curve, to stdout
-        from kdbench.progress import stdout_console
-
-        for _, row in trace_summary(Path(results), figure, reg, dataset, all_runs).iterrows():
+    if summary is not None:  # a trace: the mean of each curve, to stdout
+        for _, row in summary.iterrows():
             panels = [c for c in row.index if c.startswith("mean ")]
             stdout_console().print(
                 f"{row['curve']}: " + ", ".join(f"{c} {row[c]:+.4f}" for c in panels)
@@ -412,13 +422,14 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
 
 def trace_means(name: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,
                 all_runs: bool = False,
-                registry: PathLike | Sequence[PathLike] | None = None) -> pd.DataFrame:
+                registry: RegistryArg = None) -> pd.DataFrame:
     """Per curve of the trace figure ``name``: the mean of each panel over its records, with
     the number of seeds and records."""
     from kdbench.report.traces import trace_summary
 
-    _known(name, trace_names(registry), "trace")
-    return trace_summary(Path(results), name, _registry(registry), dataset, all_runs)
+    reg = _registry(registry)
+    _known(name, _declared(reg, "traces"), "trace")
+    return trace_summary(Path(results), name, reg, dataset, all_runs)
 
 
 def evaluate(run_dirs: PathLike | Sequence[PathLike], dataset: str, *,
@@ -461,7 +472,7 @@ def evaluate(run_dirs: PathLike | Sequence[PathLike], dataset: str, *,
     return pd.DataFrame(rows)
 
 
-def methods(registry: PathLike | Sequence[PathLike] | None = None) -> pd.DataFrame:
+def methods(registry: RegistryArg = None) -> pd.DataFrame:
     """The registered methods: name, one-line description (the class docstring's first
     line), entry point, modes, default hyper-parameters and registry file."""
     rows = []
@@ -502,7 +513,7 @@ def reproduce(
     students: str | Sequence[str] | None = None,
     seeds: str | int | Sequence[int] = (0, 1, 2),
     results: PathLike = DEFAULT_RESULTS,
-    registry: PathLike | Sequence[PathLike] | None = None,
+    registry: RegistryArg = None,
     settings: Mapping[str, Any] | Sequence[str] | None = None,
     device: str | None = None,
     restart: bool = False,

@@ -23,7 +23,8 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out: Path) -> None:
+def save_figure(fig, out: Path) -> None:
+    """Write ``fig`` to ``out`` atomically (a temp file in its folder, then renamed)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
@@ -73,7 +74,7 @@ def plot_sweep(runs: pd.DataFrame, registry: dict, kind: str, out: Path,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, out)
+    save_figure(fig, out)
     plt.close(fig)
     return points
 
@@ -162,6 +163,6 @@ def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> 
                     for i, g in enumerate(groups)]
     fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 2.6 / (6.2 * len(modes) + 3), 1))
-    _save(fig, out)
+    save_figure(fig, out)
     plt.close(fig)
     return len(curves), sum(n for _, n in curves.values())

@@ -12,6 +12,7 @@ import pandas as pd
 from kdbench.errors import KdbenchError
 from kdbench.plan import in_default_plan
 from kdbench.registry import report_specs
+from kdbench.report.figures import save_figure
 from kdbench.report.listing import read_or_skip
 
 
@@ -73,6 +74,10 @@ def trace_summary(results: Path, name: str, registry: dict, dataset: str | None 
     """Per curve (dataset, student, method variant, mode): ``mean <field>`` over all its
     records for each panel, and its numbers of seeds and records."""
     df, _, fields = _curves(results, name, registry, dataset, all_runs)
+    return _summary(df, fields)
+
+
+def _summary(df: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
     rows = []
     for key, group in df.groupby(KEYS, sort=True):
         rows.append({"curve": "{}/{}/{}/{}".format(*key), **dict(zip(KEYS, key)),
@@ -85,17 +90,16 @@ def identical_panels(df: pd.DataFrame, fields: list[str]) -> list[str]:
     """The panels whose field equals an earlier panel's in every record (drawn once)."""
     same = []
     for i, f in enumerate(fields):
-        if any(np.allclose(df[f].to_numpy(float), df[g].to_numpy(float), atol=1e-6,
-                           equal_nan=True) for g in fields[:i] if g not in same):
+        if any(_twin(df, f, g) for g in fields[:i] if g not in same):
             same.append(f)
     return same
 
 
 def plot_trace(results: Path, name: str, out: Path, registry: dict, dataset: str | None = None,
-               all_runs: bool = False, smooth: int = 5) -> int:
+               all_runs: bool = False, smooth: int = 5) -> pd.DataFrame:
     """One line per curve, averaged over its seeds and smoothed over ``smooth`` records, in
     one panel per declared field (a field equal to an earlier one in every record is not
-    drawn again: a note says so). Returns the number of curves."""
+    drawn again: a note says so). Returns the curves' :func:`trace_summary`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,13 +137,9 @@ def plot_trace(results: Path, name: str, out: Path, registry: dict, dataset: str
     axes[0].set_ylabel(spec.get("ylabel", name))
     axes[-1].legend(fontsize=8, loc="best")
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=120)
+    save_figure(fig, out)
     plt.close(fig)
-    tmp.replace(out)
-    return len(groups)
+    return _summary(df, fields)
 
 
 class _Fields(dict):
