@@ -113,6 +113,13 @@ def _registry(registry: RegistryArg) -> dict:
     return load_registry([Path(p) for p in paths])
 
 
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or threads < 1):
+        raise KdbenchError(f"threads={threads!r}; give a whole number >= 1, or leave it out "
+                           "for this process's share of the cores")
+
+
 def _check_device(device: str | None) -> None:
     from kdbench.config import check_device_name
 
@@ -208,6 +215,7 @@ def run(
     keep_checkpoints: str = "all",
     progress: bool = True,
     with_reports: bool = False,
+    threads: int | None = None,
 ) -> RunSummary:
     """Train the teacher (once per dataset and teacher config) and every planned student run:
     each method (registry name, or "all") in each of its ``modes``, with its registry variants
@@ -216,58 +224,64 @@ def run(
     A finished run is skipped,
     an interrupted one continues; ``restart`` discards both. ``with_reports`` adds the runs the
     registry's report tables need (:func:`reproduce`). ``preset`` defaults to paper on CUDA,
-    cpu otherwise."""
+    cpu otherwise. ``threads``: CPU threads of this process (default: the usable cores
+    divided among the kdbench processes working on this machine, re-counted every epoch)."""
+    _check_threads(threads)
     if keep_checkpoints not in KEEP_CHECKPOINTS:
         raise KdbenchError(f"keep_checkpoints={keep_checkpoints!r}; use one of "
                            + ", ".join(KEEP_CHECKPOINTS))
     args = (methods, dataset, data_root, students, modes, seeds)
     rest = (results, registry, settings, sweeps, device)
     plan = _check_run(*args, preset or "cpu", *rest)  # bad input answered before torch loads
-    from kdbench.config import RunSpec, resolve_config
+    from kdbench.config import RunSpec, for_device, resolve_config
     from kdbench.data.datasets import open_dataset
     from kdbench.plan import merge, plan_runs, report_runs
     from kdbench.progress import console
+    from kdbench.threads import take_share
     from kdbench.train.runner import Context, ensure_teacher, is_finished, pick_device, run_one
 
-    torch_device = pick_device(device)
-    chosen = preset or ("paper" if torch_device.type == "cuda" else "cpu")
-    if chosen != (preset or "cpu"):  # the GPU default: check its settings and students
-        plan = _check_run(*args, chosen, *rest)
-    config = resolve_config(chosen, dataset, plan.overrides)
-    for e, _ in plan.pairs:  # import every entry point before hours of training start
-        e.resolve()
-    planned = plan_runs(plan.pairs, dataset, plan.overrides, plan.sweeps)
-    if with_reports:
-        planned = merge(planned, report_runs(plan.entries, dataset, plan.overrides))
-    data = open_dataset(dataset, data_root, config["data"]["size"], config["data"]["frames"],
-                        progress=progress)
-    out = Path(results)
-    n_runs = len(planned) * len(plan.students) * len(plan.seeds)
-    console.print(f"kdbench run: preset [bold]{chosen}[/], dataset [bold]{dataset}[/] "
-                  f"({data.root}), device {torch_device}, {n_runs} run{'s' * (n_runs != 1)}; "
-                  f"results go to {out.resolve()}", highlight=False)
-    ctx = Context(data, dataset, config, out, torch_device, restart, progress,
-                  keep_checkpoints=keep_checkpoints)
-    t0 = time.perf_counter()
-    specs = [(RunSpec(dataset, student, p.entry.name, p.mode, seed, p.hparams, p.variant),
-              p.entry) for seed in plan.seeds for student in plan.students for p in planned]
-    # the teacher is trained (or loaded) only if a distillation run is left to do
-    todo = [s for s, _ in specs if s.mode != "none"
-            and (restart or not is_finished(out / s.relpath))]
-    teacher = ensure_teacher(ctx) if todo else None
-    summary = RunSummary(out, runs=[out / s.relpath for s, _ in specs])
-    key = {"trained": "trained", "finished": "finished_before",
-           "busy": "left_to_another_process"}
-    for spec, entry in specs:
-        outcome, _ = run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
-        setattr(summary, key[outcome], getattr(summary, key[outcome]) + 1)
-    summary.wall_s = time.perf_counter() - t0
-    busy = summary.left_to_another_process
-    console.print(f"trained {summary.trained}, found finished {summary.finished_before}"
-                  + (f", left {busy} to another kdbench process" if busy else "")
-                  + f" in {summary.wall_s:.0f} s; `kdbench table --results {results}` lists "
-                  "them", highlight=False)
-    return summary
+    with take_share(threads) as share:  # released, threads restored, when done
+        torch_device = pick_device(device)
+        chosen = preset or ("paper" if torch_device.type == "cuda" else "cpu")
+        if chosen != (preset or "cpu"):  # the GPU default: check its settings and students
+            plan = _check_run(*args, chosen, *rest)
+        config = for_device(resolve_config(chosen, dataset, plan.overrides), torch_device.type)
+        for e, _ in plan.pairs:  # import every entry point before hours of training start
+            e.resolve()
+        planned = plan_runs(plan.pairs, dataset, plan.overrides, plan.sweeps)
+        if with_reports:
+            planned = merge(planned, report_runs(plan.entries, dataset, plan.overrides))
+        data = open_dataset(dataset, data_root, config["data"]["size"], config["data"]["frames"],
+                            progress=progress)
+        out = Path(results)
+        n_runs = len(planned) * len(plan.students) * len(plan.seeds)
+        where = (f"device {torch_device}" if torch_device.type == "cuda" else
+                 f"device cpu, {share.threads} thread{'s' * (share.threads != 1)}")
+        console.print(f"kdbench run: preset [bold]{chosen}[/], dataset [bold]{dataset}[/] "
+                      f"({data.root}), {where}, {n_runs} run{'s' * (n_runs != 1)}; "
+                      f"results go to {out.resolve()}", highlight=False)
+        ctx = Context(data, dataset, config, out, torch_device, restart, progress,
+                      keep_checkpoints=keep_checkpoints)
+        t0 = time.perf_counter()
+        specs = [(RunSpec(dataset, student, p.entry.name, p.mode, seed, p.hparams, p.variant),
+                  p.entry) for seed in plan.seeds for student in plan.students for p in planned]
+        # the teacher is trained (or loaded) only if a distillation run is left to do
+        todo = [s for s, _ in specs if s.mode != "none"
+                and (restart or not is_finished(out / s.relpath))]
+        teacher = ensure_teacher(ctx) if todo else None
+        summary = RunSummary(out, runs=[out / s.relpath for s, _ in specs])
+        key = {"trained": "trained", "finished": "finished_before",
+               "busy": "left_to_another_process"}
+        for spec, entry in specs:
+            outcome, _ = run_one(ctx, spec, entry, teacher if spec.mode != "none" else None)
+            setattr(summary, key[outcome], getattr(summary, key[outcome]) + 1)
+        summary.wall_s = time.perf_counter() - t0
+        busy = summary.left_to_another_process
+        console.print(f"trained {summary.trained}, found finished {summary.finished_before}"
+                      + (f", left {busy} to another kdbench process" if busy else "")
+                      + f" in {summary.wall_s:.0f} s; `kdbench table --results {results}` lists "
+                      "them", highlight=False)
+        return summary
 
 
 # ------------------------------------------------------------------------------ reports
@@ -354,6 +368,54 @@ def table(kind: str = "comparison", **options: Any) -> pd.DataFrame:
         keep = {k: options[k] for k in ("results", "dataset", "student") if k in options}
         return runs(**keep)
     return report(kind, **options).frame()
+
+
+def bench(preset: str | None = None, *, student: str | None = None, device: str | None = None,
+          methods: str | Sequence[str] = "all", dataset: str = "synthetic",
+          data_root: PathLike | None = None, registry: RegistryArg = None, steps: int = 10,
+          rounds: int = 3, json_path: PathLike | None = None, threads: int | None = None,
+          processes: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Training speed on this machine at a preset's size and batch, measured in one process:
+    loader and bare-step images/s, ``loop_over_bare``, each method's ``kd_over_vanilla``
+    (``live`` teacher and ``cached`` outputs), the ratios the registry declares (e.g.
+    ``rotation_over_none``), peak memory and (CPU, ``processes``) one process against two
+    side by side. Written to ``json_path`` too if given."""
+    _check_threads(threads)
+    for name, value in (("steps", steps), ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise KdbenchError(f"{name}={value!r}; give a whole number >= 1")
+    reg = _registry(registry)
+    from kdbench.config import BACKBONES, preset_students
+    from kdbench.registry import select_methods
+
+    entries = select_methods(reg, ",".join(_names(methods)) or "all")
+    if student is not None and student not in BACKBONES:
+        raise KdbenchError(f"unknown student {student!r}{did_you_mean(student, BACKBONES)}; "
+                           f"choose one of {', '.join(BACKBONES)}")
+    _check_device(device)
+    if json_path is not None:
+        from kdbench.files import check_writable
+
+        check_writable(Path(json_path).resolve().parent, "the --json folder")
+    import torch
+
+    from kdbench.bench import run_bench
+    from kdbench.train.runner import pick_device
+
+    torch_device = pick_device(device)
+    chosen = preset or ("paper" if torch_device.type == "cuda" else "cpu")
+    preset_students(chosen)
+    from kdbench.threads import usable_cores
+
+    torch.set_num_threads(threads or usable_cores())
+    result = run_bench(chosen, student or preset_students(chosen)[0], torch_device, entries, reg,
+                       dataset=dataset, data_root=Path(data_root) if data_root else None,
+                       steps=steps, rounds=rounds, threads_check=processes, progress=progress)
+    if json_path is not None:
+        from kdbench.files import atomic_write_json
+
+        atomic_write_json(Path(json_path), result)
+    return result
 
 
 def _cost(preset: str | None, dataset: str | None, student: str | Sequence[str] | None,
@@ -520,6 +582,7 @@ def reproduce(
     keep_checkpoints: str = "all",
     progress: bool = True,
     command: str | None = None,
+    threads: int | None = None,
 ) -> RunSummary:
     """Every run the tables need (every method in rgb and both, its variants, and the
     ablation and sweep runs its registry ``reports`` declare), then every table as
@@ -539,7 +602,7 @@ def reproduce(
     summary = run("all", dataset, data_root=data_root, students=students, seeds=seeds,
                   preset=preset, results=results, registry=registry, settings=settings,
                   device=device, restart=restart, keep_checkpoints=keep_checkpoints,
-                  progress=progress, with_reports=True)
+                  progress=progress, with_reports=True, threads=threads)
     from kdbench.train.runner import versions
 
     out = Path(results)

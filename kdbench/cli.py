@@ -21,7 +21,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             modes=args.modes, seeds=args.seeds, preset=args.preset, results=args.results,
             registry=args.registry, settings=args.set, sweeps=args.sweep, device=args.device,
             restart=args.restart, keep_checkpoints=args.keep_checkpoints,
-            progress=not args.no_progress)
+            progress=not args.no_progress, threads=args.threads)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kdbench import api
+    from kdbench.bench import bench_table
+    from kdbench.progress import stdout_console
+
+    result = api.bench(args.preset, student=args.student, device=args.device,
+                       methods=args.methods, dataset=args.dataset, data_root=args.data_root,
+                       registry=args.registry, steps=args.steps, rounds=args.rounds,
+                       json_path=args.json, threads=args.threads,
+                       processes=not args.no_processes, progress=not args.no_progress)
+    stdout_console().print(bench_table(result))
     return 0
 
 
@@ -33,7 +47,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   students=args.students, seeds=args.seeds, results=args.results,
                   registry=args.registry, settings=args.set, device=args.device,
                   restart=args.restart, keep_checkpoints=args.keep_checkpoints,
-                  progress=not args.no_progress, command=api.command_line(args.argv))
+                  progress=not args.no_progress, command=api.command_line(args.argv),
+                  threads=args.threads)
     return 0
 
 
@@ -202,6 +217,12 @@ def _common(parser: argparse.ArgumentParser, *, results: bool = True, registry: 
                             help="no progress bars (they show on a terminal only)")
 
 
+def _threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_at_least(1), default=None,
+                        help="CPU threads of this process (default: the usable cores divided "
+                        "among the kdbench processes working on this machine)")
+
+
 def _training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--students", default=None,
                         help="comma list of resnet18_thin, resnet34_thin, xception (default: "
@@ -218,6 +239,7 @@ def _training(parser: argparse.ArgumentParser) -> None:
                         "and train them again; the teacher is kept (without it a run continues "
                         "from its last.pt and a finished run is skipped)")
     parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default
+    _threads(parser)
     parser.add_argument("--keep-checkpoints", choices=("all", "best", "none"), default="all",
                         help="checkpoints kept once a run is finished: all (best.pt and "
                         "last.pt), best (best.pt, needed by `kdbench eval`) or none")
@@ -295,6 +317,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="prepared folder of that dataset")
     _common(ev, results=False, registry=False, device=True, progress=True)
     ev.set_defaults(func=cmd_eval)
+
+    bench = sub.add_parser("bench", help="training speed on this machine: loader, step, loop, "
+                           "each method over the teacher-free baseline (live teacher, cached), "
+                           "threads")
+    bench.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None,
+                       help="size and batch of this preset (default: paper on CUDA, cpu "
+                       "otherwise)")
+    bench.add_argument("--student", default=None,
+                       help="resnet18_thin, resnet34_thin or xception (default: the preset's "
+                       "first)")
+    bench.add_argument("--methods", default="all", help="comma list of registry names, or all")
+    _common(bench, results=False, device=True, progress=True, data=True)
+    bench.add_argument("--steps", type=_at_least(1), default=10, help="train steps per pass")
+    bench.add_argument("--rounds", type=_at_least(1), default=3,
+                       help="timed passes of each configuration (after one warm-up pass)")
+    bench.add_argument("--json", default=None, metavar="FILE", help="also write the figures "
+                       "as JSON (keys: loop_over_bare, kd_over_vanilla, rotation_over_none, "
+                       "device, preset, ...)")
+    bench.add_argument("--no-processes", action="store_true",
+                       help="CPU: skip the one-process-against-two measurement")
+    _threads(bench)
+    bench.set_defaults(func=cmd_bench)
 
     methods = sub.add_parser("methods", help="list the registered distillers")
     _common(methods, results=False)

@@ -69,14 +69,14 @@ def _atomic_bytes(path: Path, data: bytes) -> None:
 
 def plain(obj: Any) -> Any:
     """A copy in plain Python values (JSON-safe, and loadable from a checkpoint with
-    ``weights_only=True``): NaN/inf -> None, numpy scalars and arrays -> Python numbers and
-    lists, paths -> str."""
+    ``weights_only=True``): NaN/inf -> None, numpy and torch scalars and arrays -> Python
+    numbers and lists, paths -> str."""
     if isinstance(obj, dict):
         return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return plain(obj.tolist())
+    if isinstance(obj, np.ndarray) or (hasattr(obj, "tolist") and hasattr(obj, "dtype")):
+        return plain(obj.tolist())  # numpy arrays, torch tensors (0-dim: a number)
     if isinstance(obj, (np.floating, np.integer, np.bool_)):
         obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):

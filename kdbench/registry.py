@@ -202,14 +202,18 @@ BUILT_IN_KINDS = ("runs", "comparison", "ablation", "teacher", "cross", "cost", 
 
 SWEEP_KEYS = ("title", "mode", "sweep")
 TRACE_KEYS = ("title", "mode", "panels", "ylabel", "label")
+BENCH_KEYS = ("mode", "min_size", "against", "sweep")
 
 
 def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes: list[str],
                    source: Path) -> None:
     """``reports: {ablation: [{label, mode, set}], teacher: {mode},
     sweeps: {NAME: {title, mode, sweep: {key: [values]}}},
-    traces: {NAME: {title, mode, panels: {field: title}, ylabel, label}}}``: the tables and
-    figures a method's runs fill (`kdbench table --kind NAME`, `kdbench plot NAME`)."""
+    traces: {NAME: {title, mode, panels: {field: title}, ylabel, label}},
+    bench: {NAME: {mode, min_size, against: {key: value}, sweep: {key: [values]}}}``: the
+    tables and figures a method's runs fill (`kdbench table --kind NAME`, `kdbench plot
+    NAME`), and the step-time ratios `kdbench bench` reports as NAME (each sweep value's step
+    over the ``against`` setting's, at ``min_size`` px or the preset's size if larger)."""
     def bad(why: str) -> KdbenchError:
         return KdbenchError(f"{source}: method {name!r}: reports: {why}")
 
@@ -225,8 +229,8 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes
         elif kind == "teacher":
             if not isinstance(spec, dict) or spec.get("mode") not in VALID_MODES:
                 raise bad("teacher must be {mode: rgb|both}")
-        elif kind in ("sweeps", "traces"):
-            keys = SWEEP_KEYS if kind == "sweeps" else TRACE_KEYS
+        elif kind in ("sweeps", "traces", "bench"):
+            keys = {"sweeps": SWEEP_KEYS, "traces": TRACE_KEYS, "bench": BENCH_KEYS}[kind]
             if not isinstance(spec, dict):
                 raise bad(f"{kind} must map a name to {{{', '.join(keys)}}}")
             for sname, s in spec.items():
@@ -243,7 +247,12 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes
                 if s.get("mode") not in modes or s.get("mode") == "none":
                     raise bad(f"{where}: mode {s.get('mode')!r} is not a teacher mode of the "
                               f"method ({', '.join(m for m in modes if m != 'none')})")
-                if kind == "sweeps":
+                if kind == "bench" and (not isinstance(s.get("against"), dict) or any(
+                        k not in known for k in s["against"]) or not isinstance(
+                        s.get("min_size", 8), int)):
+                    raise bad(f"{where} needs against: {{hyper-parameter: value}} and an "
+                              "integer min_size")
+                if kind in ("sweeps", "bench"):
                     sweep = s.get("sweep")
                     if not isinstance(sweep, dict) or not sweep or any(
                             k not in known or not isinstance(v, list) or not v
@@ -254,8 +263,8 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes
         else:
             hint = (f" (a sweep is declared as sweeps: {{{kind}: {{title, mode, sweep}}}})"
                     if isinstance(spec, dict) and "sweep" in spec else "")
-            raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps or "
-                      f"traces{hint}")
+            raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps, traces "
+                      f"or bench{hint}")
     both = set(reports.get("sweeps") or {}) & set(reports.get("traces") or {})
     if both:
         raise bad(f"{sorted(both)[0]!r} is both a sweep and a trace; rename one")

@@ -23,6 +23,12 @@ def coerce(value: Any, default: Any, name: str) -> Any:
     equal. A default of None takes any scalar."""
     if default is None:
         return value
+    if default == "auto":  # a switch decided per device unless forced
+        if value == "auto" or isinstance(value, bool):
+            return value
+        if value in (0, 1):
+            return bool(value)
+        raise KdbenchError(f"{name}={value!r} is not a switch; give {name}=auto, true or false")
     if value is None:
         raise KdbenchError(f"{name} needs a value of the type of its default {default!r}, e.g. "
                            f"{name}={default!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdbench.methods.base import full_precision
 from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 
 
@@ -13,6 +14,7 @@ def attention_map(f: Tensor) -> Tensor:
     return F.normalize(f.pow(2).mean(1).flatten(1), dim=1)
 
 
+@full_precision
 def at_loss(fs: list[Tensor], ft: list[Tensor]) -> Tensor:
     """sum over stage pairs of mean((a(f_s) - a(f_t))**2); the larger map is pooled first."""
     total = fs[0].new_zeros(())

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from kdbench.models.outputs import StudentOut, TeacherOut
+from kdbench.models.outputs import StudentOut, TeacherOut, from_batch
 
 MODES = ("none", "rgb", "both")
+
+
+def full_precision(loss: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Decorate a loss function: it runs in fp32 with autocast off, its tensor arguments (and
+    tensors in list arguments) cast to fp32. Under bf16 mixed precision the models run in bf16,
+    but normalisations, Gram matrices and distances in bf16 lose 2-3 digits."""
+
+    def cast(x: Any) -> Any:
+        if isinstance(x, Tensor) and x.is_floating_point():
+            return x.float()
+        if isinstance(x, (list, tuple)):
+            return type(x)(cast(v) for v in x)
+        return x
+
+    @functools.wraps(loss)
+    def wrapper(*args: Any, **kwargs: Any) -> Tensor:
+        device = next((a.device.type for a in args if isinstance(a, Tensor)), "cpu")
+        if not torch.is_autocast_enabled(device):
+            return loss(*args, **kwargs)
+        with torch.autocast(device, enabled=False):
+            return loss(*cast(args), **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 class Distiller(nn.Module):
@@ -26,7 +53,6 @@ class Distiller(nn.Module):
         self.hparams = hparams
         # kept out of the module tree: the teacher is frozen and never saved with the student
         self._teacher = [teacher] if teacher is not None else []
-        self.teacher_cache = None  # set by the trainer (kdbench.train.teacher_cache)
         # per-step records the trainer writes to <run>/<name>.jsonl every epoch
         self.traces: dict[str, list[dict]] = {}
         # facts about the run the method learns while training, kept in metrics.json;
@@ -50,10 +76,11 @@ class Distiller(nn.Module):
         return set()
 
     def teacher_forward(self, batch: dict[str, Tensor]) -> TeacherOut:
-        """The frozen teacher's output for the batch (only the fields this method needs):
-        looked up in the engine's cache when it built one, computed otherwise."""
-        if self.teacher_cache is not None and "key" in batch:
-            return self.teacher_cache.lookup(batch["key"])
+        """The frozen teacher's output for the batch (only the fields this method needs): the
+        engine's cached outputs when the batch carries them, computed otherwise."""
+        cached = from_batch(batch)
+        if cached is not None:
+            return cached
         with torch.no_grad():
             return self.teacher(batch["image"], needs=self.teacher_needs())
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdbench.methods.base import full_precision
 from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 
 HINT_STAGE = 2  # of the four stages: ResNet layer3, Xception blocks 8-11
 
 
+@full_precision
 def fitnet_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error between the regressed student hint and the teacher's."""
     return F.mse_loss(pred, target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdbench.methods.base import full_precision
 from kdbench.methods.feature_kd import FeatureKD, teacher_pooled
 
 
@@ -14,6 +15,7 @@ def _conditional(x: Tensor, eps: float) -> Tensor:
     return sim / sim.sum(dim=1, keepdim=True)
 
 
+@full_precision
 def pkt_loss(fs: Tensor, ft: Tensor, eps: float = 1e-7) -> Tensor:
     """mean(P_t * log((P_t + eps) / (P_s + eps))), P = row-normalised (cos + 1) / 2."""
     ps, pt = _conditional(fs.flatten(1), eps), _conditional(ft.flatten(1), eps)

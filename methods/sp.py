@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdbench.methods.base import full_precision
 from kdbench.methods.feature_kd import FeatureKD, teacher_feats
 
 
@@ -14,6 +15,7 @@ def similarity(f: Tensor) -> Tensor:
     return F.normalize(flat @ flat.T, dim=1)
 
 
+@full_precision
 def sp_loss(fs: Tensor, ft: Tensor) -> Tensor:
     """||G_t - G_s||_F^2 / B^2."""
     b = fs.shape[0]

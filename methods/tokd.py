@@ -5,8 +5,10 @@ rotations R_r, R_f in SO(d) (Eq. 14: m_k = R_k S_B(x)), the projectors G_Sr (2 c
 and G_Sf (3 conv+BN+ReLU) whose outputs are pulled towards the frozen teacher's F_Tr, F_Tf
 (Eq. 6-7). L_S = CE + alpha1 L_KD_RGB + alpha2 L_KD_Fre (Eq. 10) trains the student; the
 rotations are detached there and trained by the gradient-homogenization loss (Eq. 13, 15) from
-the per-sample gradients w.r.t. m_k of the same backward pass, with their own optimizer whose
-learning rate decays faster than the student's (Eq. 16, the Stackelberg condition).
+the per-sample gradients w.r.t. m_k of the same backward pass: plain gradient descent (Eq. 16)
+taken on SO(d) as a Cayley retraction step (Wen & Yin 2013), whose step size decays faster than
+the student's learning rate (the Stackelberg condition). dL/dR has rank <= the batch size, so
+the step costs O(d^2 B) through the Woodbury identity instead of a d x d solve.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
-from kdbench.methods.base import Distiller
+from kdbench.methods.base import Distiller, full_precision
 from kdbench.methods.feature_kd import match_spatial
 from kdbench.models.outputs import StudentOut, TeacherOut
 
@@ -26,6 +28,8 @@ ROTATION_MODES = ("flat", "channel")
 LOGGING_ONLY = {"gradsim_every"}
 BOTH_ONLY = {"use_rgb", "use_fre", "rotation", "d", "rotation_mode", "rot_lr_scale", "rot_decay",
              "alpha2"}
+ORTHO_TOL = 1e-5  # R is re-orthonormalised when its estimated drift max|R^T R - I| exceeds this
+ORTHO_COLUMNS = 4  # columns of R^T R - I that estimate read in full (with the diagonal)
 
 
 # ---------------------------------------------------------------- pure functions
@@ -43,6 +47,7 @@ def cayley(weight: Tensor) -> Tensor:
 KD_REDUCTIONS = ("sum", "mean")
 
 
+@full_precision
 def tokd_kd_loss(fs: Tensor, ft: Tensor, reduction: str = "sum") -> Tensor:
     """Eq. 6-7: squared L2 distance between the per-sample L2-normalised (flattened) student
     and teacher features, averaged over the batch: ``sum`` over a sample's elements (each term
@@ -85,6 +90,90 @@ def rotation_loss(grads: list[Tensor], rotations: list[Tensor], mode: str) -> Te
     return -sum(per_sample_cosine(b, target).sum() for b in back)
 
 
+def _rows(x: Tensor, mode: str) -> Tensor:
+    """The vectors R acts on, one per row: ``flat`` [B, d] as is; ``channel`` [B, d, H, W] as
+    [B*H*W, d] (sample-major, so ``.view(B, -1)`` gives each sample's values, permuted)."""
+    return x if mode == "flat" else x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+
+
+def rotation_loss_factors(grads: list[Tensor], rotations: list[Tensor], mode: str
+                          ) -> tuple[Tensor, list[Tensor], list[tuple[Tensor, Tensor, Tensor]]]:
+    """``rotation_loss`` without a graph through R, and its gradient in factored form.
+
+    With V the rows of grad_k (``_rows``) and u = V R_k (R_k^T grad_k, row by row),
+    dL/dR_k = V^T dL/du = P Q^T with P = V^T, Q = (dL/du)^T (d x k, k = number of rows).
+    Returns the loss (0-dim, detached), u per branch as [B, k/B * d] (each sample's values,
+    permuted alike in every branch, so per-sample cosines hold) and (P, Q, R_k^T P = u^T) per
+    branch. Costs O(k d^2) for the products u, O(k d) for the rest.
+    """
+    b = grads[0].shape[0]
+    vs = [_rows(g.detach().float(), mode) for g in grads]
+    us = [v @ r.detach().float() for v, r in zip(vs, rotations)]
+    with torch.enable_grad():
+        leaves = [u.detach().reshape(b, -1).requires_grad_() for u in us]
+        target = (sum(leaves) / len(leaves)).detach()  # g_n (Eq. 15), held fixed
+        loss = -sum(per_sample_cosine(x, target).sum() for x in leaves)
+        dus = torch.autograd.grad(loss, leaves)
+    factors = [(v.T, du.view_as(v).T, u.T) for v, du, u in zip(vs, dus, us)]
+    return loss.detach(), [x.detach() for x in leaves], factors
+
+
+def cayley_retraction(r: Tensor, g: Tensor, tau: float) -> Tensor:
+    """One gradient-descent step of size tau on SO(d) (Wen & Yin 2013, the reference form):
+    with the skew A = G R^T - R G^T of the Euclidean gradient G = dL/dR,
+    R_new = (I + tau/2 A)^-1 (I - tau/2 A) R, orthogonal for any tau, with the tangent
+    -(G - R G^T R) (the Riemannian gradient) at tau = 0. O(d^3)."""
+    a = g @ r.T - r @ g.T
+    eye = torch.eye(r.shape[0], dtype=r.dtype, device=r.device)
+    half = 0.5 * tau * a
+    return torch.linalg.solve_ex(eye + half, r - half @ r)[0]  # _ex: no host sync
+
+
+def cayley_retraction_lowrank(r: Tensor, p: Tensor, q: Tensor, tau: float,
+                              rtp: Tensor | None = None) -> Tensor:
+    """``cayley_retraction`` for G = P Q^T (P, Q: d x k) in O(d^2 k + k^3).
+
+    A = U V^T with U = [P, RQ], V = [RQ, -P], and by the Woodbury identity
+    R_new = R - tau U (I_2k + tau/2 V^T U)^-1 V^T R, where V^T R = [Q^T; -(R^T P)^T] for an
+    orthogonal R. ``rtp`` is R^T P when the caller has it already.
+    """
+    rq = r @ q
+    rtp = r.T @ p if rtp is None else rtp
+    u = torch.cat([p, rq], 1)
+    v = torch.cat([rq, -p], 1)
+    eye = torch.eye(u.shape[1], dtype=r.dtype, device=r.device)
+    vtr = torch.cat([q.T, -rtp.T], 0)
+    z = torch.linalg.solve_ex(eye + (0.5 * tau) * (v.T @ u), vtr)[0]
+    return torch.addmm(r, u, z, alpha=-tau)
+
+
+def cayley_step(r: Tensor, p: Tensor, q: Tensor, tau: float,
+                rtp: Tensor | None = None) -> Tensor:
+    """The retraction step for G = P Q^T: the Woodbury form while 2k < d, the dense one else."""
+    if 2 * p.shape[1] < r.shape[0]:
+        return cayley_retraction_lowrank(r, p, q, tau, rtp)
+    return cayley_retraction(r, p @ q.T, tau)
+
+
+def orthogonality_drift(r: Tensor, columns: int = ORTHO_COLUMNS) -> Tensor:
+    """An O(d^2 k) estimate of max|R^T R - I|: the whole diagonal (squared column norms minus
+    1, summed in fp64: in fp32 the sum's rounding is as large as the drift) and the k
+    ``columns`` whose diagonal entries drifted most (fp32 rounding drifts all entries alike).
+    0-dim fp64; no host sync."""
+    diag = torch.sum(r * r, 0, dtype=torch.float64) - 1
+    j = diag.abs().topk(min(columns, len(diag))).indices
+    on_diag = torch.arange(len(r), device=r.device)[:, None] == j
+    cols = (r.T @ r[:, j]).masked_fill(on_diag, 0)  # the diagonal is taken above
+    return torch.maximum(diag.abs().max(), cols.abs().max().double())
+
+
+def orthonormalise(r: Tensor) -> Tensor:
+    """The Q of R = QT with T's diagonal made positive: orthogonal, det Q = sign det R (+1 on
+    SO(d)), and as close to R as R is to orthogonal."""
+    q, t = torch.linalg.qr(r)
+    return q * torch.where(torch.diagonal(t) < 0, -1.0, 1.0)
+
+
 # ---------------------------------------------------------------- modules
 
 
@@ -102,18 +191,66 @@ def student_projector(cin: int, dim: int, convs: int) -> nn.Sequential:
 
 
 class Rotation(nn.Module):
-    """R in SO(d) through the Cayley map, starting at the identity, always computed in fp32."""
+    """R in SO(d): an fp32 buffer ``r`` (in the state dict, so a resumed run continues exactly)
+    that starts at the identity and moves by Cayley retraction steps (``step``).
+
+    After every step an O(d^2) estimate of its drift from orthogonality is taken; the next
+    step reads it (a host copy made without blocking, one step old, so the device's queue never
+    drains) and re-orthonormalises R first when it exceeds ``ORTHO_TOL / 2``: the margin covers
+    the one step of drift that the delay allows. A state dict of the earlier Cayley-map
+    parametrisation (``weight``: W, R = cayley(W)) loads as R = cayley(W).
+    """
 
     def __init__(self, d: int) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(d, d))
+        self.register_buffer("r", torch.eye(d))
+        self._drift: tuple[Tensor, Any] | None = None  # (host copy, CUDA event or None)
 
     def matrix(self, d: int | None = None) -> Tensor:
-        """The rotation, or for ``d`` smaller than the module's size the rotation of its
-        leading d x d block (still in SO(d))."""
-        w = self.weight if d is None else self.weight[:d, :d]
-        with torch.autocast(w.device.type, enabled=False):
-            return cayley(w.float())
+        """R (fp32, no gradient), or its leading d x d block: the rotation of the first d
+        coordinates when fewer than the module's size are rotated (the rest of R stays I)."""
+        return self.r if d is None else self.r[:d, :d]
+
+    @torch.no_grad()
+    def step(self, p: Tensor, q: Tensor, tau: float, rtp: Tensor | None = None) -> None:
+        """R <- the Cayley retraction step of size tau along dL/dR = P Q^T (``cayley_step``) on
+        the leading d x d block (d = P's rows); ``rtp`` = R^T P if the caller has it."""
+        d = p.shape[0]
+        block = self.r[:d, :d]
+        with torch.autocast(block.device.type, enabled=False):
+            if self._drift_exceeds(block, ORTHO_TOL / 2):
+                block.copy_(orthonormalise(block))
+                rtp = None
+            block.copy_(cayley_step(block, p.float(), q.float(), tau, rtp))
+            self._drift = self._host_copy(orthogonality_drift(block))
+
+    def _drift_exceeds(self, block: Tensor, tol: float) -> bool:
+        """Whether the last step's drift estimate exceeds tol; with none (a fresh or just
+        loaded R) the estimate of R now, read at once."""
+        if self._drift is None:
+            self._drift = self._host_copy(orthogonality_drift(block))
+        host, event = self._drift
+        if event is not None:
+            event.synchronize()  # recorded a step ago: long done
+        return bool(host > tol)  # a CPU tensor: no device sync
+
+    @staticmethod
+    def _host_copy(x: Tensor) -> tuple[Tensor, Any]:
+        """x copied to the host without blocking, with the event that marks the copy done."""
+        if x.device.type != "cuda":
+            return x.to("cpu"), None
+        host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+        host.copy_(x, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any
+                              ) -> None:
+        if prefix + "weight" in state_dict and prefix + "r" not in state_dict:  # Cayley's W
+            state_dict[prefix + "r"] = cayley(state_dict.pop(prefix + "weight").float())
+        self._drift = None
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class TOKD(Distiller):
@@ -174,8 +311,6 @@ class TOKD(Distiller):
         self.traces: dict[str, list[dict[str, Any]]] = {"gradsim": []} if len(
             self.branches) == 2 else {}
         self.run_info: dict[str, Any] = {}
-        self._rot_opt: torch.optim.Optimizer | None = None
-        self._pending_rot_state: dict[str, Any] | None = None
         self._schedule: dict[str, Any] = {}
         self._step_state: dict[str, Any] = {}
 
@@ -190,24 +325,20 @@ class TOKD(Distiller):
         return {f"{b}_proj" for b in self.branches}
 
     def trainable_modules(self) -> nn.ModuleDict:
-        # the rotations are not here: their own optimizer trains them (after_backward)
+        # the rotations are not here: after_backward moves them by Cayley steps
         return nn.ModuleDict({"student": self.student, "projectors": self.projectors})
 
     def on_fit_start(self, train_cfg: dict[str, Any], steps_per_epoch: int) -> None:
-        """Create the rotation optimizer; its lr follows the student's StepLR times
-        rot_decay**epoch, so rotation lr / student lr -> 0 (the leader moves slower)."""
+        """Set the rotation step size schedule (``rotation_lr``); until then the rotations
+        stay where they are."""
         self._schedule = {"lr": float(train_cfg["lr"]) * self.rot_lr_scale,
                           "step_size": int(train_cfg["step_size"]),
                           "gamma": float(train_cfg["gamma"]),
                           "steps_per_epoch": max(int(steps_per_epoch), 1)}
-        if self.rotate:
-            self._rot_opt = torch.optim.Adam(self.rotations.parameters(),
-                                             lr=self._schedule["lr"])
-            if self._pending_rot_state is not None:
-                self._rot_opt.load_state_dict(self._pending_rot_state)
-                self._pending_rot_state = None
 
     def rotation_lr(self, step: int) -> float:
+        """eta_R of Eq. 16: lr * rot_lr_scale, times the student's StepLR factor, times
+        rot_decay**epoch, so rotation lr / student lr -> 0 (the leader moves slower)."""
         s = self._schedule
         epoch = step / s["steps_per_epoch"]
         return s["lr"] * s["gamma"] ** (int(epoch) // s["step_size"]) * self.rot_decay ** epoch
@@ -241,9 +372,9 @@ class TOKD(Distiller):
         ms, rots = {}, {}
         for b in self.branches:
             if self.rotate:
-                r = self.rotations[b].matrix(d)  # once per step, with its graph for L_R
+                r = self.rotations[b].matrix(d)  # a buffer: no gradient from L_S
                 with torch.autocast(base.device.type, enabled=False):  # fp32 even under AMP
-                    head = rotate(base[:, :d], r.detach(), self.rotation_mode)
+                    head = rotate(base[:, :d], r, self.rotation_mode)
                 m = torch.cat([head, base[:, d:]], dim=1)
                 rots[b] = r
             else:
@@ -253,53 +384,56 @@ class TOKD(Distiller):
             ms[b] = m
         return ms, rots
 
-    def after_backward(self, step: int) -> dict[str, float]:
-        """Rotation step (Eq. 13-16) and, every ``gradsim_every`` steps, a gradsim record."""
+    def after_backward(self, step: int) -> dict[str, Any]:
+        """Rotation step (Eq. 13-16) and, every ``gradsim_every`` steps, a gradsim record.
+        Returns 0-dim tensors (``rot_cos``) and the float ``rot_lr``: nothing here waits for
+        the device."""
         state, self._step_state = self._step_state, {}
         if not state or any(m.grad is None for m in state["m"].values()):
             return {}
         d = self.run_info["d_effective"]
-        grads = {b: m.grad for b, m in state["m"].items()}
-        out: dict[str, float] = {}
-        with torch.no_grad():
-            back = {b: self._back(g, state["R"].get(b), d) for b, g in grads.items()}
-            if self.gradsim_every and step % self.gradsim_every == 0:
-                rec = {"step": step,
-                       "cos_full": float(per_sample_cosine(back["rgb"], back["freq"]).mean()),
-                       "cos_sub": float(per_sample_cosine(back["rgb"][:, :d],
-                                                          back["freq"][:, :d]).mean()),
-                       "rotation": self.rotate, "d": d}
-                self.traces["gradsim"].append(rec)
-        if self.rotate and self._rot_opt is not None:
-            lr = self.rotation_lr(step)
-            for group in self._rot_opt.param_groups:
-                group["lr"] = lr
-            heads = [grads[b][:, :d] for b in self.branches]
-            loss = rotation_loss(heads, [state["R"][b] for b in self.branches],
-                                 self.rotation_mode)
-            self._rot_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self._rot_opt.step()
-            out["rot_cos"] = -float(loss.detach()) / (len(self.branches) * grads["rgb"].shape[0])
-            out["rot_lr"] = lr
+        grads = [state["m"][b].grad for b in self.branches]
+        record = bool(self.gradsim_every) and step % self.gradsim_every == 0
+        out: dict[str, Any] = {}
+        with torch.no_grad(), torch.autocast(grads[0].device.type, enabled=False):
+            backs = None  # R_k^T grad_k on the rotated coordinates (each sample's, permuted)
+            stepping = self.rotate and bool(self._schedule)
+            if stepping:
+                heads = [g[:, :d] for g in grads]
+                loss, backs, factors = rotation_loss_factors(
+                    heads, [state["R"][b] for b in self.branches], self.rotation_mode)
+            if record:
+                if backs is None:  # no rotation step: rotation off, or before on_fit_start
+                    backs = [self._back_rows(g[:, :d], state["R"].get(b))
+                             for g, b in zip(grads, self.branches)]
+                self.traces["gradsim"].append(self._gradsim(step, grads, backs, d))
+            if stepping:
+                lr = self.rotation_lr(step)
+                for b, (p, q, rtp) in zip(self.branches, factors):
+                    self.rotations[b].step(p, q, lr, rtp)
+                out["rot_cos"] = -loss / (len(self.branches) * grads[0].shape[0])
+                out["rot_lr"] = lr
         return out
 
-    def _back(self, g: Tensor, r: Tensor | None, d: int) -> Tensor:
-        """The gradient w.r.t. m expressed w.r.t. S_B(x): R^T on the rotated part."""
-        if r is None:
-            return g
-        return torch.cat([rotate_back(g[:, :d], r.detach(), self.rotation_mode), g[:, d:]], 1)
+    def _back_rows(self, g: Tensor, r: Tensor | None) -> Tensor:
+        """R^T g for the rotated coordinates g of every sample, as [B, values] (permuted in
+        channel mode like ``rotation_loss_factors``' products)."""
+        x = _rows(g.float(), self.rotation_mode)
+        return (x if r is None else x @ r).reshape(len(g), -1)
+
+    def _gradsim(self, step: int, grads: list[Tensor], backs: list[Tensor], d: int
+                 ) -> dict[str, Any]:
+        """The gradsim record: per-sample cosines of the two distillation gradients w.r.t.
+        S_B(x) (``backs`` = R^T grad on the rotated part, the rest as is), batch means as 0-dim
+        tensors. A common permutation of a sample's values leaves its cosines unchanged."""
+        full = [torch.cat([x, g[:, d:].flatten(1).float()], 1) for x, g in zip(backs, grads)]
+        return {"step": step, "cos_full": per_sample_cosine(*full).mean(),
+                "cos_sub": per_sample_cosine(*backs).mean(), "rotation": self.rotate, "d": d}
 
     # -------------------------------------------------------------- checkpointing
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"rot_opt": self._rot_opt.state_dict() if self._rot_opt is not None else None}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        opt_state = (state or {}).get("rot_opt")
-        if opt_state is None:
-            return
-        if self._rot_opt is not None:
-            self._rot_opt.load_state_dict(opt_state)
-        else:
-            self._pending_rot_state = opt_state
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any
+                              ) -> None:
+        # the earlier rotations' Adam state (extra state ``rot_opt``) has no use any more
+        state_dict.pop(prefix + "_extra_state", None)
+        super()._load_from_state_dict(state_dict, prefix, *args)

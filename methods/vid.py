@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdbench.methods.base import full_precision
 from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
 
 
+@full_precision
 def vid_loss(mean: Tensor, var: Tensor, target: Tensor) -> Tensor:
     """mean(0.5 * ((mean - target)**2 / var + log var)); var broadcasts per channel."""
     return torch.mean(0.5 * ((mean - target).pow(2) / var + torch.log(var)))

@@ -50,3 +50,27 @@ def test_frequency_view_removes_the_triangle_of_a_random_image():
     mask = highpass_mask(n, n, 0.25).bool()
     assert coeffs[..., ~mask].abs().max() < 1e-4
     torch.testing.assert_close(coeffs[..., mask], (d @ x @ d.T)[..., mask], atol=1e-4, rtol=1e-4)
+
+
+def test_frequency_view_stays_fp32_under_bf16_autocast():
+    """autocast would run the DCT's matmuls in bf16 (a percent-level error at 299 px)."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 96, 96) * 2 - 1
+    view = FrequencyView(0.33)
+    want = view(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = view(x)
+        naive = dct_matrix(96, torch.float32) @ x  # what an unguarded matmul gives
+    assert got.dtype == torch.float32 and naive.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert torch.get_float32_matmul_precision() == "highest"  # restored, not changed
+
+
+def test_frequency_view_restores_the_matmul_precision():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        FrequencyView(0.33)(torch.rand(1, 3, 16, 16))
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)

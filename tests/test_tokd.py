@@ -13,6 +13,7 @@ from kdbench.methods.tokd import (
     rotate,
     rotate_back,
     rotation_loss,
+    rotation_loss_factors,
     tokd_kd_loss,
 )
 from kdbench.models.outputs import StudentOut, TeacherOut
@@ -75,17 +76,24 @@ def _tokd(mode="both", seed=0, **hp):
     return m
 
 
+def _turn(m, scale=0.5):
+    """Move every rotation of ``m`` away from the identity (a random rotation)."""
+    with torch.no_grad():
+        for rot in m.rotations.values():
+            rot.r.copy_(cayley(torch.randn_like(rot.r) * scale))
+
+
 def test_cayley_stays_in_so_d_after_many_steps():
     torch.manual_seed(0)
-    rot = Rotation(16)
-    opt = torch.optim.Adam(rot.parameters(), lr=0.05)
+    weight = nn.Parameter(torch.zeros(16, 16))
+    opt = torch.optim.Adam([weight], lr=0.05)
     target = torch.randn(16, 16)
     for _ in range(300):
-        loss = (rot.matrix() * target).sum()
+        loss = (cayley(weight) * target).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    r = rot.matrix()
+    r = cayley(weight)
     assert (r - torch.eye(16)).abs().max() > 0.5  # it really moved
     assert torch.allclose(r.T @ r, torch.eye(16), atol=1e-4)
     assert abs(float(torch.linalg.det(r.detach())) - 1.0) < 1e-4
@@ -130,8 +138,9 @@ def test_at_initialisation_the_forward_equals_an_unrotated_one():
     assert set(loss_on) == {"loss_ce", "loss_kd_rgb", "loss_kd_freq"}
     for k in loss_on:
         assert torch.allclose(loss_on[k], loss_off[k], atol=1e-6), k
-    with torch.no_grad():
-        on.rotations["rgb"].weight[0, 1] = 0.5  # a real rotation changes the distillation loss
+    assert torch.equal(on.rotations["rgb"].matrix(), torch.eye(on.d))  # R starts at I
+    with torch.no_grad():  # a real rotation changes the distillation loss
+        on.rotations["rgb"].r.copy_(cayley(torch.eye(on.d).roll(1, 1) * 0.5))
     _, moved = on.forward_train(batch)
     assert not torch.allclose(moved["loss_kd_rgb"], loss_off["loss_kd_rgb"], atol=1e-4)
 
@@ -140,13 +149,11 @@ def test_at_initialisation_the_forward_equals_an_unrotated_one():
 def test_backbone_gradient_is_cls_plus_rotated_back_branch_gradients(mode):
     d = 10 if mode == "flat" else 4
     m = _tokd(d=d, rotation_mode=mode, alpha1=3.0, alpha2=7.0)
-    with torch.no_grad():  # away from the identity
-        for rot in m.rotations.values():
-            rot.weight.normal_(0, 0.5)
+    _turn(m)  # away from the identity
     batch = _batch()
     _, losses = m.forward_train(batch)
     z = m.student.z
-    rs = {b: cayley(m.rotations[b].weight) for b in ("rgb", "freq")}
+    rs = {b: m.rotations[b].matrix() for b in ("rgb", "freq")}
     ms = m._step_state["m"]
     g_cls = torch.autograd.grad(losses["loss_ce"], z, retain_graph=True)[0]
     g = {b: torch.autograd.grad(losses[f"loss_kd_{b}"], ms[b], retain_graph=True)[0]
@@ -158,7 +165,8 @@ def test_backbone_gradient_is_cls_plus_rotated_back_branch_gradients(mode):
     z.grad = None  # torch.autograd.grad fills .grad of tensors that retain it
     sum(losses.values()).backward()
     assert torch.allclose(z.grad.flatten(1), expected.flatten(1), atol=1e-6)
-    assert all(r.weight.grad is None for r in m.rotations.values())  # detached in L_S
+    # R is a buffer: L_S cannot train it
+    assert not any(r.matrix().requires_grad for r in m.rotations.values())
 
 
 def test_rotation_step_raises_the_cosine_of_conflicting_gradients():
@@ -168,36 +176,38 @@ def test_rotation_step_raises_the_cosine_of_conflicting_gradients():
     g_r = shared + 2.0 * torch.randn(b, d)
     g_f = -shared + 2.0 * torch.randn(b, d)  # pulls against g_r
     rots = [Rotation(d), Rotation(d)]
-    opt = torch.optim.Adam([p for r in rots for p in r.parameters()], lr=0.02)
 
     def cos():
-        with torch.no_grad():
-            r1, r2 = (r.matrix() for r in rots)
-            return float(per_sample_cosine(g_r @ r1, g_f @ r2).mean())
+        r1, r2 = (r.matrix() for r in rots)
+        return float(per_sample_cosine(g_r @ r1, g_f @ r2).mean())
 
     before = cos()
-    for _ in range(200):
-        loss = rotation_loss([g_r, g_f], [r.matrix() for r in rots], "flat")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    for _ in range(200):  # Eq. 16 on SO(d): Cayley steps along dL_R/dR = P Q^T
+        _, _, factors = rotation_loss_factors([g_r, g_f], [r.matrix() for r in rots], "flat")
+        for rot, (p, q, rtp) in zip(rots, factors):
+            rot.step(p, q, 0.02, rtp)
     assert before < -0.05
     assert cos() > before + 0.3
 
 
 def test_after_backward_updates_the_rotations_and_logs_the_gradient_cosine():
     m = _tokd(d=8, gradsim_every=2)
-    before = {b: r.weight.detach().clone() for b, r in m.rotations.items()}
+    before = {b: r.matrix().clone() for b, r in m.rotations.items()}
     for step in range(3):
         _, losses = m.forward_train(_batch(seed=step))
         sum(losses.values()).backward()
         out = m.after_backward(step)
-        assert -1.0 <= out["rot_cos"] <= 1.0 and out["rot_lr"] > 0
-    assert all(not torch.equal(before[b], r.weight) for b, r in m.rotations.items())
+        # 0-dim tensors, read by the trainer when it logs: no host sync in the step
+        assert isinstance(out["rot_cos"], torch.Tensor) and out["rot_cos"].dim() == 0
+        assert -1.0 <= float(out["rot_cos"]) <= 1.0 and out["rot_lr"] > 0
+    assert all(not torch.equal(before[b], r.matrix()) for b, r in m.rotations.items())
+    for r in m.rotations.values():
+        assert torch.allclose(r.matrix().T @ r.matrix(), torch.eye(8), atol=1e-5)
     steps = [rec["step"] for rec in m.traces["gradsim"]]
     assert steps == [0, 2]
     rec = m.traces["gradsim"][0]
-    assert -1 <= rec["cos_full"] <= 1 and -1 <= rec["cos_sub"] <= 1 and rec["rotation"]
+    assert -1 <= float(rec["cos_full"]) <= 1 and -1 <= float(rec["cos_sub"]) <= 1
+    assert rec["rotation"]
     assert m.run_info["d_effective"] == 8
 
 
@@ -216,11 +226,11 @@ def test_rotation_lr_decays_faster_than_the_students():
         _tokd(rot_decay=1.0)
 
 
-def test_gradsim_record_is_the_cosine_of_the_two_distillation_gradients():
-    m = _tokd(d=10, gradsim_every=1)
-    with torch.no_grad():
-        for rot in m.rotations.values():
-            rot.weight.normal_(0, 0.5)
+@pytest.mark.parametrize(("mode", "d", "rotation"),
+                         [("flat", 10, True), ("channel", 4, True), ("flat", 10, False)])
+def test_gradsim_record_is_the_cosine_of_the_two_distillation_gradients(mode, d, rotation):
+    m = _tokd(d=d, rotation_mode=mode, rotation=rotation, gradsim_every=1)
+    _turn(m)
     _, losses = m.forward_train(_batch())
     z = m.student.z
     g = [torch.autograd.grad(losses[f"loss_kd_{b}"], z, retain_graph=True)[0].flatten(1)
@@ -231,10 +241,12 @@ def test_gradsim_record_is_the_cosine_of_the_two_distillation_gradients():
     sum(losses.values()).backward()
     m.after_backward(0)
     rec = m.traces["gradsim"][0]
+    sub = [x.view(len(x), C, H * W)[:, :d] if mode == "channel" else x[:, :d] for x in g]
     expected_full = torch.nn.functional.cosine_similarity(g[0], g[1], dim=1).mean()
-    expected_sub = torch.nn.functional.cosine_similarity(g[0][:, :10], g[1][:, :10]).mean()
-    assert rec["cos_full"] == pytest.approx(float(expected_full), abs=1e-5)
-    assert rec["cos_sub"] == pytest.approx(float(expected_sub), abs=1e-5)
+    expected_sub = per_sample_cosine(*sub).mean()
+    assert float(rec["cos_full"]) == pytest.approx(float(expected_full), abs=1e-5)
+    assert float(rec["cos_sub"]) == pytest.approx(float(expected_sub), abs=1e-5)
+    assert rec["rotation"] is rotation and rec["d"] == d
 
 
 def test_rgb_mode_ignores_the_settings_of_the_second_branch():
@@ -263,8 +275,10 @@ def test_ablation_switches():
     full = _tokd()
     assert len(full.projectors["rgb"]) == 6 and len(full.projectors["freq"]) == 9  # 2 / 3 blocks
     assert set(full.rotations) == {"rgb", "freq"}
-    assert not any(p is q for p in full.trainable_modules().parameters()
-                   for q in full.rotations.parameters())
+    # R_r, R_f are buffers moved by after_backward, not parameters of the trainer's optimizer
+    assert list(full.rotations.parameters()) == []
+    assert {k for k in full.state_dict() if k.startswith("rotations.")} == {
+        "rotations.rgb.r", "rotations.freq.r"}
     with pytest.raises(KdbenchError, match="both false"):
         _tokd(use_rgb=False, use_fre=False)
 
@@ -283,13 +297,21 @@ def test_flat_rotation_larger_than_s_b_is_clamped_and_recorded():
     assert m.run_info["d_effective"] == C * H * W
 
 
-def test_rotation_optimizer_state_travels_with_the_state_dict():
-    m = _tokd(d=8)
-    _, losses = m.forward_train(_batch())
+def _train_step(m, step, seed=None):
+    _, losses = m.forward_train(_batch(seed=step if seed is None else seed))
     sum(losses.values()).backward()
-    m.after_backward(0)
-    state = m.state_dict()
-    fresh = _tokd(d=8)
-    fresh.load_state_dict(state)
-    a, b = m._rot_opt.state_dict()["state"], fresh._rot_opt.state_dict()["state"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k]["exp_avg"], b[k]["exp_avg"]) for k in a)
+    return m.after_backward(step)
+
+
+def test_rotations_travel_with_the_state_dict_and_resume_exactly():
+    m = _tokd(d=8)
+    for step in range(2):
+        _train_step(m, step)
+    fresh = _tokd(d=8, seed=1)
+    fresh.load_state_dict(m.state_dict())
+    for b in m.rotations:
+        assert torch.equal(fresh.rotations[b].matrix(), m.rotations[b].matrix())
+    _train_step(m, 2)
+    _train_step(fresh, 2)
+    for b in m.rotations:  # the next step moves both alike: nothing else carries over
+        assert torch.equal(fresh.rotations[b].matrix(), m.rotations[b].matrix())

@@ -22,6 +22,7 @@ REAL_DATASETS = {
 DATASETS = ("synthetic", *REAL_DATASETS)
 INDEX_COLUMNS = ("row", "video", "frame", "label", "split")
 TRAIN_SPLITS = ("train", "val", "test")  # what a run needs
+SYNTHETIC_FRAMES = 8  # frames per video the synthetic set is prepared with (at least)
 
 
 def default_data_root() -> Path:
@@ -167,8 +168,10 @@ def open_dataset(
         from kdbench.data.synthetic.prepare import ensure_synthetic
 
         root = Path(data_root) if data_root else default_data_root() / "synthetic"
-        return load_prepared(ensure_synthetic(root, size, frames, progress), name,
-                             require=require)
+        # prepared with at least SYNTHETIC_FRAMES frames per video, then thinned: presets that
+        # differ only in frames per video share one prepared folder
+        prepared = ensure_synthetic(root, size, max(frames, SYNTHETIC_FRAMES), progress)
+        return load_prepared(prepared, name, frames, require=require)
     return load_prepared(Path(data_root), name, frames, require)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ class FrameSplit(Dataset):
 
     def __init__(self, frames: np.ndarray, rows: pd.DataFrame) -> None:
         idx = rows["row"].to_numpy()
+        self.row_index = idx  # rows of the prepared frames, in split order
         nbytes = idx.size * int(np.prod(frames.shape[1:]))
         self.frames = np.ascontiguousarray(frames[idx]) if nbytes < IN_MEMORY_BYTES else frames
         self.rows = None if nbytes < IN_MEMORY_BYTES else idx
@@ -43,6 +44,22 @@ class FrameSplit(Dataset):
         }
 
 
+class WithLookup(Dataset):
+    """A split whose batches also carry values looked up by their ``key`` (the cached teacher
+    outputs of each (frame, flip)), read in the loader's worker processes."""
+
+    def __init__(self, split: FrameSplit, lookup: Callable[[np.ndarray], dict[str, Tensor]]):
+        self.split, self.lookup = split, lookup
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, batch: tuple[np.ndarray, np.ndarray]) -> dict[str, Tensor]:
+        out = self.split[batch]
+        out.update(self.lookup(out["key"].numpy()))
+        return out
+
+
 def epoch_batches(
     n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, drop_last: bool
 ) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -58,22 +75,39 @@ def epoch_batches(
 
 def iterate(
     split: FrameSplit, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-    workers: int = 0,
+    workers: int = 0, lookup: Callable[[np.ndarray], dict[str, Tensor]] | None = None,
+    pin_memory: bool = False,
 ) -> Iterator[dict[str, Tensor]]:
-    """Iterate batches (training: shuffled + random flips, drop_last; eval: in order)."""
+    """Iterate batches (training: shuffled + random flips, drop_last; eval: in order).
+    ``workers`` > 0 reads them in that many processes, ``prefetch`` batches ahead each, into
+    pinned memory if ``pin_memory``; ``lookup`` adds values by each batch's ``key``."""
     batches = epoch_batches(len(split), batch_size, shuffle, seed, epoch, drop_last=shuffle)
+    data: Dataset = split if lookup is None else WithLookup(split, lookup)
     if workers <= 0:
-        return (split[b] for b in batches)
-    return iter(DataLoader(split, sampler=batches, batch_size=None, num_workers=workers,
-                           pin_memory=torch.cuda.is_available(), persistent_workers=False))
+        return (data[b] for b in batches)
+    return iter(DataLoader(data, sampler=batches, batch_size=None, num_workers=workers,
+                           pin_memory=pin_memory, prefetch_factor=PREFETCH,
+                           persistent_workers=False))
 
 
-def to_model_input(batch: dict[str, Tensor], device: torch.device, size: int) -> dict[str, Tensor]:
-    """uint8 NCHW -> float in [-1, 1] on ``device``, resized to ``size`` if needed."""
+PREFETCH = 4  # batches each loader worker reads ahead
+
+
+def to_model_input(batch: dict[str, Tensor], device: torch.device, size: int,
+                   channels_last: bool = False) -> dict[str, Tensor]:
+    """uint8 NCHW -> float in [-1, 1] on ``device``, resized to ``size`` if needed, in the
+    channels-last memory format if asked; fp16 values (cached teacher outputs) -> fp32."""
     x = batch["image"].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
                           align_corners=False)
-    out = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k != "image"}
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = {k: _to(v, device) for k, v in batch.items() if k != "image"}
     out["image"] = x
     return out
+
+
+def _to(v: Tensor, device: torch.device) -> Tensor:
+    v = v.to(device, non_blocking=True)
+    return v.float() if v.dtype == torch.float16 else v

@@ -36,3 +36,39 @@ class TeacherOut:
     rgb_proj: Tensor | None = None
     freq_proj: Tensor | None = None
     aux_logits: dict[str, Tensor] = field(default_factory=dict)
+
+
+LIST_FIELDS = ("rgb", "freq")
+TENSOR_FIELDS = ("logits", "rgb_pooled", "freq_pooled", "rgb_proj", "freq_proj")
+PREFIX = "teacher."  # batch keys of cached teacher outputs (kdbench.train.teacher_cache)
+
+
+def flatten(out: TeacherOut) -> dict[str, Tensor]:
+    """TeacherOut -> {name: batched tensor} of the fields that are present."""
+    flat = {f: getattr(out, f) for f in TENSOR_FIELDS if getattr(out, f) is not None}
+    for f in LIST_FIELDS:
+        flat.update({f"{f}.{i}": t for i, t in enumerate(getattr(out, f))})
+    flat.update({f"aux_logits.{k}": t for k, t in out.aux_logits.items()})
+    return flat
+
+
+def unflatten(flat: dict[str, Tensor]) -> TeacherOut:
+    """Inverse of :func:`flatten`."""
+    out = TeacherOut(logits=flat["logits"])
+    for name, t in flat.items():
+        field, _, sub = name.partition(".")
+        if field in LIST_FIELDS:
+            getattr(out, field).append((int(sub), t))
+        elif field == "aux_logits":
+            out.aux_logits[sub] = t
+        elif field != "logits":
+            setattr(out, field, t)
+    for f in LIST_FIELDS:
+        setattr(out, f, [t for _, t in sorted(getattr(out, f))])
+    return out
+
+
+def from_batch(batch: dict[str, Tensor]) -> TeacherOut | None:
+    """The cached teacher outputs a batch carries (None if it carries none)."""
+    flat = {k[len(PREFIX):]: v for k, v in batch.items() if k.startswith(PREFIX)}
+    return unflatten(flat) if flat else None

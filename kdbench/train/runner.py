@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from kdbench.config import RunSpec, check_device_name, config_hash
+from kdbench.config import SPEED_SETTINGS, RunSpec, check_device_name, config_hash
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
 from kdbench.errors import KdbenchError
@@ -23,6 +23,7 @@ from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
 from kdbench.registry import MethodEntry
 from kdbench.train.store import run_lock
+from kdbench.train.teacher_cache import cache_key, file_sha256
 from kdbench.train.teacher_task import TeacherTask
 from kdbench.train.trainer import Trainer, load_checkpoint, seed_everything
 
@@ -93,6 +94,7 @@ class Context:
     commit: str | None = field(default_factory=git_commit)  # the code the runs start with
     started: float = 0.0  # when this invocation started, by the store's clock (--restart)
     keep_checkpoints: str = "all"  # all | best (drop last.pt) | none, once a run is finished
+    teacher_sha256: str | None = None  # of the teacher's best.pt, once it is loaded
 
     def __post_init__(self) -> None:
         self.started = store_time(self.results)
@@ -104,10 +106,18 @@ class Context:
                             for s in ("train", "val", "test")}
         return self._splits
 
+    def teacher_cache_dir(self) -> Path | None:
+        """Where the shared cache of the loaded teacher's outputs lives (None before)."""
+        if self.teacher_sha256 is None:
+            return None
+        key = cache_key(self.teacher_sha256, config_hash(self.data.meta, 16),
+                        self.splits["train"], self.config["data"]["size"])
+        return teacher_dir(self) / "cache" / key
+
     def trainer(self, learner, run_dir: Path, seed: int, label: str) -> Trainer:
         return Trainer(learner, self.splits, self.config["train"], self.config["data"]["size"],
                        run_dir, self.device, seed, label, self.config["data"]["workers"],
-                       self.progress)
+                       self.progress, self.teacher_cache_dir())
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -125,12 +135,11 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 
 
 RUN_FILE = "run.json"  # the settings an unfinished run was started with
-NOT_RESULT_SETTINGS = {"workers", "eval_batch_size", "teacher_cache_mb"}
+NOT_RESULT_SETTINGS = SPEED_SETTINGS
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's result (not workers, batch size of evaluation or the
-    cache budget)."""
+    """The settings that decide a run's result (not :data:`kdbench.config.SPEED_SETTINGS`)."""
     return {sec: {k: v for k, v in config[sec].items() if k not in NOT_RESULT_SETTINGS}
             for sec in ("data", "train", "teacher", "student")}
 
@@ -215,7 +224,9 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
     return metrics
 
 
-NOT_TEACHER_SETTINGS = {"teacher_cache_mb"}  # settings that cannot change a trained teacher
+# settings that cannot change a trained teacher (eval_batch_size stays in: kdbench 0.1 and 0.2
+# named teacher folders with it, and renaming them would retrain every stored teacher)
+NOT_TEACHER_SETTINGS = SPEED_SETTINGS - {"eval_batch_size"}
 
 
 def teacher_dir(ctx: Context) -> Path:
@@ -266,6 +277,7 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
     else:
         TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
         console.print(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
+    ctx.teacher_sha256 = file_sha256(run_dir / "best.pt")
     return teacher.to(ctx.device).eval()
 
 
@@ -353,6 +365,7 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         "variant": spec.variant, "mode": spec.mode, "seed": spec.seed, "hparams": spec.hparams,
         "entry": entry.entry, "teacher": str(teacher_dir(ctx)) if teacher is not None else None,
         "teacher_test": _teacher_test(ctx) if teacher is not None else None,
+        "teacher_sha256": ctx.teacher_sha256 if teacher is not None else None,
         "run_info": dict(getattr(distiller, "run_info", {})),
     })
     _summary(name, metrics)

@@ -1,80 +1,221 @@
-"""Teacher outputs computed once per run for every (training frame, flip), then looked up.
+"""The shared on-disk cache of the frozen teacher's outputs (docs/design.md decision 14).
 
-The teacher is frozen and in eval mode, so its output for a frame depends only on the frame and
-its flip. The cache is built at the start of ``fit`` in a fixed order (so an interrupted and
-resumed run sees the same values) and holds only the fields the method asked for
-(``teacher_needs``); above its memory budget the live teacher is used instead.
+The teacher is frozen and in eval mode, so its output for a training frame depends only on the
+frame and its flip. The first run that needs a field (``rgb``, ``freq``, ``rgb_proj``,
+``freq_proj``; ``logits`` always) computes it for every (frame, flip) of the training split
+into fp16 ``.npy`` memory maps under ``<teacher>/cache/<key>/<field>/``; every later run, in
+this process or another, reads them. ``key`` names the teacher's weights (sha256 of its
+``best.pt``), the prepared data, the split and the image size.
+
+A field is built in a ``.building-*`` folder under a lock and renamed into place when complete
+(with its ``done.json``), so a half-built field is never read; a build that was killed leaves a
+folder the next builder removes. Slot ``2 * position + flip`` of a field holds that frame's
+output, the ``key`` of the loader's batches.
 """
 
 from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from kdbench.data.loader import FrameSplit, to_model_input
-from kdbench.models.outputs import TeacherOut
+from kdbench.files import atomic_write_json, read_json
+from kdbench.models.outputs import LIST_FIELDS, PREFIX, flatten, from_batch, unflatten
 
-LIST_FIELDS = ("rgb", "freq")
-TENSOR_FIELDS = ("logits", "rgb_pooled", "freq_pooled", "rgb_proj", "freq_proj")
+__all__ = ["TeacherCache", "ensure", "flatten", "from_batch", "unflatten"]
 
-
-def flatten(out: TeacherOut) -> dict[str, Tensor]:
-    """TeacherOut -> {name: batched tensor} of the fields that are present."""
-    flat = {f: getattr(out, f) for f in TENSOR_FIELDS if getattr(out, f) is not None}
-    for f in LIST_FIELDS:
-        flat.update({f"{f}.{i}": t for i, t in enumerate(getattr(out, f))})
-    flat.update({f"aux_logits.{k}": t for k, t in out.aux_logits.items()})
-    return flat
+FP16_MAX = float(np.finfo(np.float16).max)
 
 
-def unflatten(flat: dict[str, Tensor]) -> TeacherOut:
-    """Inverse of :func:`flatten`."""
-    out = TeacherOut(logits=flat["logits"])
-    for name, t in flat.items():
-        field, _, sub = name.partition(".")
-        if field in LIST_FIELDS:
-            getattr(out, field).append((int(sub), t))
-        elif field == "aux_logits":
-            out.aux_logits[sub] = t
-        elif field != "logits":
-            setattr(out, field, t)
-    for f in LIST_FIELDS:
-        setattr(out, f, [t for _, t in sorted(getattr(out, f))])
-    return out
+def field_of(name: str) -> str:
+    """The teacher field (``teacher_needs`` name) a flat array belongs to."""
+    head, _, sub = name.partition(".")
+    if head in LIST_FIELDS or head in ("rgb_pooled", "freq_pooled"):
+        return head.removesuffix("_pooled")
+    if head == "aux_logits":
+        return f"{sub}_proj"
+    return head  # logits, rgb_proj, freq_proj
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file (the teacher's weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_key(weights_sha256: str, data_id: Any, split: FrameSplit, size: int) -> str:
+    """Folder name of a cache: teacher weights, prepared data, training split and size."""
+    index = np.ascontiguousarray(split.row_index).tobytes()
+    blob = f"{weights_sha256}|{data_id}|{size}|".encode() + index
+    return f"s{size}-" + hashlib.sha256(blob).hexdigest()[:12]
 
 
 class TeacherCache:
-    """Slot ``2 * position + flip`` of the training split holds that frame's teacher output."""
+    """Read access to built fields; picklable (DataLoader workers reopen the memory maps)."""
 
-    def __init__(self, store: dict[str, Tensor]) -> None:
-        self.store = store
+    def __init__(self, folder: Path, fields: list[str]) -> None:
+        self.folder, self.fields = Path(folder), sorted(fields)
+        self.files = {name: self.folder / f / f"{_file_name(name)}.npy" for f in self.fields
+                      for name in read_json(self.folder / f / "done.json")["arrays"]}
+        self._arrays: dict[str, np.ndarray] | None = None
 
-    def lookup(self, keys: Tensor) -> TeacherOut:
-        return unflatten({k: v.index_select(0, keys.to(v.device)) for k, v in self.store.items()})
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None}
 
-    @classmethod
-    def build(
-        cls, teacher: nn.Module, needs: set[str], split: FrameSplit, size: int,
-        device: torch.device, batch_size: int, max_bytes: int,
-    ) -> TeacherCache | None:
-        """Run the teacher over every frame and its mirror; None if it would exceed
-        ``max_bytes``."""
-        n = len(split)
-        store: dict[str, Tensor] = {}
-        with torch.no_grad():
+    def read(self, keys: np.ndarray) -> dict[str, Tensor]:
+        """The cached outputs (fp16) of slots ``keys`` as CPU tensors, batch in ``keys``
+        order."""
+        if self._arrays is None:
+            self._arrays = {n: np.load(p, mmap_mode="r") for n, p in self.files.items()}
+        keys = np.asarray(keys, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        out = {}
+        for name, arr in self._arrays.items():
+            rows = np.empty((len(keys), *arr.shape[1:]), dtype=arr.dtype)
+            rows[order] = arr[keys[order]]  # sorted reads are faster from a memory map
+            out[PREFIX + name] = torch.from_numpy(rows)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.files.values())
+
+
+def _file_name(name: str) -> str:
+    return name.replace(".", "_")
+
+
+@dataclass
+class CacheResult:
+    """What :func:`ensure` did: the cache (None: use the live teacher), the fields it built
+    (empty when it reused them), and why there is no cache."""
+
+    cache: TeacherCache | None
+    built: list[str]
+    build_s: float = 0.0
+    reason: str = ""
+
+
+def built_fields(folder: Path) -> dict[str, int]:
+    """Complete fields in ``folder`` and their size in bytes."""
+    out = {}
+    for done in folder.glob("*/done.json"):
+        out[done.parent.name] = int(read_json(done).get("bytes", 0))
+    return out
+
+
+def ensure(teacher: nn.Module, needs: set[str], split: FrameSplit, size: int,
+           device: torch.device, batch_size: int, folder: Path, budget_bytes: int,
+           channels_last: bool = False, progress: bool = False) -> CacheResult:
+    """The cache of ``needs`` (+ logits) for ``split``: reused where built, built under a lock
+    where missing, or None when the fields would exceed ``budget_bytes`` of disk (or the free
+    disk space, or fp16's range)."""
+    from kdbench.train.store import run_lock
+
+    fields = sorted(set(needs) | {"logits"})
+    folder = Path(folder)
+    have = built_fields(folder) if folder.is_dir() else {}
+    if all(f in have for f in fields):
+        return CacheResult(TeacherCache(folder, fields), [])
+    folder.mkdir(parents=True, exist_ok=True)
+    with run_lock(folder, wait=True):
+        have = built_fields(folder)
+        missing = [f for f in fields if f not in have]
+        if not missing:  # another process built them meanwhile
+            return CacheResult(TeacherCache(folder, fields), [])
+        for stale in folder.glob(".building-*"):  # a build that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        sizes = _field_bytes(teacher, missing, split, size, device, channels_last)
+        need = sum(sizes.values())
+        total = sum(have.values()) + need
+        if total > budget_bytes:
+            return CacheResult(None, [], reason=(
+                f"the cache would hold {total / 2**30:.1f} GB, over train.teacher_cache_gb = "
+                f"{budget_bytes / 2**30:g}"))
+        free = shutil.disk_usage(folder).free
+        if need > free:
+            return CacheResult(None, [], reason=f"{need / 2**30:.1f} GB needed, "
+                                                f"{free / 2**30:.1f} GB free on disk")
+        t0 = time.perf_counter()
+        ok = _build(teacher, missing, split, size, device, batch_size, folder, channels_last,
+                    progress)
+        if not ok:
+            return CacheResult(None, [], reason="a teacher output exceeds the fp16 range")
+        return CacheResult(TeacherCache(folder, fields), missing, time.perf_counter() - t0)
+
+
+def _teacher_outputs(teacher: nn.Module, fields: list[str], images: Tensor,
+                     channels_last: bool) -> dict[str, Tensor]:
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    flat = flatten(teacher(images, needs=set(fields)))
+    return {k: v for k, v in flat.items() if field_of(k) in fields}
+
+
+@torch.no_grad()
+def _field_bytes(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
+                 device: torch.device, channels_last: bool) -> dict[str, int]:
+    """Disk bytes of each field for the whole split (from the teacher's output on one frame)."""
+    batch = to_model_input(split[(np.zeros(1, np.int64), np.zeros(1, bool))], device, size)
+    flat = _teacher_outputs(teacher, fields, batch["image"], channels_last)
+    per_slot = {f: 0 for f in fields}
+    for name, t in flat.items():
+        per_slot[field_of(name)] += t[0].numel() * 2
+    return {f: b * 2 * len(split) for f, b in per_slot.items()}
+
+
+@torch.no_grad()
+def _build(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
+           device: torch.device, batch_size: int, folder: Path, channels_last: bool,
+           progress: bool) -> bool:
+    """Compute ``fields`` for every (frame, flip) into ``.building-*`` folders, then rename
+    each into place; False (nothing published) if a value overflows fp16."""
+    from kdbench.progress import progress_bar
+
+    n = len(split)
+    tmp = {f: folder / f".building-{f}-{time.time_ns()}" for f in fields}
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with progress_bar(progress) as bar:
+            task = bar.add_task("teacher cache", total=2 * n)
             for flip in (False, True):
                 for start in range(0, n, batch_size):
                     pos = np.arange(start, min(start + batch_size, n))
                     batch = to_model_input(split[(pos, np.full(len(pos), flip))], device, size)
-                    flat = flatten(teacher(batch["image"], needs=needs))
-                    if not store:
-                        per_frame = sum(t[0].numel() * t.element_size() for t in flat.values())
-                        if per_frame * 2 * n > max_bytes:
-                            return None
-                        store = {k: torch.empty((2 * n, *t.shape[1:]), dtype=t.dtype,
-                                                device=device) for k, t in flat.items()}
-                    slots = torch.as_tensor(2 * pos + int(flip), device=device)
-                    for k, t in flat.items():
-                        store[k].index_copy_(0, slots, t)
-        return cls(store)
+                    flat = _teacher_outputs(teacher, fields, batch["image"], channels_last)
+                    for name, t in flat.items():
+                        if name not in arrays:
+                            path = tmp[field_of(name)] / f"{_file_name(name)}.npy"
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                            arrays[name] = np.lib.format.open_memmap(
+                                path, mode="w+", dtype=np.float16, shape=(2 * n, *t.shape[1:]))
+                        values = t.float()
+                        if not bool(torch.isfinite(values).all()) or float(
+                                values.abs().max()) > FP16_MAX:
+                            return False
+                        arrays[name][2 * pos + int(flip)] = values.half().cpu().numpy()
+                    bar.update(task, advance=len(pos))
+        for arr in arrays.values():
+            arr.flush()
+        for f in fields:
+            names = [k for k in arrays if field_of(k) == f]
+            nbytes = sum((tmp[f] / f"{_file_name(k)}.npy").stat().st_size for k in names)
+            atomic_write_json(tmp[f] / "done.json", {
+                "field": f, "arrays": names, "slots": 2 * n, "dtype": "float16",
+                "bytes": nbytes})
+            tmp[f].rename(folder / f)
+        return True
+    finally:
+        arrays.clear()
+        for path in tmp.values():
+            shutil.rmtree(path, ignore_errors=True)

@@ -8,6 +8,7 @@ import math
 import pickle
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,12 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kdbench import threads
+from kdbench.config import AUTO_SETTINGS
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
 from kdbench.files import atomic_torch_save, atomic_write_jsonl, plain
 from kdbench.progress import console, progress_bar
+from kdbench.train import teacher_cache
 from kdbench.train.metrics import detection_metrics
-from kdbench.train.teacher_cache import TeacherCache
 
 CHECK_EVERY = 20  # steps between finiteness checks of the loss (each check syncs the device)
 
@@ -32,6 +35,13 @@ class Learner(Protocol):
     def after_backward(self, step: int) -> dict[str, float]: ...
     def trainable_modules(self) -> nn.ModuleDict: ...
     def predict(self, x: Tensor) -> Tensor: ...
+
+
+def on_device(cfg: dict[str, Any], key: str, device: torch.device) -> bool:
+    """Training switch ``key`` of ``cfg``, ``auto`` decided for ``device``
+    (:data:`kdbench.config.AUTO_SETTINGS`)."""
+    value = cfg.get(key, False)
+    return device.type in AUTO_SETTINGS[key] if value == "auto" else bool(value)
 
 
 def seed_everything(seed: int) -> None:
@@ -123,16 +133,29 @@ class Trainer:
         label: str = "train",
         workers: int = 0,
         progress: bool = True,
+        teacher_cache: Path | None = None,
     ) -> None:
         self.learner, self.splits, self.cfg = learner, splits, train_cfg
         self.size, self.run_dir, self.device = size, Path(run_dir), device
         self.seed, self.label, self.workers, self.progress = seed, label, workers, progress
-        self.amp = bool(train_cfg.get("amp")) and device.type == "cuda"
+        self.amp = on_device(train_cfg, "amp", device)
+        self.channels_last = on_device(train_cfg, "channels_last", device)
+        self.teacher_cache_dir = teacher_cache
+        self.lookup: Callable[[np.ndarray], dict[str, Tensor]] | None = None
+        self.teacher_outputs: str | None = None  # "cache" | "live" once fit has started
 
     def _autocast(self):
         if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _batches(self, split: str, batch_size: int, shuffle: bool, epoch: int = 0,
+                 lookup: Callable[[np.ndarray], dict[str, Tensor]] | None = None):
+        """Batches of ``split`` on the device (the model's input format)."""
+        for batch in iterate(self.splits[split], batch_size, shuffle=shuffle, seed=self.seed,
+                             epoch=epoch, workers=self.workers, lookup=lookup,
+                             pin_memory=self.device.type == "cuda"):
+            yield to_model_input(batch, self.device, self.size, self.channels_last)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -140,43 +163,50 @@ class Trainer:
         data = self.splits[split]
         self.learner.eval()
         probs = []
-        for batch in iterate(data, self.cfg["eval_batch_size"], shuffle=False,
-                             workers=self.workers):
-            b = to_model_input(batch, self.device, self.size)
+        for b in self._batches(split, self.cfg["eval_batch_size"], shuffle=False):
             with self._autocast():
                 logits = self.learner.predict(b["image"])
             probs.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
         p = torch.cat(probs).numpy()
         return detection_metrics(p, data.labels.numpy(), data.videos)
 
+    def train_step(self, batch: dict[str, Tensor], opt: torch.optim.Optimizer,
+                   step: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
+        """One optimizer step on a batch already on the device: the learner's loss terms,
+        one backward, its ``after_backward`` (values returned as they are: tensors are not
+        read here, so the step never waits for the device), the optimizer step."""
+        with self._autocast():
+            logits, losses = self.learner.forward_train(batch)
+        total = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        extras = self.learner.after_backward(step)
+        opt.step()
+        return logits, losses, extras
+
     def _train_epoch(self, epoch: int, opt: torch.optim.Optimizer, bar, task) -> dict[str, float]:
         self.learner.train()
         data = self.splits["train"]
         sums: dict[str, Tensor] = {}
-        extras: dict[str, float] = {}
+        extras: dict[str, Any] = {}
         correct, seen, steps = torch.zeros((), device=self.device), 0, 0
-        batches = iterate(data, self.cfg["batch_size"], shuffle=True, seed=self.seed,
-                          epoch=epoch, workers=self.workers)
         t0 = time.perf_counter()
         pending: list[Tensor] = []
         step_base = epoch * (len(data) // self.cfg["batch_size"] or 1)
-        for step, batch in enumerate(batches):
-            b = to_model_input(batch, self.device, self.size)
-            with self._autocast():
-                logits, losses = self.learner.forward_train(b)
-            total = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            for k, v in self.learner.after_backward(step_base + step).items():
-                extras[k] = extras.get(k, 0.0) + float(v)
-            opt.step()
+        losses: dict[str, Tensor] = {}
+        for step, b in enumerate(self._batches("train", self.cfg["batch_size"], shuffle=True,
+                                               epoch=epoch, lookup=self.lookup)):
+            logits, losses, extra = self.train_step(b, opt, step_base + step)
+            for k, v in extra.items():
+                value = v.detach().float() if isinstance(v, Tensor) else float(v)
+                extras[k] = extras[k] + value if k in extras else value
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            pending.append(total.detach())
+                sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
+            pending.append(sum(losses.values()).detach())
             correct += (logits.detach().argmax(1) == b["label"]).sum()
             seen += len(b["label"])
             steps += 1
-            if steps % CHECK_EVERY == 0 or seen == len(data):
+            if steps % CHECK_EVERY == 0 or seen == len(data):  # the only reads of the device
                 self._check_finite(pending, losses, epoch, step)
                 pending.clear()
                 rate = seen / (time.perf_counter() - t0)
@@ -185,7 +215,7 @@ class Trainer:
         self._check_finite(pending, losses, epoch, steps)
         elapsed = time.perf_counter() - t0
         stats = {f"train_{k}": float(v) / max(steps, 1) for k, v in sums.items()}
-        stats.update({k: v / max(steps, 1) for k, v in extras.items()})
+        stats.update({k: float(v) / max(steps, 1) for k, v in extras.items()})
         stats["train_loss"] = sum(float(v) for v in sums.values()) / max(steps, 1)
         stats["train_acc"] = float(correct) / max(seen, 1)
         stats["train_images_per_s"] = seen / elapsed if elapsed > 0 else math.nan
@@ -204,26 +234,59 @@ class Trainer:
             )
 
     def _attach_teacher_cache(self) -> None:
-        """Give a distiller with a teacher the teacher's outputs for every training frame and
-        flip, computed once here (``train.teacher_cache_mb`` bounds the memory)."""
+        """Batches of a distiller with a teacher carry the teacher's outputs from the shared
+        on-disk cache (built here by the first run that needs them; see
+        :mod:`kdbench.train.teacher_cache`), unless ``train.teacher_cache_gb`` is too small."""
         teacher = getattr(self.learner, "teacher", None)
-        budget = int(self.cfg.get("teacher_cache_mb", 0)) << 20
-        if teacher is None or not hasattr(self.learner, "teacher_cache") or budget <= 0:
+        needs = getattr(self.learner, "teacher_needs", None)
+        if teacher is None or needs is None:
             return
-        t0 = time.perf_counter()
-        cache = TeacherCache.build(teacher, self.learner.teacher_needs(), self.splits["train"],
-                                   self.size, self.device, self.cfg["eval_batch_size"], budget)
-        self.learner.teacher_cache = cache
-        state = "over train.teacher_cache_mb, running the teacher live" if cache is None else (
-            f"{sum(t.numel() * t.element_size() for t in cache.store.values()) / 2**20:.0f} MB")
-        console.print(f"{self.label}: teacher cache {state} ({time.perf_counter() - t0:.0f} s)",
-                      highlight=False)
+        self.teacher_outputs = "live"
+        budget = int(float(self.cfg.get("teacher_cache_gb", 0)) * 2**30)
+        if self.teacher_cache_dir is None or budget <= 0:
+            return
+        got = teacher_cache.ensure(
+            teacher, needs(), self.splits["train"], self.size, self.device,
+            self.cfg["eval_batch_size"], self.teacher_cache_dir, budget, self.channels_last,
+            self.progress)
+        fields = ", ".join(sorted(set(needs()) | {"logits"}))
+        if got.cache is None:
+            console.print(f"{self.label}: teacher outputs computed live ({got.reason})",
+                          highlight=False)
+            return
+        if got.built:
+            console.print(f"teacher cache: built {', '.join(got.built)} for "
+                          f"{len(self.splits['train'])} frames x 2 flips, "
+                          f"{got.cache.nbytes() / 2**20:.1f} MB in {got.build_s:.1f} s "
+                          f"({self.teacher_cache_dir})", highlight=False)
+        else:
+            console.print(f"{self.label}: teacher outputs from the cache ({fields})",
+                          highlight=False)
+        self.lookup = got.cache.read
+        self.teacher_outputs = "cache"
+
+    def _prepare_models(self) -> None:
+        """Device, memory format and (``train.compile``) torch.compile of the learner's
+        student and teacher."""
+        if self.device.type == "cuda":  # TF32 matmuls and convolutions
+            torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.allow_tf32 = True
+        fmt = {"memory_format": torch.channels_last} if self.channels_last else {}
+        self.learner.to(self.device, **fmt)
+        teacher = getattr(self.learner, "teacher", None)
+        if isinstance(teacher, nn.Module):  # outside the learner's module tree
+            teacher.to(self.device, **fmt)
+        if self.cfg.get("compile"):
+            for name in ("student", "teacher"):
+                module = getattr(self.learner, name, None)
+                if isinstance(module, nn.Module):
+                    module.compile()
 
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train to the end and return the result (None if stopped early by ``stop_after``)."""
         cfg = self.cfg
         seed_everything(self.seed)
-        self.learner.to(self.device)
+        self._prepare_models()
         params = [p for p in self.learner.trainable_modules().parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
                                weight_decay=cfg["weight_decay"])
@@ -251,6 +314,7 @@ class Trainer:
         n = len(self.splits["train"])
         with progress_bar(self.progress) as bar:
             for epoch in range(start, cfg["epochs"]):
+                threads.rebalance_if_shared()
                 t0 = time.perf_counter()
                 task = bar.add_task(f"{self.label} {epoch + 1}/{cfg['epochs']}", total=n)
                 row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
@@ -284,4 +348,5 @@ class Trainer:
         t0 = time.perf_counter()
         test = self.evaluate("test")
         return {"best_epoch": best["epoch"], "val": best["val"], "test": test,
-                "history": history, "wall_time_s": wall + time.perf_counter() - t0}
+                "history": history, "wall_time_s": wall + time.perf_counter() - t0,
+                "teacher_outputs": self.teacher_outputs}

@@ -1,0 +1,102 @@
+"""Each kdbench process takes its share of the free cores (kdbench.threads)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from kdbench import threads
+from kdbench.threads import CpuShare, busy_elsewhere
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def idle(monkeypatch, tmp_path):
+    """A machine with 4 usable cores and nothing else running."""
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.00 0.00 0.00 1/100 123\n")
+    monkeypatch.setattr(threads, "LOADAVG", loadavg)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 4)
+    return loadavg
+
+
+def _other_worker(folder, n_threads):
+    """A process registered as a kdbench worker with ``n_threads``, until its stdin closes."""
+    script = textwrap.dedent(f"""
+        import sys
+        from kdbench.threads import CpuShare
+        s = CpuShare({n_threads}, {str(folder)!r}).register()
+        s.rebalance()
+        print("ready", flush=True)
+        sys.stdin.read()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_a_fixed_thread_count_is_honoured(restore_threads, tmp_path):
+    with CpuShare(1, tmp_path / "w") as share:
+        assert share.threads == 1 and torch.get_num_threads() == 1
+    with CpuShare(3, tmp_path / "w") as share:
+        assert torch.get_num_threads() == 3
+
+
+def test_workers_divide_the_cores_and_a_dead_worker_is_forgotten(restore_threads, idle,
+                                                                 tmp_path):
+    folder = tmp_path / "w"
+    share = CpuShare(None, folder).register()
+    assert share.rebalance() == 4  # alone on an idle machine: every core
+    assert (folder / str(__import__("os").getpid())).read_text() == "4"
+    other = _other_worker(folder, 1)
+    idle.write_text("0.5 0.2 0.1 2/100 123\n")  # the other worker's thread runs
+    try:
+        assert share.workers() == 2 and share.others() == [1]
+        assert share.rebalance() == 2 and torch.get_num_threads() == 2
+    finally:
+        other.stdin.close()
+        other.wait()
+    idle.write_text("0.5 0.2 0.1 1/100 123\n")
+    assert share.workers() == 1 and len(list(folder.iterdir())) == 1  # its file removed
+    assert share.rebalance() == 4
+    share.release()
+    assert not list(folder.iterdir())
+
+
+def test_cores_another_program_keeps_busy_are_left_to_it(restore_threads, idle, tmp_path):
+    idle.write_text("1.0 1.0 1.0 3/100 123\n")  # this thread + 2 of other programs
+    assert busy_elsewhere(samples=3, interval=0) == 2
+    assert CpuShare(None, tmp_path / "w").share() == 2
+    idle.write_text("1.0 1.0 1.0 9/100 123\n")  # more busy threads than cores
+    assert CpuShare(None, tmp_path / "w").share() == 1
+
+
+def test_the_api_records_the_thread_count_it_ran_with(restore_threads, tmp_path):
+    import kdbench.api as k
+    from kdbench.files import read_json
+    from tests.conftest import write_prepared
+
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    k.run(methods="vanilla", dataset="ff_c40", data_root=data, preset="quick",
+          results=tmp_path / "R", settings={"data.size": 16, "train.epochs": 1},
+          progress=False, threads=1)
+    metrics = read_json(next((tmp_path / "R").rglob("metrics.json")))
+    assert metrics["versions"]["torch_threads"] == 1
+
+
+def test_bad_thread_counts_are_refused_before_work(tmp_path):
+    import kdbench.api as k
+    from kdbench.errors import KdbenchError
+
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(KdbenchError, match="threads"):
+            k.run(methods="vanilla", results=tmp_path / "R", threads=bad)
