@@ -292,6 +292,16 @@ CASES = [
     Case("eval of an unfinished run", ["eval", "{tmp}/R2/" + FINISHED, "--dataset", "ff_c40",
                                        "--data-root", "{data}"], "not a finished run",
          lambda tmp: _unfinished_metrics(tmp / "R2" / FINISHED)),
+    # bench / threads
+    Case("bench of an unknown student", ["bench", "--student", "resnet"],
+         "unknown student 'resnet' (did you mean 'resnet34_thin'?)"),
+    Case("bench with no steps", ["bench", "--steps", "0"], "argument --steps: must be >= 1"),
+    Case("bench of a misspelt method", ["bench", "--methods", "tokdd"],
+         "unknown method 'tokdd' (did you mean 'tokd'?)"),
+    Case("run with no threads", [*VANILLA, "--threads", "0"],
+         "argument --threads: must be >= 1, got 0"),
+    Case("amp that is no switch", [*VANILLA, "--set", "train.amp=fast"],
+         "train.amp='fast' is not a switch; give train.amp=auto, true or false"),
 ]
 
 

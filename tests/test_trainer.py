@@ -14,7 +14,8 @@ TIMING_KEYS = {"train_images_per_s", "train_time_s"}
 
 
 def _trainer(data, run_dir, learner=None, epochs=3):
-    cfg = resolve_config("quick", "synthetic", {"train": {"epochs": epochs, "batch_size": 4}})
+    cfg = resolve_config("quick", "synthetic", {"train": {"epochs": epochs, "batch_size": 4,
+                                                          "select": "acc"}})
     splits = {s: FrameSplit(data.frames, data.split(s)) for s in ("train", "val", "test")}
     seed_everything(0)
     learner = learner or Vanilla(create_student("resnet18_thin"), None, "none")
