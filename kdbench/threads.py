@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,10 +34,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def busy_elsewhere(samples: int = 15, interval: float = 0.01) -> int:
-    """Threads of other processes running on this machine now: the median over ``samples``
-    of ``/proc/loadavg``'s running count less this process's calling thread (0 where there is
-    no /proc)."""
+def busy_elsewhere(samples: int = 10, interval: float = 0.02) -> int:
+    """Threads of other processes that keep running on this machine: the least, over
+    ``samples``, of ``/proc/loadavg``'s running count less this process's calling thread (a
+    program that is busy throughout shows in every sample, a short command in few; 0 where
+    there is no /proc)."""
     counts = []
     for _ in range(samples):
         try:
@@ -47,7 +47,7 @@ def busy_elsewhere(samples: int = 15, interval: float = 0.01) -> int:
             return 0
         counts.append(max(0, running - 1))
         time.sleep(interval)
-    return int(statistics.median(counts))
+    return min(counts)
 
 
 def _workers_dir() -> Path:
