@@ -66,7 +66,8 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
 PRESETS: dict[str, dict[str, Any]] = {
     # smoke size: every method of the registry in minutes on 2 CPU cores, and it learns: the
     # synthetic traces need about three epochs of the cpu preset's frames at 64 px (at 32 or
-    # 48 px, or with fewer frames, vanilla stayed at the majority rate, AUC 0.51-0.65)
+    # 48 px, or with fewer frames, the teacher-free student stayed at the majority rate, AUC
+    # 0.51-0.65)
     "quick": {
         "students": ["resnet18_thin"],
         "data": {"size": 64, "frames": 8},

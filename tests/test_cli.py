@@ -5,6 +5,7 @@ import pytest
 
 from kdbench import __version__
 from kdbench.cli import main
+from kdbench.config import resolve_config
 from kdbench.errors import KdbenchError
 from kdbench.files import read_jsonl
 from tests.conftest import write_prepared
@@ -68,7 +69,8 @@ def test_run_on_a_prepared_folder_writes_the_result_store(capsys, tmp_path):
     for key in ("acc", "auc", "eer", "video_auc"):
         assert 0.0 <= m["test"][key] <= 1.0
     assert m["params"] > 1e6 and m["gflops"] > 0 and m["wall_time_s"] > 0
-    assert (run / "history.jsonl").read_text().count("\n") == 2
+    epochs = resolve_config("quick", "ff_c40", {})["train"]["epochs"]
+    assert (run / "history.jsonl").read_text().count("\n") == epochs
     teachers = list((results / "teachers/ff_c40").glob("*/metrics.json"))
     assert len(teachers) == 1 and json.loads(teachers[0].read_text())["role"] == "teacher"
     # a second run skips finished work without loading the teacher; the table lists the runs
@@ -169,7 +171,8 @@ def test_tokd_run_writes_gradient_traces_and_the_plot(capsys, tmp_path):
           .splitlines()]
     off = [json.loads(x) for x in (root / off_dir / "both/seed0/gradsim.jsonl").read_text()
            .splitlines()]
-    steps = 2 * (6 * 2 // 64 or 1)  # 2 epochs; 12 training frames < one batch of 64
+    epochs = resolve_config("quick", "ff_c40", {})["train"]["epochs"]
+    steps = epochs * (6 * 2 // 64 or 1)  # 12 training frames < one batch of 64
     assert len(on) == len(off) == steps  # one record per step (gradsim_every=1)
     assert all(r["rotation"] for r in on) and not any(r["rotation"] for r in off)
     m = json.loads((root / on_dir / "both/seed0/metrics.json").read_text())
