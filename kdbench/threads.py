@@ -161,11 +161,6 @@ class CpuShare:
 _current = CpuShare()
 
 
-def current() -> CpuShare:
-    """The share of this process (what the trainer rebalances every epoch)."""
-    return _current
-
-
 def rebalance_if_shared() -> None:
     """Re-count the workers and set the threads, if this process took a share (a kdbench
     command did); a library caller's own thread setting is left alone."""
