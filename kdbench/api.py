@@ -238,7 +238,8 @@ def run(
     from kdbench.plan import merge, plan_runs, report_runs
     from kdbench.progress import console
     from kdbench.threads import take_share
-    from kdbench.train.runner import Context, ensure_teacher, is_finished, pick_device, run_one
+    from kdbench.train.runner import (Context, ensure_teacher, is_finished, pick_device,
+                                      run_one, teacher_fields)
 
     with take_share(threads) as share:  # released, threads restored, when done
         torch_device = pick_device(device)
@@ -269,6 +270,8 @@ def run(
         todo = [s for s, _ in specs if s.mode != "none"
                 and (restart or not is_finished(out / s.relpath))]
         teacher = ensure_teacher(ctx) if todo else None
+        if teacher is not None:  # one pass of the teacher caches what every run reads
+            ctx.teacher_fields = teacher_fields([p for p in specs if p[0] in todo], teacher)
         summary = RunSummary(out, runs=[out / s.relpath for s, _ in specs])
         key = {"trained": "trained", "finished": "finished_before",
                "busy": "left_to_another_process"}

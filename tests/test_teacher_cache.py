@@ -210,3 +210,39 @@ def test_a_teacher_output_that_overflows_fp16_is_not_cached(split, teacher, tmp_
     assert got.cache is None and "fp16" in got.reason
     assert not list((tmp_path / "c").glob("*/done.json"))
 
+
+
+def test_also_builds_the_plans_fields_in_the_same_pass(split, teacher, tmp_path, monkeypatch):
+    folder = tmp_path / "c"
+    passes = []
+    real = teacher_cache._build
+    monkeypatch.setattr(teacher_cache, "_build", lambda *a, **k: passes.append(a[1]) or real(
+        *a, **k))
+    first = ensure(teacher, {"rgb"}, split, SIZE, CPU, 8, folder, GB,
+                   also={"rgb", "freq_proj", "rgb_proj"})
+    assert passes == [["freq_proj", "logits", "rgb", "rgb_proj"]]
+    assert first.built == passes[0] and first.cache.fields == ["logits", "rgb"]
+    later = ensure(teacher, {"rgb_proj", "freq_proj"}, split, SIZE, CPU, 8, folder, GB,
+                   also={"rgb", "freq_proj", "rgb_proj"})
+    assert later.built == [] and len(passes) == 1
+    # fields that do not fit the budget together: only what the run reads is built
+    small = ensure(teacher, {"logits"}, split, SIZE, CPU, 8, tmp_path / "d",
+                   first.cache.nbytes() // 3, also={"rgb", "freq_proj", "rgb_proj"})
+    assert small.built == ["logits"] and passes[-1] == ["logits"]
+
+
+def test_a_whole_plan_builds_the_cache_once(capsys, tmp_path):
+    from kdbench.cli import main
+    from tests.conftest import write_prepared
+
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    argv = ["run", "--methods", "at,tokd", "--modes", "rgb,both", "--dataset", "ff_c40",
+            "--data-root", str(data), "--preset", "quick", "--set", "data.size=16", "--set",
+            "train.epochs=1", "--results", str(tmp_path / "R"), "--no-progress"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    built = [line for line in err.splitlines() if line.startswith("teacher cache: built")]
+    assert len(built) == 1, err
+    assert all(f in built[0] for f in ("freq,", "freq_proj", "logits", "rgb,", "rgb_proj"))
+    # at rgb/both, tokd rgb/both and the rotation=false variant its report needs: one builds
+    assert err.count("teacher outputs from the cache") == 4, err

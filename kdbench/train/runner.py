@@ -95,6 +95,7 @@ class Context:
     started: float = 0.0  # when this invocation started, by the store's clock (--restart)
     keep_checkpoints: str = "all"  # all | best (drop last.pt) | none, once a run is finished
     teacher_sha256: str | None = None  # of the teacher's best.pt, once it is loaded
+    teacher_fields: set[str] = field(default_factory=set)  # what the plan's runs read
 
     def __post_init__(self) -> None:
         self.started = store_time(self.results)
@@ -117,7 +118,7 @@ class Context:
     def trainer(self, learner, run_dir: Path, seed: int, label: str) -> Trainer:
         return Trainer(learner, self.splits, self.config["train"], self.config["data"]["size"],
                        run_dir, self.device, seed, label, self.config["data"]["workers"],
-                       self.progress, self.teacher_cache_dir())
+                       self.progress, self.teacher_cache_dir(), self.teacher_fields)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -257,6 +258,20 @@ def ensure_teacher(ctx: Context) -> DualBranchTeacher:
     console.print(f"teacher: another kdbench process is training {run_dir}; waiting for it")
     with run_lock(run_dir, wait=True):
         return _train_or_load_teacher(ctx, run_dir, teacher, seed)
+
+
+def teacher_fields(specs: list[tuple[RunSpec, MethodEntry]],
+                   teacher: DualBranchTeacher) -> set[str]:
+    """The teacher fields the distillation runs of ``specs`` read (their union), so the
+    shared cache computes them in one pass over the frames."""
+    fields: set[str] = set()
+    for spec, entry in specs:
+        if spec.mode == "none":
+            continue
+        student = create_student(spec.student)
+        fields |= set(entry.resolve()(student, teacher, spec.mode, **spec.hparams)
+                      .teacher_needs())
+    return fields
 
 
 def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,

@@ -104,6 +104,7 @@ class CacheResult:
     built: list[str]
     build_s: float = 0.0
     reason: str = ""
+    built_bytes: int = 0
 
 
 def built_fields(folder: Path) -> dict[str, int]:
@@ -116,13 +117,29 @@ def built_fields(folder: Path) -> dict[str, int]:
 
 def ensure(teacher: nn.Module, needs: set[str], split: FrameSplit, size: int,
            device: torch.device, batch_size: int, folder: Path, budget_bytes: int,
-           channels_last: bool = False, progress: bool = False) -> CacheResult:
+           channels_last: bool = False, progress: bool = False,
+           also: set[str] | None = None) -> CacheResult:
     """The cache of ``needs`` (+ logits) for ``split``: reused where built, built under a lock
     where missing, or None when the fields would exceed ``budget_bytes`` of disk (or the free
-    disk space, or fp16's range)."""
+    disk space, or fp16's range). A build also computes the fields in ``also`` (what the
+    other runs of the plan will need) in the same pass over the frames, if they fit."""
+    fields = sorted(set(needs) | {"logits"})
+    wanted = sorted(set(fields) | set(also or ()))
+    if wanted != fields:
+        got = _ensure(teacher, wanted, split, size, device, batch_size, folder, budget_bytes,
+                      channels_last, progress)
+        if got.cache is not None:
+            return CacheResult(TeacherCache(folder, fields), got.built, got.build_s,
+                               built_bytes=got.built_bytes)
+    return _ensure(teacher, fields, split, size, device, batch_size, folder, budget_bytes,
+                   channels_last, progress)
+
+
+def _ensure(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
+            device: torch.device, batch_size: int, folder: Path, budget_bytes: int,
+            channels_last: bool, progress: bool) -> CacheResult:
     from kdbench.train.store import run_lock
 
-    fields = sorted(set(needs) | {"logits"})
     folder = Path(folder)
     have = built_fields(folder) if folder.is_dir() else {}
     if all(f in have for f in fields):
@@ -151,7 +168,9 @@ def ensure(teacher: nn.Module, needs: set[str], split: FrameSplit, size: int,
                     progress)
         if not ok:
             return CacheResult(None, [], reason="a teacher output exceeds the fp16 range")
-        return CacheResult(TeacherCache(folder, fields), missing, time.perf_counter() - t0)
+        have = built_fields(folder)
+        return CacheResult(TeacherCache(folder, fields), missing, time.perf_counter() - t0,
+                           built_bytes=sum(have[f] for f in missing))
 
 
 def _teacher_outputs(teacher: nn.Module, fields: list[str], images: Tensor,

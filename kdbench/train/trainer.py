@@ -134,6 +134,7 @@ class Trainer:
         workers: int = 0,
         progress: bool = True,
         teacher_cache: Path | None = None,
+        teacher_fields: set[str] | None = None,
     ) -> None:
         self.learner, self.splits, self.cfg = learner, splits, train_cfg
         self.size, self.run_dir, self.device = size, Path(run_dir), device
@@ -141,6 +142,7 @@ class Trainer:
         self.amp = on_device(train_cfg, "amp", device)
         self.channels_last = on_device(train_cfg, "channels_last", device)
         self.teacher_cache_dir = teacher_cache
+        self.teacher_fields = set(teacher_fields or ())  # the plan's: built in one pass
         self.lookup: Callable[[np.ndarray], dict[str, Tensor]] | None = None
         self.teacher_outputs: str | None = None  # "cache" | "live" once fit has started
 
@@ -248,7 +250,7 @@ class Trainer:
         got = teacher_cache.ensure(
             teacher, needs(), self.splits["train"], self.size, self.device,
             self.cfg["eval_batch_size"], self.teacher_cache_dir, budget, self.channels_last,
-            self.progress)
+            self.progress, also=self.teacher_fields)
         fields = ", ".join(sorted(set(needs()) | {"logits"}))
         if got.cache is None:
             console.print(f"{self.label}: teacher outputs computed live ({got.reason})",
@@ -257,7 +259,7 @@ class Trainer:
         if got.built:
             console.print(f"teacher cache: built {', '.join(got.built)} for "
                           f"{len(self.splits['train'])} frames x 2 flips, "
-                          f"{got.cache.nbytes() / 2**20:.1f} MB in {got.build_s:.1f} s "
+                          f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s "
                           f"({self.teacher_cache_dir})", highlight=False)
         else:
             console.print(f"{self.label}: teacher outputs from the cache ({fields})",
