@@ -169,6 +169,22 @@ def rebalance_if_shared() -> None:
 
 
 @contextmanager
+def idle() -> Iterator[None]:
+    """While this process waits (for a lock another kdbench process holds), it is no worker:
+    the others take its cores at their next re-count; it takes its share again after."""
+    share = _current
+    if not share.registered:
+        yield
+        return
+    share.release()
+    try:
+        yield
+    finally:
+        share.register()
+        share.rebalance()
+
+
+@contextmanager
 def take_share(threads: int | None) -> Iterator[CpuShare]:
     """Within the block this process is a kdbench worker with ``threads`` (None: its share,
     re-counted every epoch); torch's thread count is restored after it."""

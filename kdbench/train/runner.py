@@ -22,7 +22,7 @@ from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
 from kdbench.registry import MethodEntry
-from kdbench.train.store import run_lock
+from kdbench.train.store import run_lock, wait_for_lock
 from kdbench.train.teacher_cache import cache_key, file_sha256
 from kdbench.train.teacher_task import TeacherTask
 from kdbench.train.trainer import Trainer, load_checkpoint, seed_everything
@@ -256,7 +256,7 @@ def ensure_teacher(ctx: Context) -> DualBranchTeacher:
         if mine:
             return _train_or_load_teacher(ctx, run_dir, teacher, seed)
     console.print(f"teacher: another kdbench process is training {run_dir}; waiting for it")
-    with run_lock(run_dir, wait=True):
+    with wait_for_lock(run_dir):
         return _train_or_load_teacher(ctx, run_dir, teacher, seed)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +88,16 @@ def run_lock(run_dir: Path, wait: bool = False) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def wait_for_lock(run_dir: Path) -> Iterator[None]:
+    """``run_lock(run_dir, wait=True)``; while it waits for another process this process is
+    no CPU worker (:func:`kdbench.threads.idle`), so the holder gets the cores."""
+    from kdbench.threads import idle
+
+    with ExitStack() as stack:
+        if not stack.enter_context(run_lock(run_dir)):
+            with idle():
+                stack.enter_context(run_lock(run_dir, wait=True))
+        yield

@@ -138,14 +138,14 @@ def ensure(teacher: nn.Module, needs: set[str], split: FrameSplit, size: int,
 def _ensure(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
             device: torch.device, batch_size: int, folder: Path, budget_bytes: int,
             channels_last: bool, progress: bool) -> CacheResult:
-    from kdbench.train.store import run_lock
+    from kdbench.train.store import wait_for_lock
 
     folder = Path(folder)
     have = built_fields(folder) if folder.is_dir() else {}
     if all(f in have for f in fields):
         return CacheResult(TeacherCache(folder, fields), [])
     folder.mkdir(parents=True, exist_ok=True)
-    with run_lock(folder, wait=True):
+    with wait_for_lock(folder):
         have = built_fields(folder)
         missing = [f for f in fields if f not in have]
         if not missing:  # another process built them meanwhile
