@@ -33,6 +33,9 @@ KEEP_CHECKPOINTS = ("all", "best", "none")
 PathLike = str | os.PathLike
 RegistryArg = PathLike | Sequence[PathLike] | None  # extra registry files
 if TYPE_CHECKING:
+    from kdbench.config import RunSpec
+    from kdbench.launch.local import LaunchSummary
+    from kdbench.launch.slurm import SlurmOptions
     from kdbench.report.tables import Report as tables_Report
 
 
@@ -197,6 +200,111 @@ def _check_run(methods, dataset, data_root, students, modes, seeds, preset, resu
     return _Plan(entries, pairs, overrides, chosen, sweep_list, seed_list)
 
 
+LAUNCHERS = ("inprocess", "print", "local", "slurm")
+
+
+def run_name(spec: RunSpec) -> str:
+    """A run's name in a plan (``--only``): ``<student>/<label>/<mode>/seed<k>``."""
+    return f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
+
+
+def _plan_specs(plan: _Plan, dataset: str, with_reports: bool) -> list[tuple[RunSpec, Any]]:
+    """Every (run, registry entry) of a checked plan, in the order they run."""
+    from kdbench.config import RunSpec
+    from kdbench.plan import merge, plan_runs, report_runs
+
+    planned = plan_runs(plan.pairs, dataset, plan.overrides, plan.sweeps)
+    if with_reports:
+        planned = merge(planned, report_runs(plan.entries, dataset, plan.overrides))
+    return [(RunSpec(dataset, student, p.entry.name, p.mode, seed, p.hparams, p.variant),
+             p.entry) for seed in plan.seeds for student in plan.students for p in planned]
+
+
+def _only(specs: list[tuple[RunSpec, Any]], only: str) -> list[tuple[RunSpec, Any]]:
+    from kdbench.launch.commands import TEACHER
+
+    if only == TEACHER:
+        return []
+    chosen = [s for s in specs if run_name(s[0]) == only]
+    if not chosen:
+        names = [run_name(s) for s, _ in specs]
+        raise KdbenchError(f"--only {only!r} is not a run of this plan{did_you_mean(only, names)};"
+                           " `--launcher print` lists them")
+    return chosen
+
+
+def _launch(launcher: str, plan: _Plan, args: tuple, rest: tuple, preset: str | None,
+            keep_checkpoints: str, with_reports: bool, workers: int | None,
+            gpus: str | Sequence[int | str] | None,
+            slurm: SlurmOptions | Mapping[str, Any] | None, progress: bool) -> LaunchSummary:
+    """The plan's runs as jobs (:mod:`kdbench.launch`), printed, run here or submitted."""
+    from kdbench.launch.commands import RunArgs, plan_jobs
+    from kdbench.launch.local import LaunchSummary, launch_local, usable_cores
+    from kdbench.launch.slurm import SlurmLauncher, SlurmOptions
+    from kdbench.progress import stdout_console
+
+    methods, dataset, data_root, students, modes, seeds = args
+    results, registry, settings, sweeps, device = rest
+    gpu_list = _names(gpus)
+    if preset is None:  # each job must plan the same runs, wherever it starts
+        cuda = bool(gpu_list) or (device or "").startswith("cuda") or launcher == "slurm"
+        preset = "paper" if cuda else "cpu"
+        plan = _check_run(methods, dataset, data_root, students, modes, seeds, preset, *rest)
+    run_args = RunArgs(
+        methods=_names(methods), dataset=dataset,
+        data_root=None if data_root is None else str(Path(data_root).resolve()),
+        students=plan.students, modes=_names(modes), seeds=plan.seeds, preset=preset,
+        results=str(Path(results).resolve()),
+        registry=[str(Path(r).resolve()) for r in _registry_paths(registry)],
+        settings=_setting_items(settings), sweeps=_sweep_items(sweeps), device=device,
+        keep_checkpoints=keep_checkpoints, with_reports=with_reports)
+    out = Path(run_args.results)
+    jobs = plan_jobs(run_args, [(run_name(s), out / s.relpath, s.mode != "none")
+                                for s, _ in _plan_specs(plan, dataset, with_reports)])
+    if launcher == "print":
+        console = stdout_console()
+        for job in jobs:
+            console.print(job.shell(), highlight=False, soft_wrap=True, markup=False)
+        return LaunchSummary(out)
+    if launcher == "local":
+        if workers is None:
+            workers = len(gpu_list) or min(usable_cores(), 8)
+        return launch_local(jobs, out, workers, gpu_list, progress)
+    options = slurm if isinstance(slurm, SlurmOptions) else SlurmOptions(**dict(slurm or {}))
+    return SlurmLauncher(options, out).launch(jobs)
+
+
+def _registry_paths(registry: RegistryArg) -> list[PathLike]:
+    if registry is None:
+        return []
+    if isinstance(registry, (str, Path)):
+        return [registry]
+    return list(registry)
+
+
+def _setting_items(settings: Mapping[str, Any] | Sequence[str] | None) -> list[str]:
+    """``--set`` items for a job's command line."""
+    if settings is None:
+        return []
+    if isinstance(settings, str):
+        return [settings]
+    if isinstance(settings, Mapping):
+        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in settings.items()]
+    return [str(s) for s in settings]
+
+
+def _sweep_items(sweeps: Mapping[str, Sequence[Any]] | Sequence[str] | None) -> list[str]:
+    """``--sweep`` items for a job's command line."""
+    if sweeps is None:
+        return []
+    if isinstance(sweeps, str):
+        return [sweeps]
+    if isinstance(sweeps, Mapping):
+        return [f"{k}={v if isinstance(v, str) else ','.join(map(str, v))}"
+                for k, v in sweeps.items()]
+    return [str(s) for s in sweeps]
+
+
 def run(
     methods: str | Sequence[str] = "all",
     dataset: str = "synthetic",
@@ -216,7 +324,12 @@ def run(
     progress: bool = True,
     with_reports: bool = False,
     threads: int | None = None,
-) -> RunSummary:
+    only: str | None = None,
+    launcher: str = "inprocess",
+    workers: int | None = None,
+    gpus: str | Sequence[int | str] | None = None,
+    slurm: SlurmOptions | Mapping[str, Any] | None = None,
+) -> RunSummary | LaunchSummary:
     """Train the teacher (once per dataset and teacher config) and every planned student run:
     each method (registry name, or "all") in each of its ``modes``, with its registry variants
     and the ``sweeps`` (``{"<hyper-parameter>": [v1, v2]}``), for each student and seed.
@@ -225,21 +338,48 @@ def run(
     an interrupted one continues; ``restart`` discards both. ``with_reports`` adds the runs the
     registry's report tables need (:func:`reproduce`). ``preset`` defaults to paper on CUDA,
     cpu otherwise. ``threads``: CPU threads of this process (default: the usable cores
-    divided among the kdbench processes working on this machine, re-counted every epoch)."""
+    divided among the kdbench processes working on this machine, re-counted every epoch).
+
+    ``only``: just this run of the plan (its name, ``<student>/<label>/<mode>/seed<k>``, as
+    ``--launcher print`` lists them), or ``"teacher"``. ``launcher``: ``inprocess`` (one
+    after the other, here), ``print`` (one command per run, teacher first; nothing runs),
+    ``local`` (``workers`` processes on this machine, one per GPU of ``gpus`` or a share of
+    the cores each) or ``slurm`` (submitit, ``slurm``: :class:`SlurmOptions` fields); these
+    return a :class:`LaunchSummary`."""
     _check_threads(threads)
+    if launcher not in LAUNCHERS:
+        raise KdbenchError(f"unknown launcher {launcher!r}; use one of " + ", ".join(LAUNCHERS))
+    if launcher != "local" and (workers is not None or _names(gpus)):
+        raise KdbenchError("--workers and --gpus go with --launcher local")
+    if launcher != "slurm" and slurm:
+        raise KdbenchError("--slurm-* options go with --launcher slurm")
+    if workers is not None and workers < 1:
+        raise KdbenchError(f"--workers {workers}: give at least 1")
     if keep_checkpoints not in KEEP_CHECKPOINTS:
         raise KdbenchError(f"keep_checkpoints={keep_checkpoints!r}; use one of "
                            + ", ".join(KEEP_CHECKPOINTS))
     args = (methods, dataset, data_root, students, modes, seeds)
     rest = (results, registry, settings, sweeps, device)
     plan = _check_run(*args, preset or "cpu", *rest)  # bad input answered before torch loads
-    from kdbench.config import RunSpec, for_device, resolve_config
+    if launcher != "inprocess":
+        if only is not None or restart:
+            raise KdbenchError(f"--launcher {launcher} runs every run of the plan, each as it "
+                               f"stands; drop --{'only' if only is not None else 'restart'}")
+        return _launch(launcher, plan, args, rest, preset, keep_checkpoints, with_reports,
+                       workers, gpus, slurm, progress)
+    from kdbench.config import for_device, resolve_config
     from kdbench.data.datasets import open_dataset
-    from kdbench.plan import merge, plan_runs, report_runs
+    from kdbench.launch.commands import TEACHER
     from kdbench.progress import console
     from kdbench.threads import take_share
-    from kdbench.train.runner import (Context, ensure_teacher, is_finished, pick_device,
-                                      run_one, teacher_fields)
+    from kdbench.train.runner import (
+        Context,
+        ensure_teacher,
+        is_finished,
+        pick_device,
+        run_one,
+        teacher_fields,
+    )
 
     with take_share(threads) as share:  # released, threads restored, when done
         torch_device = pick_device(device)
@@ -249,13 +389,13 @@ def run(
         config = for_device(resolve_config(chosen, dataset, plan.overrides), torch_device.type)
         for e, _ in plan.pairs:  # import every entry point before hours of training start
             e.resolve()
-        planned = plan_runs(plan.pairs, dataset, plan.overrides, plan.sweeps)
-        if with_reports:
-            planned = merge(planned, report_runs(plan.entries, dataset, plan.overrides))
+        specs = _plan_specs(plan, dataset, with_reports)
+        if only is not None:
+            specs = _only(specs, only)
         data = open_dataset(dataset, data_root, config["data"]["size"], config["data"]["frames"],
                             progress=progress)
         out = Path(results)
-        n_runs = len(planned) * len(plan.students) * len(plan.seeds)
+        n_runs = len(specs)
         where = (f"device {torch_device}" if torch_device.type == "cuda" else
                  f"device cpu, {share.threads} thread{'s' * (share.threads != 1)}")
         console.print(f"kdbench run: preset [bold]{chosen}[/], dataset [bold]{dataset}[/] "
@@ -264,12 +404,10 @@ def run(
         ctx = Context(data, dataset, config, out, torch_device, restart, progress,
                       keep_checkpoints=keep_checkpoints)
         t0 = time.perf_counter()
-        specs = [(RunSpec(dataset, student, p.entry.name, p.mode, seed, p.hparams, p.variant),
-                  p.entry) for seed in plan.seeds for student in plan.students for p in planned]
         # the teacher is trained (or loaded) only if a distillation run is left to do
         todo = [s for s, _ in specs if s.mode != "none"
                 and (restart or not is_finished(out / s.relpath))]
-        teacher = ensure_teacher(ctx) if todo else None
+        teacher = ensure_teacher(ctx) if todo or only == TEACHER else None
         if teacher is not None:  # one pass of the teacher caches what every run reads
             ctx.teacher_fields = teacher_fields([p for p in specs if p[0] in todo], teacher)
         summary = RunSummary(out, runs=[out / s.relpath for s, _ in specs])
@@ -586,7 +724,11 @@ def reproduce(
     progress: bool = True,
     command: str | None = None,
     threads: int | None = None,
-) -> RunSummary:
+    launcher: str = "inprocess",
+    workers: int | None = None,
+    gpus: str | Sequence[int | str] | None = None,
+    slurm: SlurmOptions | Mapping[str, Any] | None = None,
+) -> RunSummary | LaunchSummary:
     """Every run the tables need (every method in rgb and both, its variants, and the
     ablation and sweep runs its registry ``reports`` declare), then every table as
     ``<results>/tables/<kind>.md`` and every figure as ``<results>/<figure>.png``; appends a
@@ -605,7 +747,20 @@ def reproduce(
     summary = run("all", dataset, data_root=data_root, students=students, seeds=seeds,
                   preset=preset, results=results, registry=registry, settings=settings,
                   device=device, restart=restart, keep_checkpoints=keep_checkpoints,
-                  progress=progress, with_reports=True, threads=threads)
+                  progress=progress, with_reports=True, threads=threads, launcher=launcher,
+                  workers=workers, gpus=gpus, slurm=slurm)
+    if launcher != "inprocess":
+        from kdbench.launch.slurm import SlurmOptions
+
+        waited = launcher == "local" or (launcher == "slurm" and dict(
+            vars(slurm) if isinstance(slurm, SlurmOptions) else slurm or {}).get(
+            "cluster", "slurm") != "slurm")
+        if not waited or not summary.ok:
+            if launcher != "print":
+                console.print("the tables and plots are written once every run has finished: "
+                              "run this command again then (with --launcher inprocess it "
+                              "skips the finished runs)", highlight=False)
+            return summary
     from kdbench.train.runner import versions
 
     out = Path(results)

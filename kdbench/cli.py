@@ -17,12 +17,36 @@ from kdbench.errors import KdbenchError
 def cmd_run(args: argparse.Namespace) -> int:
     from kdbench import api
 
-    api.run(args.methods, args.dataset, data_root=args.data_root, students=args.students,
-            modes=args.modes, seeds=args.seeds, preset=args.preset, results=args.results,
-            registry=args.registry, settings=args.set, sweeps=args.sweep, device=args.device,
-            restart=args.restart, keep_checkpoints=args.keep_checkpoints,
-            progress=not args.no_progress, threads=args.threads)
-    return 0
+    summary = api.run(
+        args.methods, args.dataset, data_root=args.data_root, students=args.students,
+        modes=args.modes, seeds=args.seeds, preset=args.preset, results=args.results,
+        registry=args.registry, settings=args.set, sweeps=args.sweep, device=args.device,
+        restart=args.restart, keep_checkpoints=args.keep_checkpoints,
+        progress=not args.no_progress, threads=args.threads, with_reports=args.with_reports,
+        only=args.only, **_launcher_args(args))
+    return _launch_status(summary)
+
+
+def _launcher_args(args: argparse.Namespace) -> dict:
+    slurm = {"partition": args.slurm_partition, "gpus_per_job": args.slurm_gpus_per_job,
+             "time_min": args.slurm_time, "max_parallel": args.slurm_max_parallel,
+             "folder": args.slurm_folder, "cluster": args.slurm_cluster}
+    given = {k: v for k, v in slurm.items() if v is not None}
+    return {"launcher": args.launcher, "workers": args.workers, "gpus": args.gpus,
+            "slurm": given or None}
+
+
+def _launch_status(summary) -> int:
+    """1 when a launched run failed (each was reported with its log), else 0."""
+    from kdbench.progress import console
+
+    failed = getattr(summary, "failed", [])
+    if hasattr(summary, "job_ids") and summary.wall_s:
+        console.print(f"launcher: trained {summary.trained}, found finished "
+                      f"{summary.finished_before}, failed {len(failed)}"
+                      + (f", not started {len(summary.skipped)}" if summary.skipped else "")
+                      + f" in {summary.wall_s:.0f} s", highlight=False)
+    return 1 if failed or getattr(summary, "skipped", []) else 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -48,7 +72,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   registry=args.registry, settings=args.set, device=args.device,
                   restart=args.restart, keep_checkpoints=args.keep_checkpoints,
                   progress=not args.no_progress, command=api.command_line(args.argv),
-                  threads=args.threads)
+                  threads=args.threads, **_launcher_args(args))
     return 0
 
 
@@ -245,6 +269,32 @@ def _training(parser: argparse.ArgumentParser) -> None:
                         "last.pt), best (best.pt, needed by `kdbench eval`) or none")
 
 
+def _launchers(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("launchers (docs: README, Running at scale)")
+    g.add_argument("--launcher", choices=("inprocess", "print", "local", "slurm"),
+                   default="inprocess", help="inprocess: the runs one after the other here; "
+                   "print: one command per run, teacher first; local: worker processes on this "
+                   "machine; slurm: submitit jobs")
+    g.add_argument("--workers", type=_at_least(1), default=None,
+                   help="local: worker processes (default: one per GPU of --gpus, or the usable "
+                   "cores up to 8, each with its share of the threads)")
+    g.add_argument("--gpus", default=None, help="local: comma list of GPU ids, one worker "
+                   "each in turn (CUDA_VISIBLE_DEVICES)")
+    g.add_argument("--slurm-partition", default=None, help="slurm: the partition")
+    g.add_argument("--slurm-gpus-per-job", type=_at_least(0), default=None,
+                   help="slurm: GPUs per job (1)")
+    g.add_argument("--slurm-time", type=_at_least(1), default=None, metavar="MINUTES",
+                   help="slurm: time limit per job in minutes (1440); a job that reaches it "
+                   "is requeued and continues from its last.pt")
+    g.add_argument("--slurm-max-parallel", type=_at_least(1), default=None,
+                   help="slurm: runs of the job array at once (16)")
+    g.add_argument("--slurm-folder", default=None,
+                   help="slurm: submitit's folder of job scripts and logs (<results>/slurm)")
+    g.add_argument("--slurm-cluster", choices=("slurm", "local", "debug"), default=None,
+                   help="slurm: local or debug runs the same submitit jobs on this machine "
+                   "(default: slurm)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `kdbench` argument parser."""
     p = Parser(prog="kdbench", description="A knowledge-distillation benchmark suite for "
@@ -263,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one run per value of a method hyper-parameter, as <name>=v1,v2 "
                      "(repeatable: all combinations)")
     _training(run)
+    run.add_argument("--with-reports", action="store_true",
+                     help="also the runs the registry's report tables need (as reproduce)")
+    run.add_argument("--only", default=None, metavar="RUN",
+                     help="just this run of the plan (<student>/<label>/<mode>/seed<k>, as "
+                     "--launcher print lists them), or teacher")
+    _launchers(run)
     run.set_defaults(func=cmd_run)
 
     table = sub.add_parser("table", help="the runs of a result store, or a paper table")
@@ -308,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="prepared folder of the cross dataset")
     rep.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     _training(rep)
+    _launchers(rep)
     rep.set_defaults(func=cmd_reproduce)
 
     ev = sub.add_parser("eval", help="test trained students on another dataset (Table 7)")

@@ -100,3 +100,34 @@ def test_bad_thread_counts_are_refused_before_work(tmp_path):
     for bad in (0, -2, 1.5, True):
         with pytest.raises(KdbenchError, match="threads"):
             k.run(methods="vanilla", results=tmp_path / "R", threads=bad)
+
+
+
+def test_a_process_waiting_for_a_lock_leaves_its_share_to_the_holder(restore_threads, idle,
+                                                                     tmp_path, monkeypatch):
+    """While a kdbench process waits for another's lock (store.wait_for_lock) it is no worker
+    (its file is gone, so the holder's re-count gives it the cores); it is one again after."""
+    import os
+    import threading
+    import time
+
+    from kdbench.train.store import run_lock, wait_for_lock
+
+    monkeypatch.setenv("KDBENCH_WORKERS_DIR", str(tmp_path / "w"))
+    mine = tmp_path / "w" / str(os.getpid())
+    seen = {}
+
+    def waiter():
+        with wait_for_lock(tmp_path / "teacher"):
+            seen["after"] = mine.is_file()
+
+    with threads.take_share(None):
+        assert mine.is_file()
+        with run_lock(tmp_path / "teacher") as held:  # another holder (flock: per open file)
+            assert held
+            t = threading.Thread(target=waiter)
+            t.start()
+            time.sleep(0.5)
+            seen["waiting"] = mine.is_file()
+        t.join(timeout=10)
+        assert seen == {"waiting": False, "after": True}

@@ -1,0 +1,2 @@
+"""Launchers: a plan's runs as commands (print), worker processes (local), submitit jobs
+(slurm)."""

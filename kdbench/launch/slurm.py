@@ -1,0 +1,172 @@
+"""`--launcher slurm`: a plan's jobs through submitit (the ``kdbench[slurm]`` extra).
+
+The teacher is one job; the student runs are a job array that starts when the teacher's job
+succeeded (``afterok``) and runs at most ``max_parallel`` at once. A job that is preempted or
+reaches its time limit is requeued by submitit (:class:`RunJob` is checkpointable) and its run
+continues from its ``last.pt``. ``cluster="local"`` (or ``"debug"``) runs the same submitit
+path on this machine, waiting for the teacher's job before it submits the students.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import KdbenchError
+from kdbench.launch.commands import TEACHER, Job
+from kdbench.launch.local import LaunchSummary
+
+CLUSTERS = ("slurm", "local", "debug")
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError as exc:
+        raise KdbenchError("--launcher slurm needs submitit; pip install 'kdbench[slurm]'"
+                           ) from exc
+    return submitit
+
+
+@dataclass
+class SlurmOptions:
+    """``--slurm-*``: partition, GPUs and time per job, array parallelism, log folder, and
+    the submitit cluster (slurm, or local / debug to run the same path on this machine)."""
+
+    partition: str | None = None
+    gpus_per_job: int = 1
+    time_min: int = 24 * 60
+    max_parallel: int = 16
+    folder: str | None = None  # default: <results>/slurm
+    cluster: str = "slurm"
+    cpus_per_job: int | None = None
+
+    def check(self) -> None:
+        if self.cluster not in CLUSTERS:
+            raise KdbenchError(f"--slurm-cluster {self.cluster!r}; use one of "
+                               + ", ".join(CLUSTERS))
+        for name in ("gpus_per_job", "time_min", "max_parallel"):
+            low = 0 if name == "gpus_per_job" else 1
+            if getattr(self, name) < low:
+                raise KdbenchError(f"--slurm-{name.replace('_', '-')} must be at least {low}")
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise KdbenchError("--launcher slurm: no SLURM here (sbatch not found); run on the "
+                               "cluster's login node, or add --slurm-cluster local to run the "
+                               "same jobs on this machine")
+
+
+class RunJob:
+    """One kdbench command as a submitit job: requeued on preemption or timeout (the run
+    continues from its last finished epoch)."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = list(argv)
+
+    def __call__(self) -> str:
+        from kdbench.cli import main
+
+        code = main([*self.argv, "--no-progress"])
+        if code != 0:
+            raise RuntimeError(f"kdbench {' '.join(self.argv)} exited with status {code}")
+        return "ok"
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit calls this on preemption / timeout: requeue the same command."""
+        return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+class SlurmLauncher:
+    """Submits a plan's jobs; :meth:`launch` submits and (local clusters) waits."""
+
+    def __init__(self, options: SlurmOptions, results: Path) -> None:
+        options.check()
+        submitit = _submitit()
+        self.options, self.results = options, Path(results)
+        self.folder = Path(options.folder) if options.folder else self.results / "slurm"
+        cluster = None if options.cluster == "slurm" else options.cluster
+        self.executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
+        params: dict[str, Any] = {"timeout_min": options.time_min, "name": "kdbench"}
+        if options.cluster == "slurm":
+            params.update(gpus_per_node=options.gpus_per_job,
+                          slurm_array_parallelism=options.max_parallel)
+            if options.partition:
+                params["slurm_partition"] = options.partition
+            if options.cpus_per_job:
+                params["cpus_per_task"] = options.cpus_per_job
+        self.executor.update_parameters(**params)
+
+    def submit(self, job: Job, after: Any = None) -> Any:
+        """Submit one job (after the job ``after`` succeeded, on SLURM)."""
+        if after is not None and self.options.cluster == "slurm":
+            self.executor.update_parameters(
+                slurm_additional_parameters={"dependency": f"afterok:{after.job_id}"})
+        return self.executor.submit(RunJob(job.argv))
+
+    def submit_array(self, jobs: list[Job], after: Any = None) -> list[Any]:
+        """The student runs as one job array (after ``after`` succeeded, on SLURM)."""
+        if after is not None:
+            self.executor.update_parameters(
+                slurm_additional_parameters={"dependency": f"afterok:{after.job_id}"})
+        with self.executor.batch():
+            return [self.executor.submit(RunJob(j.argv)) for j in jobs]
+
+    def launch(self, jobs: list[Job]) -> LaunchSummary:
+        """Submit ``jobs``; on a local cluster run them (teacher first, then at most
+        ``max_parallel`` at once) and wait."""
+        from kdbench.progress import console
+        from kdbench.train.runner import is_finished
+
+        t0 = time.perf_counter()
+        summary = LaunchSummary(self.results)
+        todo = []
+        for job in jobs:
+            if job.run_dir is not None and is_finished(job.run_dir):
+                summary.finished_before += 1
+            else:
+                todo.append(job)
+        teacher = [j for j in todo if j.name == TEACHER and any(t.needs_teacher for t in todo)]
+        students = [j for j in todo if j.name != TEACHER]
+        console.print(f"launcher slurm ({self.options.cluster}): {len(students)} run(s) to do, "
+                      f"{summary.finished_before} finished; logs in {self.folder}",
+                      highlight=False)
+        first = self.submit(teacher[0]) if teacher else None
+        if self.options.cluster == "slurm":
+            array = self.submit_array(students, after=first) if students else []
+            summary.job_ids = [j.job_id for j in ([first] if first else []) + array]
+            console.print(f"submitted {len(summary.job_ids)} job(s): "
+                          f"{', '.join(summary.job_ids[:3])}{' ...' * (len(array) > 2)}; "
+                          "`squeue --me` shows them, `kdbench table` lists the finished runs",
+                          highlight=False)
+        else:
+            if first is not None and not self._finished(first, teacher[0], summary):
+                summary.skipped = [j.name for j in students if j.needs_teacher]
+                students = [j for j in students if not j.needs_teacher]
+            pending, running = list(students), []
+            while pending or running:
+                while pending and len(running) < self.options.max_parallel:
+                    job = pending.pop(0)
+                    running.append((self.submit(job), job))
+                for item in [r for r in running if r[0].done()]:
+                    running.remove(item)
+                    summary.trained += self._finished(*item, summary)
+                time.sleep(0.2)
+        summary.wall_s = time.perf_counter() - t0
+        return summary
+
+    @staticmethod
+    def _finished(sub: Any, job: Job, summary: LaunchSummary) -> bool:
+        """Wait for a submitted job; whether it succeeded (a failure is recorded)."""
+        from kdbench.progress import console
+
+        try:
+            sub.result()
+        except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's error
+            summary.failed.append((job.name, Path(sub.paths.stderr)))
+            console.print(f"[red]failed {job.name}: {str(exc).splitlines()[0][:200]}; see "
+                          f"{sub.paths.stderr}[/]", highlight=False)
+            return False
+        console.print(f"done {job.name}", highlight=False)
+        return True
