@@ -375,6 +375,7 @@ def run(
     from kdbench.train.runner import (
         Context,
         ensure_teacher,
+        fill_teacher_cache,
         is_finished,
         pick_device,
         run_one,
@@ -389,7 +390,7 @@ def run(
         config = for_device(resolve_config(chosen, dataset, plan.overrides), torch_device.type)
         for e, _ in plan.pairs:  # import every entry point before hours of training start
             e.resolve()
-        specs = _plan_specs(plan, dataset, with_reports)
+        specs = every = _plan_specs(plan, dataset, with_reports)
         if only is not None:
             specs = _only(specs, only)
         data = open_dataset(dataset, data_root, config["data"]["size"], config["data"]["frames"],
@@ -409,7 +410,11 @@ def run(
                 and (restart or not is_finished(out / s.relpath))]
         teacher = ensure_teacher(ctx) if todo or only == TEACHER else None
         if teacher is not None:  # one pass of the teacher caches what every run reads
-            ctx.teacher_fields = teacher_fields([p for p in specs if p[0] in todo], teacher)
+            readers = todo if only != TEACHER else [  # the teacher's job: the plan's runs
+                s for s, _ in every if s.mode != "none" and not is_finished(out / s.relpath)]
+            ctx.teacher_fields = teacher_fields([p for p in every if p[0] in readers], teacher)
+            if only == TEACHER:
+                fill_teacher_cache(ctx, teacher)
         summary = RunSummary(out, runs=[out / s.relpath for s, _ in specs])
         key = {"trained": "trained", "finished": "finished_before",
                "busy": "left_to_another_process"}

@@ -1,28 +1,29 @@
-"""`--launcher local`: a plan's jobs as worker processes on this machine.
+"""`--launcher local`: a plan's jobs on worker processes of this machine.
 
-The teacher's job runs first on the whole machine (all cores, or the first GPU); then up to
-``workers`` jobs run at once, each a `kdbench run ... --only <run>` process pinned to one GPU
-(``CUDA_VISIBLE_DEVICES``) or, on the CPU, given its share of the cores (``--threads``). Each
-job logs to ``<results>/logs/<run>.log``; a failed job is reported with its log and the others
-go on. A job dies with the launcher (Linux: the parent-death signal), and a re-launch skips
-the runs that finished.
+The teacher's job (the teacher and the shared cache of the fields the plan reads) runs first
+on the whole machine (all cores, or the first GPU); then ``workers`` long-lived worker
+processes (:mod:`kdbench.launch.worker`: Python and torch load once per worker) take the runs,
+longest first, each worker pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or, on the CPU, given
+its share of the cores (``--threads``). Each run logs to ``<results>/logs/<run>.log``; a failed
+run is reported with its log and the others go on (a worker that died is replaced). The
+workers die with the launcher (Linux: the parent-death signal); a re-launch skips the runs that
+finished and continues the others from their ``last.pt``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 from kdbench.launch.commands import TEACHER, Job
-
-POLL_S = 0.2
 
 
 @dataclass
@@ -94,28 +95,40 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         pass
 
 
-def command(job: Job, slot: Slot) -> list[str]:
-    """The job's command line for this slot (the running interpreter's kdbench)."""
-    return [sys.executable, "-m", "kdbench", *job.argv, *slot.argv(), "--no-progress"]
+class Worker:
+    """A worker process (:mod:`kdbench.launch.worker`) on one slot, running one job at a
+    time."""
 
-
-class _Running:
-    def __init__(self, job: Job, slot: Slot, results: Path) -> None:
-        self.job, self.slot, self.log = job, slot, log_path(results, job.name)
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = open(self.log, "a", encoding="utf-8")  # noqa: SIM115
-        self._file.write(f"$ {job.shell()}\n")
-        self._file.flush()
-        self.started = time.perf_counter()
+    def __init__(self, slot: Slot, results: Path) -> None:
+        self.slot, self.results = slot, results
+        self.job: Job | None = None
+        self.log: Path | None = None
+        self.started = 0.0
         self.proc = subprocess.Popen(
-            command(job, slot), stdout=self._file, stderr=subprocess.STDOUT, env=slot.env(),
+            [sys.executable, "-m", "kdbench.launch.worker"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=slot.env(),
             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
-    def poll(self) -> int | None:
-        code = self.proc.poll()
-        if code is not None:
-            self._file.close()
-        return code
+    def start(self, job: Job) -> None:
+        """Hand ``job`` to the worker (its output goes to the run's log)."""
+        self.job, self.log = job, log_path(self.results, job.name)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a", encoding="utf-8") as f:
+            f.write(f"$ {job.shell()} {' '.join(self.slot.argv())}\n")
+        self.started = time.perf_counter()
+        line = json.dumps({"argv": [*job.argv, *self.slot.argv(), "--no-progress"],
+                           "log": str(self.log)})
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{line}\n".encode())
+        self.proc.stdin.flush()
+
+    def result(self) -> int:
+        """The finished job's exit status (the worker's, if it died: it is then replaced)."""
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip():
+            return int(line)
+        return self.proc.wait() or 1
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -125,7 +138,13 @@ class _Running:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._file.close()
+
+
+def order(jobs: list[Job]) -> list[Job]:
+    """Longest first (both branches, then one, then teacher-free), so that the last runs to
+    start are short and the workers finish together."""
+    rank = {"both": 0, "rgb": 1}
+    return sorted(jobs, key=lambda j: rank.get(j.name.split("/")[-2], 2))
 
 
 def launch_local(jobs: list[Job], results: Path, workers: int, gpus: list[str],
@@ -152,57 +171,54 @@ def launch_local(jobs: list[Job], results: Path, workers: int, gpus: list[str],
     console.print(f"launcher local: {len(students)} run(s) to do, {summary.finished_before} "
                   f"finished, {workers} worker(s), {where}; logs in {results / 'logs'}",
                   highlight=False)
-    running: list[_Running] = []
+    workers_: list[Worker] = []
     try:
         with progress_bar(progress) as bar:
             task = bar.add_task("runs", total=len(students) + len(teacher))
             if teacher:  # the whole machine for the teacher
-                whole = Slot(gpu=gpus[0]) if gpus else Slot(threads=usable_cores())
-                running.append(_Running(teacher[0], whole, results))
-                if _wait(running, summary, bar, task, console) and students:
+                whole = Worker(Slot(gpu=gpus[0]) if gpus else Slot(threads=usable_cores()),
+                               results)
+                workers_.append(whole)
+                whole.start(teacher[0])
+                failed = not _finish(whole, summary, bar, task, console)
+                whole.stop()
+                workers_.remove(whole)
+                if failed and students:
                     summary.skipped = [j.name for j in students if j.needs_teacher]
                     console.print(f"[red]the teacher failed: {len(summary.skipped)} "
                                   "distillation run(s) not started[/]", highlight=False)
                     students = [j for j in students if not j.needs_teacher]
-            free = slots(workers, gpus)
-            queue = list(students)
-            while queue or running:
-                while queue and free:
-                    running.append(_Running(queue.pop(0), free.pop(0), results))
-                done = _reap(running, summary, bar, task, console)
-                free += [r.slot for r in done]
-                if not done:
-                    time.sleep(POLL_S)
-    except BaseException:
-        for r in running:
-            r.stop()
-        raise
+            queue = order(students)
+            workers_ += [Worker(slot, results) for slot in slots(min(workers, len(queue)), gpus)]
+            for w in workers_:
+                w.start(queue.pop(0))
+            while any(w.job for w in workers_):
+                busy = {w.proc.stdout: w for w in workers_ if w.job}
+                ready, _, _ = select.select(list(busy), [], [])
+                for pipe in ready:
+                    w = busy[pipe]
+                    if not _finish(w, summary, bar, task, console) and w.proc.poll() is not None:
+                        workers_[workers_.index(w)] = w = Worker(w.slot, results)  # it died
+                    if queue:
+                        w.start(queue.pop(0))
+    finally:
+        for w in workers_:
+            w.stop()
     summary.wall_s = time.perf_counter() - t0
     return summary
 
 
-def _wait(running: list[_Running], summary: LaunchSummary, bar, task, console) -> bool:
-    """Wait for every running job; whether one failed."""
-    failed = len(summary.failed)
-    while running:
-        if not _reap(running, summary, bar, task, console):
-            time.sleep(POLL_S)
-    return len(summary.failed) > failed
-
-
-def _reap(running: list[_Running], summary: LaunchSummary, bar, task, console
-          ) -> list[_Running]:
-    """Remove and report the jobs that ended; returns them."""
-    done = [r for r in running if r.poll() is not None]
-    for r in done:
-        running.remove(r)
-        secs = time.perf_counter() - r.started
-        bar.update(task, advance=1)
-        if r.proc.returncode == 0:
-            summary.trained += r.job.name != TEACHER
-            console.print(f"done {r.job.name} ({secs:.0f} s)", highlight=False)
-        else:
-            summary.failed.append((r.job.name, r.log))
-            console.print(f"[red]failed {r.job.name} (exit {r.proc.returncode}); see {r.log}[/]",
-                          highlight=False)
-    return done
+def _finish(w: Worker, summary: LaunchSummary, bar, task, console) -> bool:
+    """Wait for the worker's job and report it; whether it succeeded."""
+    code = w.result()
+    job, w.job = w.job, None
+    assert job is not None
+    secs = time.perf_counter() - w.started
+    bar.update(task, advance=1)
+    if code == 0:
+        summary.trained += job.name != TEACHER
+        console.print(f"done {job.name} ({secs:.0f} s)", highlight=False)
+        return True
+    summary.failed.append((job.name, w.log))
+    console.print(f"[red]failed {job.name} (exit {code}); see {w.log}[/]", highlight=False)
+    return False

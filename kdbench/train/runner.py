@@ -274,6 +274,35 @@ def teacher_fields(specs: list[tuple[RunSpec, MethodEntry]],
     return fields
 
 
+def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
+    """Build the shared cache of ``ctx.teacher_fields`` now, as the first distillation run
+    would (the teacher's job of a launcher does this on the whole machine)."""
+    from kdbench.train import teacher_cache
+    from kdbench.train.trainer import on_device
+
+    cfg = ctx.config["train"]
+    budget = int(float(cfg.get("teacher_cache_gb", 0)) * 2**30)
+    folder = ctx.teacher_cache_dir()
+    if not ctx.teacher_fields or folder is None or budget <= 0:
+        return
+    channels_last = on_device(cfg, "channels_last", ctx.device)
+    teacher.to(ctx.device, **({"memory_format": torch.channels_last} if channels_last else {}))
+    got = teacher_cache.ensure(teacher, set(ctx.teacher_fields), ctx.splits["train"],
+                               ctx.config["data"]["size"], ctx.device, cfg["eval_batch_size"],
+                               folder, budget, channels_last, ctx.progress)
+    if got.cache is None:
+        console.print(f"teacher cache: not built ({got.reason}); the runs use the live teacher",
+                      highlight=False)
+    elif got.built:
+        console.print(f"teacher cache: built {', '.join(got.built)} for "
+                      f"{len(ctx.splits['train'])} frames x 2 flips, "
+                      f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s ({folder})",
+                      highlight=False)
+    else:
+        console.print(f"teacher cache: {', '.join(got.cache.fields)} already built ({folder})",
+                      highlight=False)
+
+
 def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
                            seed: int) -> DualBranchTeacher:
     done = _finished(run_dir)
