@@ -77,3 +77,14 @@ def plan_jobs(args: RunArgs, runs: list[tuple[str, Path, bool]]) -> list[Job]:
     if any(j.needs_teacher for j in jobs):
         jobs.insert(0, Job(TEACHER, [*base, "--only", TEACHER]))
     return jobs
+
+
+def split_todo(jobs: list[Job]) -> tuple[int, list[Job], list[Job]]:
+    """(finished runs, the teacher's job if an unfinished run distils, the unfinished runs)."""
+    from kdbench.train.runner import is_finished
+
+    finished = [j for j in jobs if j.run_dir is not None and is_finished(j.run_dir)]
+    students = [j for j in jobs if j.name != TEACHER and j not in finished]
+    teacher = [j for j in jobs if j.name == TEACHER] if any(
+        j.needs_teacher for j in students) else []
+    return len(finished), teacher, students

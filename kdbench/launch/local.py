@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdbench.launch.commands import TEACHER, Job
+from kdbench.launch.commands import TEACHER, Job, split_todo
 
 
 @dataclass
@@ -151,21 +151,10 @@ def launch_local(jobs: list[Job], results: Path, workers: int, gpus: list[str],
                  progress: bool = True) -> LaunchSummary:
     """Run ``jobs`` (teacher first) on ``workers`` worker processes; see the module doc."""
     from kdbench.progress import console, progress_bar
-    from kdbench.train.runner import is_finished
 
     t0 = time.perf_counter()
     summary = LaunchSummary(results)
-    todo = []
-    for job in jobs:
-        if job.run_dir is not None and is_finished(job.run_dir):
-            summary.finished_before += 1
-        else:
-            todo.append(job)
-    if any(j.needs_teacher for j in todo):
-        teacher = [j for j in todo if j.name == TEACHER]
-    else:
-        teacher = []
-    students = [j for j in todo if j.name != TEACHER]
+    summary.finished_before, teacher, students = split_todo(jobs)
     where = (f"GPU{'s' * (len(gpus) > 1)} {','.join(gpus)}" if gpus else
              f"{slots(workers, [])[0].threads} thread(s) each")
     console.print(f"launcher local: {len(students)} run(s) to do, {summary.finished_before} "

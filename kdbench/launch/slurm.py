@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
-from kdbench.launch.commands import TEACHER, Job
+from kdbench.launch.commands import Job, split_todo
 from kdbench.launch.local import LaunchSummary
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -117,18 +117,10 @@ class SlurmLauncher:
         """Submit ``jobs``; on a local cluster run them (teacher first, then at most
         ``max_parallel`` at once) and wait."""
         from kdbench.progress import console
-        from kdbench.train.runner import is_finished
 
         t0 = time.perf_counter()
         summary = LaunchSummary(self.results)
-        todo = []
-        for job in jobs:
-            if job.run_dir is not None and is_finished(job.run_dir):
-                summary.finished_before += 1
-            else:
-                todo.append(job)
-        teacher = [j for j in todo if j.name == TEACHER and any(t.needs_teacher for t in todo)]
-        students = [j for j in todo if j.name != TEACHER]
+        summary.finished_before, teacher, students = split_todo(jobs)
         console.print(f"launcher slurm ({self.options.cluster}): {len(students)} run(s) to do, "
                       f"{summary.finished_before} finished; logs in {self.folder}",
                       highlight=False)
