@@ -358,6 +358,11 @@ def run(
     if keep_checkpoints not in KEEP_CHECKPOINTS:
         raise KdbenchError(f"keep_checkpoints={keep_checkpoints!r}; use one of "
                            + ", ".join(KEEP_CHECKPOINTS))
+    from kdbench import distributed
+
+    if distributed.world().size > 1 and launcher != "inprocess":
+        raise KdbenchError(f"under torchrun each run is trained data-parallel by all ranks; "
+                           f"drop --launcher {launcher}")
     args = (methods, dataset, data_root, students, modes, seeds)
     rest = (results, registry, settings, sweeps, device)
     plan = _check_run(*args, preset or "cpu", *rest)  # bad input answered before torch loads
@@ -383,7 +388,7 @@ def run(
     )
 
     with take_share(threads) as share:  # released, threads restored, when done
-        torch_device = pick_device(device)
+        torch_device = distributed.setup(pick_device(device))  # torchrun: this rank's device
         chosen = preset or ("paper" if torch_device.type == "cuda" else "cpu")
         if chosen != (preset or "cpu"):  # the GPU default: check its settings and students
             plan = _check_run(*args, chosen, *rest)
@@ -399,6 +404,9 @@ def run(
         n_runs = len(specs)
         where = (f"device {torch_device}" if torch_device.type == "cuda" else
                  f"device cpu, {share.threads} thread{'s' * (share.threads != 1)}")
+        if distributed.active():
+            where += (f" on each of {distributed.size()} ranks ({distributed.backend()}, "
+                      f"global batch {config['train']['batch_size']})")
         console.print(f"kdbench run: preset [bold]{chosen}[/], dataset [bold]{dataset}[/] "
                       f"({data.root}), {where}, {n_runs} run{'s' * (n_runs != 1)}; "
                       f"results go to {out.resolve()}", highlight=False)
@@ -754,6 +762,10 @@ def reproduce(
                   device=device, restart=restart, keep_checkpoints=keep_checkpoints,
                   progress=progress, with_reports=True, threads=threads, launcher=launcher,
                   workers=workers, gpus=gpus, slurm=slurm)
+    from kdbench import distributed
+
+    if not distributed.is_main():  # torchrun: rank 0 writes the tables and plots
+        return summary
     if launcher != "inprocess":
         from kdbench.launch.slurm import SlurmOptions
 

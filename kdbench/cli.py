@@ -473,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KdbenchError as exc:
-        print(f"kdbench: error: {exc}", file=sys.stderr)
+        if _says_it(exc):
+            print(f"kdbench: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `kdbench table | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -488,6 +489,17 @@ def main(argv: list[str] | None = None) -> int:
         print("kdbench: interrupted; finished epochs are kept - run the same command again to "
               "continue", file=sys.stderr)
         return 130
+    finally:
+        ranks = sys.modules.get("kdbench.distributed")  # loaded (with torch) by a run
+        if ranks is not None:
+            ranks.teardown()
+
+
+def _says_it(exc: KdbenchError) -> bool:
+    """Whether this process reports ``exc``: under torchrun rank 0's errors, which every
+    rank raises, are reported by rank 0 alone."""
+    ranks = sys.modules.get("kdbench.distributed")
+    return ranks is None or not isinstance(exc, ranks.RankZeroError) or ranks.is_main()
 
 
 if __name__ == "__main__":

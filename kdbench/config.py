@@ -37,6 +37,8 @@ _BASE: dict[str, Any] = {
         "eval_batch_size": 256,
         # disk budget of the shared cache of teacher outputs (0 turns it off)
         "teacher_cache_gb": 32.0,
+        # under torchrun: SyncBatchNorm over the global batch (CUDA) instead of per-rank BN
+        "sync_bn": False,
     },
     "teacher": {
         "backbone": "resnet18_thin",
@@ -57,7 +59,8 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
               "step_size": {"min": 1}, "gamma": {"gt": 0}, "weight_decay": {"min": 0},
               "select": {"choices": list(METRIC_NAMES)}, "eval_batch_size": {"min": 1},
               "teacher_cache_gb": {"min": 0}, "amp": {"choices": ["auto", True, False]},
-              "channels_last": {"choices": ["auto", True, False]}},
+              "channels_last": {"choices": ["auto", True, False]},
+              "sync_bn": {"choices": [True, False]}},
     "teacher": {"backbone": {"choices": list(BACKBONES)}, "proj_dim": {"min": 1},
                 "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0}},
     "student": {},
@@ -92,6 +95,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 # nor make a finished run count as different (teacher_cache_mb: kdbench 0.2's cache budget)
 SPEED_SETTINGS = {"workers", "eval_batch_size", "channels_last", "compile", "teacher_cache_gb",
                   "teacher_cache_mb"}
+# settings that only act when a run is data-parallel (torchrun): like the number of ranks,
+# they do not name a run (one run's result is the same up to BatchNorm statistics)
+PARALLEL_SETTINGS = {"sync_bn"}
 # where an "auto" setting is on: bf16 autocast on CUDA only (the CPU keeps fp32 results);
 # channels_last also on the CPU, where oneDNN's NHWC convolutions measured 20-25 % faster
 AUTO_SETTINGS = {"amp": ("cuda",), "channels_last": ("cuda", "cpu")}

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdbench import distributed
 from kdbench.errors import KdbenchError
 from kdbench.methods.base import Distiller, full_precision
 from kdbench.methods.feature_kd import match_spatial
@@ -402,6 +403,10 @@ class TOKD(Distiller):
                 heads = [g[:, :d] for g in grads]
                 loss, backs, factors = rotation_loss_factors(
                     heads, [state["R"][b] for b in self.branches], self.rotation_mode)
+                # data parallel: dL/dR = P Q^T sums over the global batch, so every rank
+                # steps R along the ranks' factors side by side and keeps the same R
+                factors = [tuple(distributed.all_gather_cat(f, 1) for f in fac)
+                           for fac in factors]
             if record:
                 if backs is None:  # no rotation step: rotation off, or before on_fit_start
                     backs = [self._back_rows(g[:, :d], state["R"].get(b))

@@ -6,12 +6,12 @@ import subprocess
 import sys
 import time
 
-from kdbench.train.runner import run_lock
+from kdbench.train.store import run_lock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from kdbench.train.runner import run_lock
+from kdbench.train.store import run_lock
 with run_lock(Path(sys.argv[1])) as mine:
     print("held" if mine else "busy", flush=True)
     time.sleep(60)

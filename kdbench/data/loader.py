@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from kdbench.distributed import shard_batch, shard_range
+
 IN_MEMORY_BYTES = 2 << 30  # splits smaller than this are read into RAM once
 
 
@@ -76,12 +78,21 @@ def epoch_batches(
 def iterate(
     split: FrameSplit, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
     workers: int = 0, lookup: Callable[[np.ndarray], dict[str, Tensor]] | None = None,
-    pin_memory: bool = False,
+    pin_memory: bool = False, shard: tuple[int, int] = (0, 1),
 ) -> Iterator[dict[str, Tensor]]:
     """Iterate batches (training: shuffled + random flips, drop_last; eval: in order).
     ``workers`` > 0 reads them in that many processes, ``prefetch`` batches ahead each, into
-    pinned memory if ``pin_memory``; ``lookup`` adds values by each batch's ``key``."""
+    pinned memory if ``pin_memory``; ``lookup`` adds values by each batch's ``key``.
+    ``shard`` = (rank, ranks) of a data-parallel run: training takes the rank's slice of every
+    global batch, evaluation the rank's contiguous block of the split."""
     batches = epoch_batches(len(split), batch_size, shuffle, seed, epoch, drop_last=shuffle)
+    rank, ranks = shard
+    if ranks > 1 and shuffle:
+        batches = [shard_batch(b, rank, ranks) for b in batches]
+    elif ranks > 1:
+        lo, hi = shard_range(len(split), rank, ranks)
+        batches = [(np.arange(i, min(i + batch_size, hi)), np.zeros(min(batch_size, hi - i), bool))
+                   for i in range(lo, hi, batch_size)]
     data: Dataset = split if lookup is None else WithLookup(split, lookup)
     if workers <= 0:
         return (data[b] for b in batches)

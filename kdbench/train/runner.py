@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-from kdbench.config import SPEED_SETTINGS, RunSpec, check_device_name, config_hash
+from kdbench import distributed
+from kdbench.config import (
+    PARALLEL_SETTINGS,
+    SPEED_SETTINGS,
+    RunSpec,
+    check_device_name,
+    config_hash,
+)
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
 from kdbench.errors import KdbenchError
@@ -22,7 +29,7 @@ from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
 from kdbench.registry import MethodEntry
-from kdbench.train.store import run_lock, wait_for_lock
+from kdbench.train.store import claim, wait_for_lock
 from kdbench.train.teacher_cache import cache_key, file_sha256
 from kdbench.train.teacher_task import TeacherTask
 from kdbench.train.trainer import Trainer, load_checkpoint, seed_everything
@@ -136,11 +143,12 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 
 
 RUN_FILE = "run.json"  # the settings an unfinished run was started with
-NOT_RESULT_SETTINGS = SPEED_SETTINGS
+NOT_RESULT_SETTINGS = SPEED_SETTINGS | PARALLEL_SETTINGS
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The settings that decide a run's result (not :data:`kdbench.config.SPEED_SETTINGS`)."""
+    """The settings that decide a run's result (not :data:`kdbench.config.SPEED_SETTINGS`
+    nor :data:`~kdbench.config.PARALLEL_SETTINGS`)."""
     return {sec: {k: v for k, v in config[sec].items() if k not in NOT_RESULT_SETTINGS}
             for sec in ("data", "train", "teacher", "student")}
 
@@ -221,13 +229,13 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
         "device": str(ctx.device), **result, "params": count_params(model),
         "gflops": gflops(model, ctx.config["data"]["size"]), "finished_at": utc_now(),
     }
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "metrics.json", metrics)  # rank 0's call (distributed.on_main)
     return metrics
 
 
 # settings that cannot change a trained teacher (eval_batch_size stays in: kdbench 0.1 and 0.2
 # named teacher folders with it, and renaming them would retrain every stored teacher)
-NOT_TEACHER_SETTINGS = SPEED_SETTINGS - {"eval_batch_size"}
+NOT_TEACHER_SETTINGS = (SPEED_SETTINGS - {"eval_batch_size"}) | PARALLEL_SETTINGS
 
 
 def teacher_dir(ctx: Context) -> Path:
@@ -252,12 +260,13 @@ def ensure_teacher(ctx: Context) -> DualBranchTeacher:
     seed = ctx.config["teacher"]["seed"]
     seed_everything(seed)
     teacher = build_teacher(ctx.config)
-    with run_lock(run_dir) as mine:
-        if mine:
-            return _train_or_load_teacher(ctx, run_dir, teacher, seed)
-    console.print(f"teacher: another kdbench process is training {run_dir}; waiting for it")
-    with wait_for_lock(run_dir):
-        return _train_or_load_teacher(ctx, run_dir, teacher, seed)
+    while True:
+        with claim(run_dir) as mine:
+            if mine:
+                return _train_or_load_teacher(ctx, run_dir, teacher, seed)
+        console.print(f"teacher: another kdbench process is training {run_dir}; waiting for it")
+        with wait_for_lock(run_dir):  # each rank waits on the lock itself, then claims again
+            pass
 
 
 def teacher_fields(specs: list[tuple[RunSpec, MethodEntry]],
@@ -305,24 +314,31 @@ def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
 
 def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
                            seed: int) -> DualBranchTeacher:
-    done = _finished(run_dir)
-    if done is not None and not (run_dir / "best.pt").is_file():
-        # a committed result store keeps metrics but no checkpoints: retrain (deterministic)
-        console.print(f"teacher: {run_dir} has metrics but no best.pt; training it again")
-        _clear(run_dir)
-        done = None
+    done = distributed.on_main(lambda: _finished_teacher(run_dir))
     if done is None:
         console.print(f"[bold]teacher[/] {run_dir}", highlight=False)
         task = TeacherTask(teacher)
         result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=True)
-        done = _record(ctx, run_dir, result, teacher,
-                       {"role": "teacher", "backbone": teacher.name, "seed": seed})
+        done = distributed.on_main(lambda: _record(
+            ctx, run_dir, result, teacher,
+            {"role": "teacher", "backbone": teacher.name, "seed": seed}))
         _summary("teacher", done)
     else:
         TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
         console.print(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
     ctx.teacher_sha256 = file_sha256(run_dir / "best.pt")
     return teacher.to(ctx.device).eval()
+
+
+def _finished_teacher(run_dir: Path) -> dict[str, Any] | None:
+    """The finished teacher's metrics (None if it is to be trained); a committed result store
+    keeps metrics but no checkpoints: that teacher is trained again (deterministically)."""
+    done = _finished(run_dir)
+    if done is not None and not (run_dir / "best.pt").is_file():
+        console.print(f"teacher: {run_dir} has metrics but no best.pt; training it again")
+        _clear(run_dir)
+        return None
+    return done
 
 
 def _teacher_test(ctx: Context) -> dict[str, Any] | None:
@@ -348,21 +364,24 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     name = f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
     ignored = entry.resolve().ignored_hparams(spec.mode)
     identity = _identity(ctx, spec, ignored)
-    done = None if ctx.restart else _finished_as(ctx, run_dir, spec, entry, ignored, identity)
+    # under torchrun rank 0 decides (files, lock) and every rank follows
+    done = None if ctx.restart else distributed.on_main(
+        lambda: _finished_as(ctx, run_dir, spec, entry, ignored, identity))
     if done is not None:
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
         _prune(ctx, run_dir)
         return "finished", done
-    with run_lock(run_dir) as mine:
+    with claim(run_dir) as mine:
         if not mine:
             console.print(f"skip {name}: another kdbench process is training it")
             return "busy", None
         if ctx.restart:
-            discarded = _discard(run_dir, ctx.started)
+            discarded = distributed.on_main(lambda: _discard(run_dir, ctx.started))
             if discarded:
                 console.print(f"restart {name}: discarded {discarded} in {run_dir}",
                               highlight=False)
-        done = _finished_as(ctx, run_dir, spec, entry, ignored, identity)
+        done = distributed.on_main(
+            lambda: _finished_as(ctx, run_dir, spec, entry, ignored, identity))
         if done is not None:  # finished by another process meanwhile
             console.print(f"skip {name}: finished by another process")
             return "finished", done
@@ -397,21 +416,21 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         _check_same_run(run_dir, read_json(started), identity, "an unfinished run")
         console.print(f"continue {name}: {_progress(run_dir)} (--restart discards it)",
                       highlight=False)
-    else:
+    elif distributed.is_main():
         atomic_write_json(started, identity)
     cls = entry.resolve()
     seed_everything(spec.seed)
     student = create_student(spec.student, ctx.config["student"]["pretrained"])
     distiller = cls(student, teacher if spec.mode != "none" else None, spec.mode, **spec.hparams)
     result = ctx.trainer(distiller, run_dir, spec.seed, name).fit(resume=True)
-    metrics = _record(ctx, run_dir, result, student, {
+    metrics = distributed.on_main(lambda: _record(ctx, run_dir, result, student, {
         "role": "student", "student": spec.student, "method": spec.method,
         "variant": spec.variant, "mode": spec.mode, "seed": spec.seed, "hparams": spec.hparams,
         "entry": entry.entry, "teacher": str(teacher_dir(ctx)) if teacher is not None else None,
         "teacher_test": _teacher_test(ctx) if teacher is not None else None,
         "teacher_sha256": ctx.teacher_sha256 if teacher is not None else None,
         "run_info": dict(getattr(distiller, "run_info", {})),
-    })
+    }))
     _summary(name, metrics)
     _prune(ctx, run_dir)
     return metrics
@@ -420,6 +439,8 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
 def _prune(ctx: Context, run_dir: Path) -> None:
     """``--keep-checkpoints``: drop a finished student run's last.pt (best) or both (none);
     the teacher keeps both (every later distillation run loads it)."""
+    if not distributed.is_main():
+        return
     drop = {"all": (), "best": ("last.pt",), "none": ("last.pt", "best.pt")}
     for ckpt in drop[ctx.keep_checkpoints]:
         (run_dir / ckpt).unlink(missing_ok=True)

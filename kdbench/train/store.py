@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "atomic_write_jsonl",
     "atomic_write_text",
     "check_writable",
+    "claim",
     "file_mode",
     "finished_student_run",
     "plain",
@@ -101,3 +102,13 @@ def wait_for_lock(run_dir: Path) -> Iterator[None]:
             with idle():
                 stack.enter_context(run_lock(run_dir, wait=True))
         yield
+
+
+@contextmanager
+def claim(run_dir: Path) -> Iterator[bool]:
+    """:func:`run_lock` (not waiting) for every rank of a data-parallel job: rank 0 holds the
+    lock and its answer is every rank's (one process: the lock itself)."""
+    from kdbench import distributed
+
+    with run_lock(run_dir) if distributed.is_main() else nullcontext(True) as mine:
+        yield distributed.broadcast_object(mine)

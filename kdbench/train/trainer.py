@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdbench import threads
+from kdbench import distributed, threads
 from kdbench.config import AUTO_SETTINGS
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
@@ -118,7 +118,9 @@ class Trainer:
     """Train ``learner`` on ``splits['train']``, select on ``val``, report ``test``.
 
     ``run_dir`` receives ``last.pt`` (full state, every epoch), ``best.pt`` (learner weights at
-    the best validation epoch) and ``history.jsonl``.
+    the best validation epoch) and ``history.jsonl``. Under torchrun (:mod:`kdbench.distributed`)
+    every rank trains its slice of each global batch through DDP and evaluates its block of a
+    split; rank 0 alone writes.
     """
 
     def __init__(
@@ -145,6 +147,8 @@ class Trainer:
         self.teacher_fields = set(teacher_fields or ())  # the plan's: built in one pass
         self.lookup: Callable[[np.ndarray], dict[str, Tensor]] | None = None
         self.teacher_outputs: str | None = None  # "cache" | "live" once fit has started
+        self.sync_bn = bool(train_cfg.get("sync_bn", False))
+        self._forward: Callable[[dict[str, Tensor]], Any] | None = None  # DDP's, once fitting
 
     def _autocast(self):
         if self.amp:
@@ -156,21 +160,28 @@ class Trainer:
         """Batches of ``split`` on the device (the model's input format)."""
         for batch in iterate(self.splits[split], batch_size, shuffle=shuffle, seed=self.seed,
                              epoch=epoch, workers=self.workers, lookup=lookup,
-                             pin_memory=self.device.type == "cuda"):
+                             pin_memory=self.device.type == "cuda",
+                             shard=(distributed.rank(), distributed.size())):
             yield to_model_input(batch, self.device, self.size, self.channels_last)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, float]:
-        """Metrics of the learner's predictions on one split."""
+        """Metrics of the learner's predictions on one split (each rank predicts its block;
+        the blocks are gathered in order, so every rank computes the same metrics)."""
         data = self.splits[split]
         self.learner.eval()
-        probs = []
+        probs = [torch.zeros(0)]
         for b in self._batches(split, self.cfg["eval_batch_size"], shuffle=False):
             with self._autocast():
                 logits = self.learner.predict(b["image"])
             probs.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
-        p = torch.cat(probs).numpy()
-        return detection_metrics(p, data.labels.numpy(), data.videos)
+        p = distributed.all_gather_cat(torch.cat(probs).to(self._collective_device)).cpu()
+        return detection_metrics(p.numpy(), data.labels.numpy(), data.videos)
+
+    @property
+    def _collective_device(self) -> torch.device:
+        """Where the ranks' collectives take tensors: the GPU for NCCL, the CPU for gloo."""
+        return self.device if self.device.type == "cuda" else torch.device("cpu")
 
     def train_step(self, batch: dict[str, Tensor], opt: torch.optim.Optimizer,
                    step: int) -> tuple[Tensor, dict[str, Tensor], dict[str, Any]]:
@@ -178,7 +189,7 @@ class Trainer:
         one backward, its ``after_backward`` (values returned as they are: tensors are not
         read here, so the step never waits for the device), the optimizer step."""
         with self._autocast():
-            logits, losses = self.learner.forward_train(batch)
+            logits, losses = (self._forward or self.learner.forward_train)(batch)
         total = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -196,6 +207,7 @@ class Trainer:
         pending: list[Tensor] = []
         step_base = epoch * (len(data) // self.cfg["batch_size"] or 1)
         losses: dict[str, Tensor] = {}
+        ranks = distributed.size()
         for step, b in enumerate(self._batches("train", self.cfg["batch_size"], shuffle=True,
                                                epoch=epoch, lookup=self.lookup)):
             logits, losses, extra = self.train_step(b, opt, step_base + step)
@@ -206,7 +218,7 @@ class Trainer:
                 sums[k] = sums[k] + v.detach().float() if k in sums else v.detach().float()
             pending.append(sum(losses.values()).detach())
             correct += (logits.detach().argmax(1) == b["label"]).sum()
-            seen += len(b["label"])
+            seen += len(b["label"]) * ranks  # the global batch: equal slices on every rank
             steps += 1
             if steps % CHECK_EVERY == 0 or seen == len(data):  # the only reads of the device
                 self._check_finite(pending, losses, epoch, step)
@@ -219,15 +231,16 @@ class Trainer:
         stats = {f"train_{k}": float(v) / max(steps, 1) for k, v in sums.items()}
         stats.update({k: float(v) / max(steps, 1) for k, v in extras.items()})
         stats["train_loss"] = sum(float(v) for v in sums.values()) / max(steps, 1)
-        stats["train_acc"] = float(correct) / max(seen, 1)
+        stats["train_acc"] = float(correct) * ranks / max(seen, 1)
         stats["train_images_per_s"] = seen / elapsed if elapsed > 0 else math.nan
         stats["train_time_s"] = elapsed
         bar.update(task, completed=len(data))
-        return stats
+        return distributed.mean_over_ranks(stats)  # equal slices: the global batch's means
 
     def _check_finite(self, pending: list[Tensor], losses: dict[str, Tensor], epoch: int,
                       step: int) -> None:
-        if pending and not bool(torch.isfinite(torch.stack(pending)).all()):
+        bad_here = bool(pending) and not bool(torch.isfinite(torch.stack(pending)).all())
+        if distributed.any_rank(bad_here):  # every rank stops at the same step
             bad = [k for k, v in losses.items() if not bool(torch.isfinite(v))] or ["loss"]
             raise KdbenchError(
                 f"{self.label}: {bad[0]} became NaN/inf at epoch {epoch + 1} step {step + 1}; "
@@ -287,8 +300,10 @@ class Trainer:
     def fit(self, resume: bool = False, stop_after: int | None = None) -> dict[str, Any] | None:
         """Train to the end and return the result (None if stopped early by ``stop_after``)."""
         cfg = self.cfg
+        distributed.check_batch_size(cfg["batch_size"])
         seed_everything(self.seed)
         self._prepare_models()
+        self._forward = distributed.data_parallel(self.learner, self.device, self.sync_bn)
         params = [p for p in self.learner.trainable_modules().parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
                                weight_decay=cfg["weight_decay"])
@@ -322,33 +337,52 @@ class Trainer:
                 row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
                 row.update(self._train_epoch(epoch, opt, bar, task))
                 sched.step()
+                distributed.average_bn_stats(self.learner)  # per-rank BatchNorm: one model
                 val = self.evaluate("val")
                 row.update({f"val_{k}": v for k, v in val.items()})
                 history.append(row)
+                main = distributed.is_main()  # rank 0 alone writes
                 if _better(val, best, cfg["select"]):
                     best = {"epoch": epoch + 1, "val": val}
-                    atomic_torch_save(self.run_dir / "best.pt", self.learner.state_dict())
+                    if main:
+                        atomic_torch_save(self.run_dir / "best.pt", self.learner.state_dict())
                 wall += time.perf_counter() - t0
                 summary = (f"loss {row['train_loss']:.4f}  val acc {val['acc']:.4f} "
                            f"auc {val['auc']:.4f}  {row['train_images_per_s']:.0f} img/s")
                 bar.update(task, info=summary)
                 console.print(f"{self.label} epoch {epoch + 1}/{cfg['epochs']}: {summary}",
                               highlight=False)
-                atomic_torch_save(last, {
-                    "epoch": epoch + 1, "learner": self.learner.state_dict(),
-                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "rng": _rng_state(), "best": plain(best), "history": plain(history),
-                    "wall": wall, "traces": plain(traces),
-                })
-                atomic_write_jsonl(self.run_dir / "history.jsonl", history)
-                for name, rows in traces.items():
-                    atomic_write_jsonl(self.run_dir / f"{name}.jsonl", rows)
+                if main:
+                    atomic_torch_save(last, {
+                        "epoch": epoch + 1, "learner": self.learner.state_dict(),
+                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "rng": _rng_state(), "best": plain(best), "history": plain(history),
+                        "wall": wall, "traces": plain(traces),
+                    })
+                    atomic_write_jsonl(self.run_dir / "history.jsonl", history)
+                    for name, rows in traces.items():
+                        atomic_write_jsonl(self.run_dir / f"{name}.jsonl", rows)
                 if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg["epochs"]:
                     return None
+        ranks = self._ranks_record()
+        distributed.barrier()  # rank 0's best.pt is written
         state = load_checkpoint(self.run_dir / "best.pt")
         self.learner.load_state_dict(state)
         t0 = time.perf_counter()
         test = self.evaluate("test")
         return {"best_epoch": best["epoch"], "val": best["val"], "test": test,
                 "history": history, "wall_time_s": wall + time.perf_counter() - t0,
-                "teacher_outputs": self.teacher_outputs}
+                "teacher_outputs": self.teacher_outputs, **ranks}
+
+    def _ranks_record(self) -> dict[str, Any]:
+        """``world_size``, and under torchrun each rank's sha256 of the trained learner's state
+        (equal when the replicas agree, a method's own state such as TOKD's R included)."""
+        if not distributed.active():
+            return {"world_size": 1}
+        digests = distributed.gather_objects(distributed.state_digest(self.learner))
+        if len(set(digests)) > 1:
+            console.print(f"[yellow]{self.label}: the ranks' trained states differ "
+                          f"({len(set(digests))} distinct); rank 0's is kept[/]", highlight=False)
+        return {"world_size": distributed.size(),
+                "data_parallel": {"backend": distributed.backend(), "sync_bn": self.sync_bn,
+                                  "state_sha256_by_rank": digests}}
