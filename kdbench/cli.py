@@ -458,6 +458,9 @@ def _log_to_stderr() -> None:
     log.propagate = False
 
 
+DATA_PARALLEL = ("run", "reproduce")  # the commands torchrun may start (kdbench.distributed)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The `kdbench` command; returns its exit status (2 for bad input, one line on stderr)."""
     _log_to_stderr()
@@ -471,10 +474,14 @@ def main(argv: list[str] | None = None) -> int:
         print("kdbench: note: --resume is the default now (an unfinished run always continues; "
               "--restart discards it)", file=sys.stderr)
     try:
+        if os.environ.get("WORLD_SIZE", "1") != "1" and args.command not in DATA_PARALLEL:
+            raise KdbenchError(f"kdbench {args.command} runs in one process; start only "
+                               "`kdbench run` or `kdbench reproduce` under torchrun")
         return args.func(args)
     except KdbenchError as exc:
-        if _says_it(exc):
-            print(f"kdbench: error: {exc}", file=sys.stderr)
+        said = _says_it(exc)
+        if said is not None:
+            print(f"kdbench: error{said}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `kdbench table | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -495,11 +502,14 @@ def main(argv: list[str] | None = None) -> int:
             ranks.teardown()
 
 
-def _says_it(exc: KdbenchError) -> bool:
-    """Whether this process reports ``exc``: under torchrun rank 0's errors, which every
-    rank raises, are reported by rank 0 alone."""
+def _says_it(exc: KdbenchError) -> str | None:
+    """How this process reports ``exc`` ("" as usual, " (rank N)", None: not at all): under
+    torchrun an error every rank raises alike is reported by rank 0 alone, another rank's own
+    error with its rank."""
     ranks = sys.modules.get("kdbench.distributed")
-    return ranks is None or not isinstance(exc, ranks.RankZeroError) or ranks.is_main()
+    if ranks is None or ranks.is_main():
+        return ""
+    return None if isinstance(exc, ranks.RankZeroError) else f" (rank {ranks.rank()})"
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ def broadcast_object(obj: T) -> T:
 
 
 class RankZeroError(KdbenchError):
-    """Rank 0's error, raised on every rank by :func:`on_main` (reported by rank 0 alone)."""
+    """An error every rank raises alike (rank 0's, shared by :func:`on_main`, or a check of
+    the common settings): rank 0 alone reports it."""
 
 
 def on_main(fn: Callable[[], T]) -> T:
@@ -210,7 +211,7 @@ def check_batch_size(batch_size: int) -> None:
     n = size()
     if batch_size % n:
         up = -(-batch_size // n) * n
-        raise KdbenchError(f"train.batch_size={batch_size} does not split over {n} ranks; pass "
+        raise RankZeroError(f"train.batch_size={batch_size} does not split over {n} ranks; pass "
                            f"--set train.batch_size={up} (the global batch), or another "
                            "--nproc_per_node")
 
