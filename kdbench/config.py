@@ -19,7 +19,7 @@ DEFAULT_RESULTS = "kdbench-results"  # results/ holds the committed reference ru
 # the backbones a student or the teacher can be (kdbench.models.backbones builds them); named
 # here so that arguments are checked before torch and timm are imported
 BACKBONES = ("resnet18_thin", "resnet34_thin", "xception")
-METRIC_NAMES = ("acc", "auc", "eer", "video_auc")
+METRIC_NAMES = ("acc", "auc", "ap", "eer", "video_auc")
 
 _BASE: dict[str, Any] = {
     "data": {"size": 64, "frames": 8, "workers": 0},
@@ -39,6 +39,8 @@ _BASE: dict[str, Any] = {
         "teacher_cache_gb": 32.0,
         # under torchrun: SyncBatchNorm over the global batch (CUDA) instead of per-rank BN
         "sync_bn": False,
+        # a TensorBoard event file in each run folder (the tb extra)
+        "tensorboard": False,
     },
     "teacher": {
         "backbone": "resnet18_thin",
@@ -60,7 +62,8 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
               "select": {"choices": list(METRIC_NAMES)}, "eval_batch_size": {"min": 1},
               "teacher_cache_gb": {"min": 0}, "amp": {"choices": ["auto", True, False]},
               "channels_last": {"choices": ["auto", True, False]},
-              "sync_bn": {"choices": [True, False]}},
+              "sync_bn": {"choices": [True, False]},
+              "tensorboard": {"choices": [True, False]}},
     "teacher": {"backbone": {"choices": list(BACKBONES)}, "proj_dim": {"min": 1},
                 "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0}},
     "student": {},
@@ -98,6 +101,8 @@ SPEED_SETTINGS = {"workers", "eval_batch_size", "channels_last", "compile", "tea
 # settings that only act when a run is data-parallel (torchrun): like the number of ranks,
 # they do not name a run (one run's result is the same up to BatchNorm statistics)
 PARALLEL_SETTINGS = {"sync_bn"}
+# settings that only add output files: they do not name a run either
+OUTPUT_SETTINGS = {"tensorboard"}
 # where an "auto" setting is on: bf16 autocast on CUDA only (the CPU keeps fp32 results);
 # channels_last also on the CPU, where oneDNN's NHWC convolutions measured 20-25 % faster
 AUTO_SETTINGS = {"amp": ("cuda",), "channels_last": ("cuda", "cpu")}

@@ -167,9 +167,9 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     if not active() or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(_on_backend(t))
-    return {k: float(v) / size() for k, v in zip(keys, _on_backend(t, back=True).tolist())}
+    t = _on_backend(torch.tensor([float(values[k]) for k in keys], dtype=torch.float64))
+    dist.all_reduce(t)
+    return {k: float(v) / size() for k, v in zip(keys, t.cpu().tolist())}
 
 
 def any_rank(flag: bool) -> bool:
@@ -181,13 +181,9 @@ def any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
-def _on_backend(t: Tensor, back: bool = False) -> Tensor:
-    """NCCL reduces CUDA tensors only: ``t`` on this rank's GPU there (``back``: to the CPU)."""
-    if back:
-        return t.cpu()
-    if dist.get_backend() == "nccl":
-        return t.cuda()
-    return t
+def _on_backend(t: Tensor) -> Tensor:
+    """``t`` where the backend reduces it: this rank's GPU for NCCL, the CPU for gloo."""
+    return t.cuda() if dist.get_backend() == "nccl" else t
 
 
 def shard_batch(batch: tuple[np.ndarray, np.ndarray], rank: int, ranks: int

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdbench.config import METRIC_NAMES
 from kdbench.files import StoreError, read_json, read_jsonl
 from kdbench.progress import console
 
@@ -20,7 +21,7 @@ def read_or_skip(path: Path, lines: bool = False) -> dict | list | None:
         return None
 
 COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
-           "eer", "video_auc", "wall_s"]
+           "ap", "eer", "video_auc", "wall_s"]
 EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path"]
 
 
@@ -52,7 +53,7 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
     test = m.get("test") if isinstance(m.get("test"), dict) else {}
     status = "damaged metrics.json" if damaged else m.get("status", "unfinished")
     return {**base, "status": status, "best_epoch": m.get("best_epoch"),
-            **{k: test.get(k) for k in ("acc", "auc", "eer", "video_auc")},
+            **{k: test.get(k) for k in METRIC_NAMES},
             "wall_s": m.get("wall_time_s"), "params": m.get("params"), "gflops": m.get("gflops"),
             "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),
             "path": str(folder)}

@@ -9,14 +9,17 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from kdbench.config import variant_tag
+from kdbench.config import METRIC_NAMES, variant_tag
 from kdbench.registry import report_specs
+from kdbench.report.paired import Interval, paired_bootstrap
+from kdbench.train.predictions import PREDICTIONS, Predictions, load_predictions
 
-METRICS = ("acc", "auc", "eer", "video_auc")
+METRICS = METRIC_NAMES
 
 
 @dataclass
@@ -27,12 +30,14 @@ class Cell:
     std: float
     n: int
     mark: str = ""
+    interval: str = ""  # a paired difference and its interval, shown after the cell
 
     def text(self, scale: float = 100.0) -> str:
         if self.n == 0 or math.isnan(self.mean):
             return "-"
         spread = "" if math.isnan(self.std) else f" ± {self.std * scale:.2f}"
-        return f"{self.mean * scale:.2f}{spread}{self.mark} ({self.n})"
+        extra = f" {self.interval}" if self.interval else ""
+        return f"{self.mean * scale:.2f}{spread}{self.mark} ({self.n}){extra}"
 
 
 @dataclass
@@ -98,14 +103,30 @@ def cell(values: pd.Series) -> Cell:
                 float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
 
 
-def mark(both: Cell, rgb: Cell) -> str:
-    """↑/↓ where both differs from rgb by more than the combined std sqrt(s_b^2 + s_r^2)."""
-    if both.n < 2 or rgb.n < 2 or math.isnan(both.std) or math.isnan(rgb.std):
+def seed_predictions(sel: pd.DataFrame) -> dict[int, Predictions] | None:
+    """The stored test predictions of the finished runs in ``sel``, by seed (None when a run
+    has none: it was made before kdbench kept them)."""
+    done = sel[sel["status"] == "finished"]
+    paths = {int(r.seed): Path(r.path) / PREDICTIONS for r in done.itertuples()}
+    if not paths or not all(p.is_file() for p in paths.values()):
+        return None
+    return {seed: load_predictions(p) for seed, p in paths.items()}
+
+
+def paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Interval | None:
+    """The paired-bootstrap interval of ``metric``(a) - ``metric``(b) (None without stored
+    predictions or a shared seed)."""
+    pa, pb = seed_predictions(a), seed_predictions(b)
+    if pa is None or pb is None or not set(pa) & set(pb):
+        return None
+    return paired_bootstrap(pa, pb, metric)
+
+
+def mark(interval: Interval | None) -> str:
+    """↑/↓ where the interval of the difference excludes 0."""
+    if interval is None or not interval.excludes_zero:
         return ""
-    diff = both.mean - rgb.mean
-    if abs(diff) > math.hypot(both.std, rgb.std):
-        return "↑" if diff > 0 else "↓"
-    return ""
+    return "↑" if interval.diff > 0 else "↓"
 
 
 def incomplete_notes(runs: pd.DataFrame) -> list[str]:
@@ -114,12 +135,14 @@ def incomplete_notes(runs: pd.DataFrame) -> list[str]:
     return [f"not finished: {r.path} ({r.status})" for r in bad.itertuples()]
 
 
-def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc") -> Report:
+def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc",
+               ci: bool = False) -> Report:
     """Table 3: rows dataset x student; one column per method and mode the store holds (a
     teacher-free method's mode ``none`` is named by the method alone).
 
     Only runs with the registry's settings (no variant) count. ``methods`` fixes the column
-    order (registry order); methods without any run are left out.
+    order (registry order); methods without any run are left out. A ``both`` cell is marked
+    ↑/↓ when the paired-bootstrap interval of both - rgb excludes 0; ``ci`` prints it.
     """
     students = runs[(runs["method"] != "teacher") & (runs["variant"].fillna("") == "")]
     finished = students[students["status"] == "finished"]
@@ -133,16 +156,22 @@ def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc") -> R
                 columns.append(m if mode == "none" else f"{m} {mode}")
     rows = []
     for (dataset, student), group in finished.groupby(["dataset", "student"], sort=True):
-        cells = {}
+        cells, sels = {}, {}
         for m, mode in pairs:
-            sel = group[(group["method"] == m) & (group["mode"] == mode)]
-            cells[(m, mode)] = cell(sel[metric])
+            sels[(m, mode)] = group[(group["method"] == m) & (group["mode"] == mode)]
+            cells[(m, mode)] = cell(sels[(m, mode)][metric])
         for m, mode in pairs:
             if mode == "both" and (m, "rgb") in cells:
-                cells[(m, mode)].mark = mark(cells[(m, mode)], cells[(m, "rgb")])
+                interval = paired(sels[(m, mode)], sels[(m, "rgb")], metric)
+                cells[(m, mode)].mark = mark(interval)
+                if ci and interval is not None:
+                    cells[(m, mode)].interval = "[" + interval.text().replace(" [", "; ")
         rows.append([dataset, student, *[cells[p] for p in pairs]])
-    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); ↑/↓: both differs from "
-             "rgb by more than the combined std sqrt(std_both² + std_rgb²)."]
+    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); ↑/↓: the 95 % "
+             "paired-bootstrap interval of both - rgb (test videos resampled, runs paired by "
+             "seed) excludes 0; runs without stored predictions are not marked."]
+    if ci:
+        notes.append("[d; lo, hi]: both - rgb in points, and its 95 % interval.")
     notes += incomplete_notes(students)
     return Report(f"Comparison (Table 3): test {metric}", columns, rows, notes)
 
@@ -284,12 +313,13 @@ def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") 
     return Report(f"Teacher vs student (Table 4): test {metric}", columns, rows, notes)
 
 
-def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
+def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc",
+          ci: bool = False) -> Report:
     """The table ``kind`` (comparison, ablation, teacher, cross, or a sweep the registry
-    declares) from the run listing."""
+    declares) from the run listing; ``ci``: the comparison's paired intervals in its cells."""
     if kind == "comparison":
         order = list(registry) + sorted(set(runs["method"]) - set(registry) - {"teacher"})
-        return comparison(runs, order, metric)
+        return comparison(runs, order, metric, ci)
     if kind == "ablation":
         return ablation(runs, registry, metric)
     if kind == "teacher":

@@ -12,10 +12,11 @@ from kdbench.data.loader import FrameSplit
 from kdbench.files import atomic_write_json
 from kdbench.models.students import Student, create_student
 from kdbench.train.metrics import detection_metrics
+from kdbench.train.predictions import save_predictions
 from kdbench.train.store import finished_student_run
 from kdbench.train.trainer import load_checkpoint
 
-CROSS_DIR = "cross"  # <run>/cross/<dataset>.json
+CROSS_DIR = "cross"  # <run>/cross/<dataset>.json and .npz
 
 
 def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
@@ -33,7 +34,7 @@ def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
 def evaluate_run(run_dir: Path, data: PreparedData, dataset: str, device: torch.device,
                  batch_size: int = 256) -> dict[str, Any]:
     """Test metrics of a run's student on ``dataset``'s test split, written to
-    ``<run>/cross/<dataset>.json``."""
+    ``<run>/cross/<dataset>.json`` (its per-frame predictions to ``<dataset>.npz``)."""
     from kdbench.data.loader import iterate, to_model_input
 
     student, metrics = load_student(run_dir)
@@ -44,7 +45,10 @@ def evaluate_run(run_dir: Path, data: PreparedData, dataset: str, device: torch.
     for batch in iterate(split, batch_size, shuffle=False):
         b = to_model_input(batch, device, size)
         probs.append(torch.softmax(student(b["image"]).logits.float(), 1)[:, 1].cpu())
-    result = detection_metrics(torch.cat(probs).numpy(), split.labels.numpy(), split.videos)
+    prob = torch.cat(probs).numpy()
+    result = detection_metrics(prob, split.labels.numpy(), split.videos)
+    save_predictions(run_dir / CROSS_DIR / f"{dataset}.npz", prob, split.labels.numpy(),
+                     split.videos)
     record = {"train_dataset": metrics["dataset"], "test_dataset": dataset, "test": result,
               "device": str(device)}
     atomic_write_json(run_dir / CROSS_DIR / f"{dataset}.json", record)

@@ -1,11 +1,11 @@
-"""Detection metrics: frame accuracy, AUC, EER and video-level AUC (label 1 = fake)."""
+"""Detection metrics: frame accuracy, AUC, AP, EER and video-level AUC (label 1 = fake)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def _two_classes(labels: np.ndarray) -> bool:
@@ -21,6 +21,13 @@ def auc(probs: np.ndarray, labels: np.ndarray) -> float:
     """ROC AUC of the fake probability; NaN when only one class is present."""
     labels = np.asarray(labels)
     return float(roc_auc_score(labels, probs)) if _two_classes(labels) else math.nan
+
+
+def average_precision(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision of the fake class (the area under the precision-recall curve as
+    sklearn and DeepfakeBench compute it); NaN when only one class is present."""
+    labels = np.asarray(labels)
+    return float(average_precision_score(labels, probs)) if _two_classes(labels) else math.nan
 
 
 def eer(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -57,6 +64,7 @@ def detection_metrics(
     return {
         "acc": accuracy(probs, labels),
         "auc": auc(probs, labels),
+        "ap": average_precision(probs, labels),
         "eer": eer(probs, labels),
         "video_auc": video_auc(probs, labels, videos),
         "n_frames": int(labels.size),

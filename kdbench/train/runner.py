@@ -14,6 +14,7 @@ import torch
 
 from kdbench import distributed
 from kdbench.config import (
+    OUTPUT_SETTINGS,
     PARALLEL_SETTINGS,
     SPEED_SETTINGS,
     RunSpec,
@@ -29,6 +30,7 @@ from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
 from kdbench.registry import MethodEntry
+from kdbench.train.predictions import PREDICTIONS, save_predictions
 from kdbench.train.store import claim, wait_for_lock
 from kdbench.train.teacher_cache import cache_key, file_sha256
 from kdbench.train.teacher_task import TeacherTask
@@ -143,7 +145,7 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 
 
 RUN_FILE = "run.json"  # the settings an unfinished run was started with
-NOT_RESULT_SETTINGS = SPEED_SETTINGS | PARALLEL_SETTINGS
+NOT_RESULT_SETTINGS = SPEED_SETTINGS | PARALLEL_SETTINGS | OUTPUT_SETTINGS
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +182,8 @@ def _check_same_run(run_dir: Path, old: dict[str, Any], new: dict[str, Any], wha
         )
 
 
-RUN_STATE = ("last.pt", "best.pt", "metrics.json", RUN_FILE)  # + *.jsonl traces, cross/
+# + *.jsonl traces, cross/
+RUN_STATE = ("last.pt", "best.pt", "metrics.json", RUN_FILE, PREDICTIONS)
 
 
 def _progress(run_dir: Path) -> str | None:
@@ -223,6 +226,9 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
             extra: dict[str, Any]) -> dict[str, Any]:
     result = dict(result)
     result.pop("history")
+    test = result.pop("predictions", None)
+    if test is not None:  # per-frame test predictions (paired comparisons of runs)
+        save_predictions(run_dir / PREDICTIONS, test.prob, test.label, test.video)
     metrics = {
         "status": "finished", **extra, "dataset": ctx.dataset, "preset": ctx.config["preset"],
         "config": ctx.config, "versions": versions(), "git_commit": ctx.commit,
@@ -235,7 +241,7 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
 
 # settings that cannot change a trained teacher (eval_batch_size stays in: kdbench 0.1 and 0.2
 # named teacher folders with it, and renaming them would retrain every stored teacher)
-NOT_TEACHER_SETTINGS = (SPEED_SETTINGS - {"eval_batch_size"}) | PARALLEL_SETTINGS
+NOT_TEACHER_SETTINGS = (SPEED_SETTINGS - {"eval_batch_size"}) | PARALLEL_SETTINGS | OUTPUT_SETTINGS
 
 
 def teacher_dir(ctx: Context) -> Path:

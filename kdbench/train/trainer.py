@@ -23,7 +23,9 @@ from kdbench.errors import KdbenchError
 from kdbench.files import atomic_torch_save, atomic_write_jsonl, plain
 from kdbench.progress import console, progress_bar
 from kdbench.train import teacher_cache
+from kdbench.train.events import EventLog
 from kdbench.train.metrics import detection_metrics
+from kdbench.train.predictions import Predictions
 
 CHECK_EVERY = 20  # steps between finiteness checks of the loss (each check syncs the device)
 
@@ -149,6 +151,8 @@ class Trainer:
         self.teacher_outputs: str | None = None  # "cache" | "live" once fit has started
         self.sync_bn = bool(train_cfg.get("sync_bn", False))
         self._forward: Callable[[dict[str, Tensor]], Any] | None = None  # DDP's, once fitting
+        self.last_probs: np.ndarray | None = None  # of the last evaluate()
+        self.events = EventLog(self.run_dir, False)  # train.tensorboard: opened by fit
 
     def _autocast(self):
         if self.amp:
@@ -176,7 +180,8 @@ class Trainer:
                 logits = self.learner.predict(b["image"])
             probs.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu())
         p = distributed.all_gather_cat(torch.cat(probs).to(self._collective_device)).cpu()
-        return detection_metrics(p.numpy(), data.labels.numpy(), data.videos)
+        self.last_probs = p.numpy()  # the split's per-frame fake probabilities, in order
+        return detection_metrics(self.last_probs, data.labels.numpy(), data.videos)
 
     @property
     def _collective_device(self) -> torch.device:
@@ -225,6 +230,9 @@ class Trainer:
                 pending.clear()
                 rate = seen / (time.perf_counter() - t0)
                 mean_loss = float(sum(sums.values())) / steps
+                self.events.scalars({**{k: float(v) / steps for k, v in sums.items()},
+                                     "lr": opt.param_groups[0]["lr"]}, step_base + step,
+                                    "step/")
                 bar.update(task, completed=seen, info=f"loss {mean_loss:.4f}  {rate:.0f} img/s")
         self._check_finite(pending, losses, epoch, steps)
         elapsed = time.perf_counter() - t0
@@ -328,6 +336,7 @@ class Trainer:
             _set_rng_state(ckpt["rng"])
             start, history, best, wall = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["wall"]
         self._attach_teacher_cache()
+        self.events = EventLog(self.run_dir, bool(cfg.get("tensorboard")) and distributed.is_main())
         n = len(self.splits["train"])
         with progress_bar(self.progress) as bar:
             for epoch in range(start, cfg["epochs"]):
@@ -352,6 +361,9 @@ class Trainer:
                 bar.update(task, info=summary)
                 console.print(f"{self.label} epoch {epoch + 1}/{cfg['epochs']}: {summary}",
                               highlight=False)
+                self.events.scalars({k: v for k, v in row.items() if k != "epoch"}, epoch + 1,
+                                    "epoch/")
+                self.events.traces(traces)
                 if main:
                     atomic_torch_save(last, {
                         "epoch": epoch + 1, "learner": self.learner.state_dict(),
@@ -364,13 +376,17 @@ class Trainer:
                         atomic_write_jsonl(self.run_dir / f"{name}.jsonl", rows)
                 if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg["epochs"]:
                     return None
+        self.events.close()
         ranks = self._ranks_record()
         distributed.barrier()  # rank 0's best.pt is written
         state = load_checkpoint(self.run_dir / "best.pt")
         self.learner.load_state_dict(state)
         t0 = time.perf_counter()
         test = self.evaluate("test")
+        data = self.splits["test"]
+        predictions = Predictions(self.last_probs, data.labels.numpy(), data.videos)
         return {"best_epoch": best["epoch"], "val": best["val"], "test": test,
+                "predictions": predictions,
                 "history": history, "wall_time_s": wall + time.perf_counter() - t0,
                 "teacher_outputs": self.teacher_outputs, **ranks}
 
