@@ -496,10 +496,11 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, met
            dataset: str | None = None, student: str | Sequence[str] | None = None,
            registry: RegistryArg = None, preset: str | None = None,
            size: int | None = None, device: str | None = None,
-           measure: bool = True) -> tables_Report:
+           measure: bool = True, ci: bool = False) -> tables_Report:
     """The table ``kind`` as a ``kdbench.report.tables.Report`` (``.markdown()``,
     ``.latex()``, ``.csv()``, ``.frame()``): mean ± std over seeds of ``metric``. ``cost``
-    measures the models of ``preset`` at ``size`` on ``device``."""
+    measures the models of ``preset`` at ``size`` on ``device``. ``ci``: the comparison's
+    paired-bootstrap intervals (both - rgb) in its cells."""
     from kdbench.config import METRIC_NAMES
     from kdbench.report import tables
 
@@ -512,7 +513,24 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, met
                            f"choose one of {', '.join(METRIC_NAMES)}")
     if kind == "cost":
         return _cost(preset, dataset, student, size, device, measure)
-    return tables.build(kind, runs(results, dataset, student), reg, metric)
+    return tables.build(kind, runs(results, dataset, student), reg, metric, ci)
+
+
+def compare(a: str, b: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,
+            student: str | None = None, metrics: str | Sequence[str] = "all",
+            n_boot: int = 2000) -> tables_Report:
+    """Two cells of the store, ``<label>/<mode>`` each (``tokd/both``, ``vanilla/none``,
+    ``tokd@rotation=false/both``): per metric, A - B over the seeds both ran, with the 95 %
+    interval of a paired bootstrap over the test videos (:mod:`kdbench.report.paired`)."""
+    from kdbench.config import METRIC_NAMES
+    from kdbench.report.compare import compare_cells
+
+    wanted = list(METRIC_NAMES) if metrics == "all" else _names(metrics)
+    for m in wanted:
+        if m not in METRIC_NAMES:
+            raise KdbenchError(f"unknown metric {m!r}{did_you_mean(m, METRIC_NAMES)}; "
+                               f"choose from {', '.join(METRIC_NAMES)}")
+    return compare_cells(runs(results, dataset, student), a, b, wanted, n_boot)
 
 
 def table(kind: str = "comparison", **options: Any) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdbench import __version__
-from kdbench.config import DEFAULT_RESULTS
+from kdbench.config import DEFAULT_RESULTS, METRIC_NAMES
 from kdbench.errors import KdbenchError
 
 
@@ -76,6 +76,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from kdbench import api
+
+    report = api.compare(args.a, args.b, results=args.results, dataset=args.dataset,
+                         student=args.student, metrics=args.metric, n_boot=args.resamples)
+    print(report.markdown())
+    return 0
+
+
 def cmd_table(args: argparse.Namespace) -> int:
     from kdbench import api
     from kdbench.progress import console
@@ -86,7 +95,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     report = api.report(args.kind, results=args.results, metric=args.metric,
                         dataset=args.dataset, student=args.student, registry=args.registry,
                         preset=args.preset, size=args.size, device=args.device,
-                        measure=not args.no_measure)
+                        measure=not args.no_measure, ci=args.ci)
     text = report.render(args.format)
     if args.out:
         from kdbench.files import atomic_write_text
@@ -258,6 +267,10 @@ def _training(parser: argparse.ArgumentParser) -> None:
                         help="override a setting, e.g. train.lr=3e-4, or a method's "
                         "hyper-parameter as <method>.<name>=value (repeatable; typed like the "
                         "default; `kdbench methods` lists them)")
+    parser.add_argument("--tensorboard", action="append_const", dest="set",
+                        const="train.tensorboard=true",
+                        help="a TensorBoard event file in each run folder (pip install "
+                        "'kdbench[tb]'; then tensorboard --logdir RESULTS)")
     parser.add_argument("--restart", action="store_true",
                         help="discard the planned runs' progress and results (finished or not) "
                         "and train them again; the teacher is kept (without it a run continues "
@@ -330,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(table, device=True)
     table.add_argument("--format", choices=("md", "latex", "csv"), default="md",
                        help="output format")
-    table.add_argument("--metric", choices=("acc", "auc", "eer", "video_auc"), default="acc",
+    table.add_argument("--metric", choices=METRIC_NAMES, default="acc",
                        help="the metric in the cells")
     table.add_argument("--dataset", default=None, help="only this dataset's runs")
     table.add_argument("--student", default=None, help="only this student's runs")
@@ -340,7 +353,21 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--size", type=_at_least(8), default=None,
                        help="cost: input size (default: the preset's)")
     table.add_argument("--no-measure", action="store_true", help="cost: skip the timing")
+    table.add_argument("--ci", action="store_true",
+                       help="comparison: print both - rgb with its 95%% paired-bootstrap interval")
     table.set_defaults(func=cmd_table)
+
+    cmp_ = sub.add_parser("compare", help="two cells of the store: each metric's paired "
+                          "difference with a 95%% bootstrap interval")
+    cmp_.add_argument("a", help="<label>/<mode>, e.g. tokd/both")
+    cmp_.add_argument("b", help="<label>/<mode>, e.g. tokd/rgb or vanilla/none")
+    _common(cmp_, registry=False)
+    cmp_.add_argument("--dataset", default=None, help="only this dataset's runs")
+    cmp_.add_argument("--student", default=None, help="only this student's runs")
+    cmp_.add_argument("--metric", default="all", help="comma list of metrics (default all)")
+    cmp_.add_argument("--resamples", type=_at_least(100), default=2000,
+                      help="bootstrap resamples (default 2000)")
+    cmp_.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="figures from the result store")
     plot.add_argument("figure", help="curves: train loss and val acc per epoch; or a trace or "
