@@ -519,8 +519,8 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, met
 def compare(a: str, b: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,
             student: str | None = None, metrics: str | Sequence[str] = "all",
             n_boot: int = 2000) -> tables_Report:
-    """Two cells of the store, ``<label>/<mode>`` each (``tokd/both``, ``vanilla/none``,
-    ``tokd@rotation=false/both``): per metric, A - B over the seeds both ran, with the 95 %
+    """Two cells of the store, ``<label>/<mode>`` each (``at/both``, ``<label>@<variant>/<mode>``,
+    ``<teacher-free label>/none``): per metric, A - B over the seeds both ran, with the 95 %
     interval of a paired bootstrap over the test videos (:mod:`kdbench.report.paired`)."""
     from kdbench.config import METRIC_NAMES
     from kdbench.report.compare import compare_cells

@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="two cells of the store: each metric's paired "
                           "difference with a 95%% bootstrap interval")
-    cmp_.add_argument("a", help="<label>/<mode>, e.g. tokd/both")
-    cmp_.add_argument("b", help="<label>/<mode>, e.g. tokd/rgb or vanilla/none")
+    cmp_.add_argument("a", help="<label>/<mode>, e.g. at/both")
+    cmp_.add_argument("b", help="<label>/<mode>, e.g. at/rgb, or a teacher-free one with mode none")
     _common(cmp_, registry=False)
     cmp_.add_argument("--dataset", default=None, help="only this dataset's runs")
     cmp_.add_argument("--student", default=None, help="only this student's runs")

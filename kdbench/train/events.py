@@ -1,6 +1,6 @@
 """TensorBoard event files of a run (``train.tensorboard``; the ``tb`` extra): loss terms and the
 learning rate at logging intervals, train and validation metrics per epoch, and a method's
-traces (TOKD's gradient cosines), written by TensorBoard's own ``SummaryWriter``."""
+traces (a gradient cosine trace), written by TensorBoard's own ``SummaryWriter``."""
 
 from __future__ import annotations
 

@@ -392,7 +392,7 @@ class Trainer:
 
     def _ranks_record(self) -> dict[str, Any]:
         """``world_size``, and under torchrun each rank's sha256 of the trained learner's state
-        (equal when the replicas agree, a method's own state such as TOKD's R included)."""
+        (equal when the replicas agree; a method's own buffers, such as a rotation, included)."""
         if not distributed.active():
             return {"world_size": 1}
         digests = distributed.gather_objects(distributed.state_digest(self.learner))
