@@ -358,9 +358,7 @@ def run(
     if keep_checkpoints not in KEEP_CHECKPOINTS:
         raise KdbenchError(f"keep_checkpoints={keep_checkpoints!r}; use one of "
                            + ", ".join(KEEP_CHECKPOINTS))
-    from kdbench import distributed
-
-    if distributed.world().size > 1 and launcher != "inprocess":
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and launcher != "inprocess":
         raise KdbenchError(f"under torchrun each run is trained data-parallel by all ranks; "
                            f"drop --launcher {launcher}")
     args = (methods, dataset, data_root, students, modes, seeds)
@@ -388,6 +386,8 @@ def run(
     )
 
     with take_share(threads) as share:  # released, threads restored, when done
+        from kdbench import distributed
+
         torch_device = distributed.setup(pick_device(device))  # torchrun: this rank's device
         chosen = preset or ("paper" if torch_device.type == "cuda" else "cpu")
         if chosen != (preset or "cpu"):  # the GPU default: check its settings and students
