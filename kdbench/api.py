@@ -856,20 +856,25 @@ def synth(root: PathLike | None = None, *, seed: int = 0, workers: int = 2,
     return folder
 
 
-PREPARE_SOURCES = ("ff++", "celebdf", "folder")
-_PREPARE_ONLY = {"compression": ("ff++",), "methods": ("ff++",), "splits": ("ff++",),
-                 "frames": ("ff++", "celebdf"), "val_fraction": ("celebdf",),
-                 "name": ("folder",), "seed": ("celebdf", "folder")}
+PREPARE_SOURCES = ("ff++", "celebdf", "folder", "deepfakebench")
+_PREPARE_ONLY = {"compression": ("ff++", "deepfakebench"), "methods": ("ff++",),
+                 "splits": ("ff++",), "frames": ("ff++", "celebdf", "deepfakebench"),
+                 "val_fraction": ("celebdf",), "name": ("folder", "deepfakebench"),
+                 "seed": ("celebdf", "folder"), "json": ("deepfakebench",)}
+_PREPARE_NEEDS = {"deepfakebench": ("json", "name")}
+_DEFAULT_DETECTOR = {"folder": "center", "deepfakebench": "full"}
 
 
 def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | None = None,
             methods: str | Sequence[str] | None = None, splits: PathLike | None = None,
             frames: int | None = None, size: int = 299, detector: str | None = None,
             workers: int = 2, val_fraction: float | None = None, seed: int | None = None,
-            name: str | None = None, progress: bool = True) -> dict[str, int]:
-    """Turn a dataset as downloaded (``ff++``, ``celebdf``, or a ``folder`` of real/ and
-    fake/ images) into a prepared folder of face crops; resumes in ``out``. Returns the counts
-    (prepared, skipped, failed, frames)."""
+            name: str | None = None, json_file: PathLike | None = None,
+            progress: bool = True) -> dict[str, int]:
+    """Turn a dataset as downloaded (``ff++``, ``celebdf``, a ``folder`` of real/ and fake/
+    images, or ``deepfakebench``'s extracted frames listed by its rearranged ``json_file``) into a
+    prepared folder of face crops; resumes in ``out``. Returns the counts (prepared, skipped,
+    failed, frames; missing_frames for listed frames)."""
     from kdbench.data.prepare import FF_METHODS, ffpp_items, prepare_items, summary_line
     from kdbench.progress import console
 
@@ -877,16 +882,42 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
         raise KdbenchError(f"unknown source {source!r}{did_you_mean(source, PREPARE_SOURCES)}; "
                            f"choose one of {', '.join(PREPARE_SOURCES)}")
     given = {"compression": compression, "methods": methods, "splits": splits,
-             "frames": frames, "val_fraction": val_fraction, "name": name, "seed": seed}
+             "frames": frames, "val_fraction": val_fraction, "name": name, "seed": seed,
+             "json": json_file}
     for opt, sources in _PREPARE_ONLY.items():
         if given[opt] is not None and source not in sources:
             raise KdbenchError(f"--{opt.replace('_', '-')} does not apply to prepare {source}; "
                                f"it is an option of {' and '.join(sources)}")
+    for opt in _PREPARE_NEEDS.get(source, ()):
+        if given[opt] is None:
+            raise KdbenchError(f"prepare {source} needs --{opt}: "
+                               + {"json": "the dataset JSON that DeepfakeBench's "
+                                  "preprocessing/rearrange.py wrote",
+                                  "name": "the dataset name to use with --dataset"}[opt])
     root, out, seed = Path(root), Path(out), seed or 0
-    frames = 32 if frames is None else frames
     noun, meta = "videos", {"source": source}
-    detector = detector or ("center" if source == "folder" else "dlib")
+    detector = detector or _DEFAULT_DETECTOR.get(source, "dlib")
     t0 = time.perf_counter()
+    if source == "deepfakebench":
+        from kdbench.data.prepare_deepfakebench import deepfakebench_items
+        from kdbench.data.prepare_folder import check_name
+
+        dataset = check_name(name)
+        listing = deepfakebench_items(root, Path(json_file), compression, frames)
+        items = listing.items
+        frames = max(len(it.frames) for it in items)
+        meta.update(json=str(json_file), datasets=listing.datasets, compression=listing.compression,
+                    split_overlaps=listing.overlaps, listed_without_frames=listing.empty)
+        if listing.overlaps:
+            both = ", ".join(f"{k}: {n}" for k, n in listing.overlaps.items())
+            console.print(f"videos listed in several splits ({both}) are kept once, in test over "
+                          "val over train", highlight=False)
+        for split in ("train", "val", "test"):
+            if not any(it.split == split for it in items):
+                console.print(f"{json_file} lists no {split} videos: the prepared {dataset} "
+                              "can be a cross dataset (--cross-dataset) but not trained on",
+                              highlight=False)
+    frames = 32 if frames is None else frames
     if source == "ff++":
         dataset = f"ff_{compression or 'c40'}"
         items = ffpp_items(root, compression or "c40", tuple(_names(methods)) or FF_METHODS,
@@ -902,7 +933,7 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
         if split.excluded:
             console.print(f"left out {len(split.excluded)} videos that mix a train and a val "
                           "identity (listed in prepared.json)")
-    else:
+    elif source == "folder":
         from kdbench.data.prepare_folder import check_name, folder_items
 
         dataset, frames, noun = check_name(name or "folder"), 1, "images"

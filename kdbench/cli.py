@@ -180,7 +180,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     api.prepare(args.source, args.root, args.out, compression=args.compression,
                 methods=args.methods, splits=args.splits, frames=args.frames, size=args.size,
                 detector=args.detector, workers=args.workers, val_fraction=args.val_fraction,
-                seed=args.seed, name=args.name, progress=not args.no_progress)
+                seed=args.seed, name=args.name, json_file=args.json,
+                progress=not args.no_progress)
     return 0
 
 
@@ -437,27 +438,32 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(func=cmd_synth)
 
     prep = sub.add_parser("prepare", help="videos or images -> face crops + index")
-    prep.add_argument("source", choices=("ff++", "celebdf", "folder"),
+    prep.add_argument("source", choices=("ff++", "celebdf", "folder", "deepfakebench"),
                       help="ff++: FaceForensics++; celebdf: Celeb-DF v2; folder: real/ and "
-                      "fake/ image folders")
-    prep.add_argument("--root", required=True, help="the dataset as downloaded")
+                      "fake/ image folders; deepfakebench: frames DeepfakeBench extracted")
+    prep.add_argument("--root", required=True,
+                      help="the dataset as downloaded (deepfakebench: its rgb_dir)")
+    prep.add_argument("--json", default=None,
+                      help="deepfakebench: the dataset JSON its preprocessing/rearrange.py wrote")
     prep.add_argument("--out", required=True, help="prepared folder (resumes if present)")
     prep.add_argument("--compression", default=None, choices=("c40", "c23", "raw"),
-                      help="ff++ (default c40)")
+                      help="ff++ (default c40); deepfakebench (needed when the JSON has several)")
     prep.add_argument("--methods", default=None,
                       help="ff++: comma list of manipulations (default: all four)")
     prep.add_argument("--splits", default=None, help="ff++: folder of train/val/test.json")
     prep.add_argument("--frames", type=_at_least(1), default=None,
-                      help="frames per video (default 32; images have one)")
+                      help="frames per video (default 32; deepfakebench: all listed; images "
+                      "have one)")
     prep.add_argument("--size", type=_at_least(8), default=299, help="face crop size in px")
     prep.add_argument("--detector", default=None,
-                      help="dlib (default for ff++, celebdf) or center (pre-cropped data; "
-                      "default for folder)")
+                      help="dlib (default for ff++, celebdf), center (centred faces; default "
+                      "for folder) or full (face crops; default for deepfakebench)")
     prep.add_argument("--workers", type=_at_least(0), default=2, help="worker processes")
     prep.add_argument("--val-fraction", type=float, default=None,
                       help="celebdf: share of identities held out for val (default 0.1)")
     prep.add_argument("--seed", type=int, default=None, help="celebdf, folder: split seed (0)")
-    prep.add_argument("--name", default=None, help="folder: dataset name (default folder)")
+    prep.add_argument("--name", default=None,
+                      help="folder (default folder), deepfakebench: the name for --dataset")
     _common(prep, results=False, registry=False, progress=True)
     prep.set_defaults(func=cmd_prepare)
     return p

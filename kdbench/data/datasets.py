@@ -20,6 +20,7 @@ REAL_DATASETS = {
     "folder": "kdbench prepare folder --root <folder of real/ and fake/ images> --out DIR",
 }
 DATASETS = ("synthetic", *REAL_DATASETS)
+NAMED_SOURCES = ("folder", "deepfakebench")  # preparations whose --name is the dataset name
 INDEX_COLUMNS = ("row", "video", "frame", "label", "split")
 TRAIN_SPLITS = ("train", "val", "test")  # what a run needs
 SYNTHETIC_FRAMES = 8  # frames per video the synthetic set is prepared with (at least)
@@ -142,7 +143,7 @@ def check_dataset(name: str, data_root: Path | None) -> None:
         raise KdbenchError(
             f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of "
             f"{', '.join(DATASETS)}, or the --name of a "
-            "`kdbench prepare folder` output given with --data-root"
+            "`kdbench prepare folder|deepfakebench` output given with --data-root"
         )
     if data_root is None:
         raise DataError(
@@ -176,9 +177,9 @@ def open_dataset(
 
 
 def _is_named_folder(root: Path, name: str) -> bool:
-    """Whether ``root`` is a `kdbench prepare folder --name NAME` output."""
+    """Whether ``root`` is a `kdbench prepare folder|deepfakebench --name NAME` output."""
     try:
         meta = read_json(root / "prepared.json")
     except (OSError, KdbenchError):
         return False
-    return meta.get("dataset") == name and meta.get("source") == "folder"
+    return meta.get("dataset") == name and meta.get("source") in NAMED_SOURCES

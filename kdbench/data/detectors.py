@@ -35,6 +35,14 @@ class CenterDetector:
         return (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
 
 
+class FullDetector(CenterDetector):
+    """For face crops already made (e.g. DeepfakeBench's frames): the whole frame (its central
+    square when it is not square)."""
+
+    def __init__(self) -> None:
+        super().__init__(fraction=1.0)
+
+
 class DlibDetector:
     """dlib's built-in HOG frontal face detector (no weight file), as DeepfakeBench uses it: the
     frame upsampled ``upsample`` times, the largest face kept (ties: the higher score), its box
@@ -65,7 +73,7 @@ class DlibDetector:
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-DETECTORS = {"center": CenterDetector, "dlib": DlibDetector}
+DETECTORS = {"center": CenterDetector, "full": FullDetector, "dlib": DlibDetector}
 
 
 def make_detector(name: str) -> Detector:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.data.detectors import Detector, fill_boxes, make_detector, square_crop
-from kdbench.data.video import read_frames
+from kdbench.data.video import read_frames, read_image
 from kdbench.errors import DataError, KdbenchError
 from kdbench.files import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
 from kdbench.progress import progress_bar
@@ -30,13 +31,15 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class VideoItem:
-    """One video to prepare. label: 0 real, 1 fake."""
+    """One video to prepare. label: 0 real, 1 fake. ``frames``: image files that are the video's
+    frames already extracted (then ``path`` is only named in messages)."""
 
     path: str
     video: str
     label: int
     manipulation: str
     split: str
+    frames: tuple[str, ...] = ()
 
 
 def _read_split(path: Path) -> list[tuple[str, str]]:
@@ -93,7 +96,7 @@ def _worker_detector(name: str) -> Detector:
     return make_detector(name)
 
 
-def crop_video(video: np.ndarray, detector: Detector, size: int) -> np.ndarray | None:
+def crop_video(video: Sequence[np.ndarray], detector: Detector, size: int) -> np.ndarray | None:
     """Square face crops [T, size, size, 3] of the frames of ``video``; a frame without a face
     reuses the nearest detected frame's box. None when no frame has a face."""
     boxes = fill_boxes([detector(frame) for frame in video])
@@ -102,21 +105,39 @@ def crop_video(video: np.ndarray, detector: Detector, size: int) -> np.ndarray |
     return np.stack([square_crop(f, b, detector.enlarge, size) for f, b in zip(video, boxes)])
 
 
-def _prepare_one(args: tuple[VideoItem, Path, int, int, str]) -> tuple[str, str, int]:
-    """Crop one video into its cache file. Returns (status, message, frames written)."""
+def _read_listed(item: VideoItem) -> tuple[list[np.ndarray], int]:
+    """The readable images of ``item.frames`` and how many of them are missing or unreadable."""
+    images, missing = [], 0
+    for path in item.frames:
+        try:
+            images.append(read_image(Path(path)))
+        except KdbenchError:
+            missing += 1
+    return images, missing
+
+
+def _prepare_one(args: tuple[VideoItem, Path, int, int, str]) -> tuple[str, str, int, int]:
+    """Crop one video into its cache file. Returns (status, message, frames written, listed
+    frames missing)."""
     item, out, frames, size, detector_name = args
     target = _cache_path(out, item)
     if target.is_file():
-        return "skipped", "", 0
-    try:
-        video = read_frames(Path(item.path), frames)
-    except KdbenchError as exc:
-        return "failed", str(exc), 0
+        return "skipped", "", 0, 0
+    missing = 0
+    if item.frames:
+        video, missing = _read_listed(item)
+        if not video:
+            return "failed", f"none of the {missing} frames of {item.video} is readable", 0, missing
+    else:
+        try:
+            video = read_frames(Path(item.path), frames)
+        except KdbenchError as exc:
+            return "failed", str(exc), 0, 0
     crops = crop_video(video, _worker_detector(detector_name), size)
     if crops is None:
-        return "failed", f"no face found in {item.path}", 0
+        return "failed", f"no face found in {item.path}", 0, missing
     atomic_save_npy(target, crops)
-    return "prepared", "", len(crops)
+    return "prepared", "", len(crops), missing
 
 
 def _check_cache(out: Path, dataset: str, frames: int, size: int, detector: str) -> None:
@@ -148,7 +169,8 @@ def prepare_items(
 ) -> dict[str, int]:
     """Prepare ``items`` into ``out``; failed videos are logged and skipped. ``meta`` is added to
     ``prepared.json``. Returns counts of videos (prepared, skipped, failed) and of frames
-    newly cropped (frames)."""
+    newly cropped (frames); with listed frames (``VideoItem.frames``) also of those listed but
+    missing or unreadable (missing_frames), which are skipped."""
     if frames < 1 or size < 1:
         raise KdbenchError(f"--frames and --size must be positive, got {frames} and {size}")
     out = Path(out)
@@ -157,28 +179,30 @@ def prepare_items(
     _check_cache(out, dataset, frames, size, detector)
     jobs = [(item, out, frames, size, detector) for item in items]
     counts = {"prepared": 0, "skipped": 0, "failed": 0, "frames": 0}
+    if any(item.frames for item in items):
+        counts["missing_frames"] = 0
     failures: list[str] = []
     with progress_bar(progress) as bar:
         task = bar.add_task(f"prepare {dataset}", total=len(jobs))
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                results = pool.map(_prepare_one, jobs, chunksize=4)
-                for status, msg, n in results:
-                    counts[status] += 1
-                    counts["frames"] += n
-                    if msg:
-                        failures.append(msg)
-                    bar.advance(task)
-        else:
-            for job in jobs:
-                status, msg, n = _prepare_one(job)
+        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        try:
+            results = pool.map(_prepare_one, jobs, chunksize=4) if pool else map(_prepare_one, jobs)
+            for status, msg, n, missing in results:
                 counts[status] += 1
                 counts["frames"] += n
+                if missing:
+                    counts["missing_frames"] += missing
                 if msg:
                     failures.append(msg)
                 bar.advance(task)
+        finally:
+            if pool:
+                pool.shutdown()
     for msg in failures:
         log.warning("skipped: %s", msg)
+    if counts.get("missing_frames"):
+        log.warning("skipped %d listed frames that are missing or unreadable",
+                    counts["missing_frames"])
     _consolidate(items, out, dataset, frames, size, detector, counts, meta or {})
     return counts
 
@@ -186,10 +210,13 @@ def prepare_items(
 def summary_line(counts: dict[str, int], seconds: float, out: Path, noun: str = "videos") -> str:
     """The one-line report of a preparation, with its throughput."""
     secs = max(seconds, 1e-9)
+    missing = (f" ({counts['missing_frames']} listed frames missing, skipped)"
+               if counts.get("missing_frames") else "")
     return (
         f"prepared {counts['prepared']}, skipped (already done) {counts['skipped']}, failed "
-        f"{counts['failed']} {noun} in {seconds:.1f} s ({counts.get('frames', 0) / secs:.1f} "
-        f"frames/s, {counts['prepared'] / secs:.2f} {noun}/s) -> {out}"
+        f"{counts['failed']} {noun}{missing} in {seconds:.1f} s "
+        f"({counts.get('frames', 0) / secs:.1f} frames/s, "
+        f"{counts['prepared'] / secs:.2f} {noun}/s) -> {out}"
     )
 
 
@@ -201,8 +228,10 @@ def _consolidate(
     if not good:
         raise DataError(f"no video of {dataset} could be prepared; check the paths under --root")
     lengths = [np.load(_cache_path(out, it), mmap_mode="r").shape[0] for it in good]
-    rows = [{**asdict(it), "frame": k} for it, n in zip(good, lengths) for k in range(n)]
-    index = pd.DataFrame(rows).drop(columns=["path"])
+    columns = [f.name for f in fields(VideoItem) if f.name not in ("path", "frames")]
+    rows = [{**{c: getattr(it, c) for c in columns}, "frame": k}
+            for it, n in zip(good, lengths) for k in range(n)]
+    index = pd.DataFrame(rows)
     index.insert(0, "row", np.arange(len(index)))
     with atomic_path(out / "frames.npy") as tmp:
         dest = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(index), size, size, 3))
@@ -216,6 +245,7 @@ def _consolidate(
     meta = {
         "dataset": dataset, "frames": frames, "size": size, "detector": detector,
         "videos": len(good), "rows": len(index), "failed": counts["failed"],
+        **({"missing_frames": counts["missing_frames"]} if "missing_frames" in counts else {}),
         "per_split": {s: int((index.split == s).sum()) for s in SPLITS},
         **extra,
     }
