@@ -742,7 +742,7 @@ def reproduce(
     dataset: str = "synthetic",
     *,
     data_root: PathLike | None = None,
-    cross_dataset: str | None = None,
+    cross_dataset: str | None = "auto",
     cross_data_root: PathLike | None = None,
     students: str | Sequence[str] | None = None,
     seeds: str | int | Sequence[int] = (0, 1, 2),
@@ -763,11 +763,23 @@ def reproduce(
     """Every run the tables need (every method in rgb and both, its variants, and the
     ablation and sweep runs its registry ``reports`` declare), then every table as
     ``<results>/tables/<kind>.md`` and every figure as ``<results>/<figure>.png``; appends a
-    record of this call (``command``, times, run counts) to ``<results>/reproduce.jsonl``."""
+    record of this call (``command``, times, run counts) to ``<results>/reproduce.jsonl``.
+    ``cross_dataset`` (Table 7): ``"auto"`` tests on the embedded ``synthetic_c23`` after
+    ``synthetic`` and on nothing after a real dataset; ``None`` or ``"none"``: no cross test."""
     from kdbench.files import atomic_write_text
     from kdbench.progress import console
 
     t0, started_at = time.perf_counter(), _utc_now()
+    if cross_dataset == "auto":
+        from kdbench.data.synthetic.domains import DEFAULT_CROSS
+
+        cross_dataset = DEFAULT_CROSS.get(dataset)
+        if cross_dataset and keep_checkpoints == "none":
+            console.print(f"no cross-dataset test on {cross_dataset}: it needs each run's "
+                          "best.pt (--keep-checkpoints best)", highlight=False)
+            cross_dataset = None
+    elif cross_dataset == "none":
+        cross_dataset = None
     if cross_dataset:  # a typo here would otherwise surface after hours of training
         from kdbench.data.datasets import check_dataset
 

@@ -19,7 +19,8 @@ REAL_DATASETS = {
     "celebdf": "kdbench prepare celebdf --root <Celeb-DF folder> --out DIR",
     "folder": "kdbench prepare folder --root <folder of real/ and fake/ images> --out DIR",
 }
-DATASETS = ("synthetic", *REAL_DATASETS)
+EMBEDDED_DATASETS = ("synthetic", "synthetic_c23")  # generated on first use (synthetic/domains)
+DATASETS = (*EMBEDDED_DATASETS, *REAL_DATASETS)
 NAMED_SOURCES = ("folder", "deepfakebench")  # preparations whose --name is the dataset name
 INDEX_COLUMNS = ("row", "video", "frame", "label", "split")
 TRAIN_SPLITS = ("train", "val", "test")  # what a run needs
@@ -129,12 +130,12 @@ def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None,
 def check_dataset(name: str, data_root: Path | None) -> None:
     """The checks of :func:`open_dataset` that need no data read: a known name, and a data
     folder that exists where one is needed (a one-line error otherwise)."""
-    if name == "synthetic":
+    if name in EMBEDDED_DATASETS:
         if data_root is not None and not Path(data_root).is_dir():
             raise DataError(
                 f"data folder {data_root} does not exist; create it (mkdir) to generate the "
-                "synthetic dataset there (about 4 MB of videos plus the prepared frames), or "
-                f"leave out --data-root to use the cache {default_data_root() / 'synthetic'}"
+                f"{name} dataset there (about 4 MB of videos plus the prepared frames), or "
+                f"leave out --data-root to use the cache {default_data_root() / name}"
             )
         return
     if name not in REAL_DATASETS:
@@ -162,16 +163,19 @@ def open_dataset(
     require: tuple[str, ...] = TRAIN_SPLITS,
 ) -> PreparedData:
     """Resolve a dataset name to prepared data with frames in each ``require``d split.
-    ``synthetic`` is generated and prepared on first use under ``data_root`` (default: the
-    cache); the real ones need ``data_root`` = a prepared folder."""
+    The embedded ones (``synthetic``, ``synthetic_c23``) are generated and prepared on first
+    use under ``data_root`` (default: the cache); the real ones need ``data_root`` = a
+    prepared folder."""
     check_dataset(name, data_root)
-    if name == "synthetic":
+    if name in EMBEDDED_DATASETS:
+        from kdbench.data.synthetic.domains import EMBEDDED
         from kdbench.data.synthetic.prepare import ensure_synthetic
 
-        root = Path(data_root) if data_root else default_data_root() / "synthetic"
+        root = Path(data_root) if data_root else default_data_root() / name
         # prepared with at least SYNTHETIC_FRAMES frames per video, then thinned: presets that
         # differ only in frames per video share one prepared folder
-        prepared = ensure_synthetic(root, size, max(frames, SYNTHETIC_FRAMES), progress)
+        prepared = ensure_synthetic(root, size, max(frames, SYNTHETIC_FRAMES), progress,
+                                    EMBEDDED[name], name)
         return load_prepared(prepared, name, frames, require=require)
     return load_prepared(Path(data_root), name, frames, require)
 

@@ -6,22 +6,23 @@ from pathlib import Path
 
 from kdbench.data.prepare import ffpp_items, prepare_items
 from kdbench.data.synthetic.manipulations import MANIPULATIONS
-from kdbench.data.synthetic.tree import SynthConfig, generate
+from kdbench.data.synthetic.tree import SynthConfig, compression_of, generate
 
 
 def ensure_synthetic(
-    root: Path, size: int, frames: int, progress: bool = True, cfg: SynthConfig | None = None
+    root: Path, size: int, frames: int, progress: bool = True, cfg: SynthConfig | None = None,
+    dataset: str = "synthetic",
 ) -> Path:
-    """Generate the videos (once) and prepare them at ``size``/``frames`` (once per setting);
-    returns the prepared folder."""
+    """Generate the videos of ``cfg`` (once) and prepare them as ``dataset`` at
+    ``size``/``frames`` (once per setting); returns the prepared folder."""
     cfg = cfg or SynthConfig()
     videos = Path(root) / "videos"
     workers = max(1, min(2, _cpus()))
     generate(videos, cfg, workers=workers, progress=progress)
     out = Path(root) / f"prepared-s{size}-f{frames}"
     if not (out / "prepared.json").is_file():
-        items = ffpp_items(videos, "c40", MANIPULATIONS)
-        prepare_items(items, out, "synthetic", frames, size, "center",
+        items = ffpp_items(videos, compression_of(cfg), MANIPULATIONS)
+        prepare_items(items, out, dataset, frames, size, "center",
                       workers=workers, progress=progress)
     return out
 

@@ -6,8 +6,8 @@ real videos ``a`` and ``b`` and, for each of the four manipulations, the fakes `
 :func:`kdbench.data.synthetic.manipulations.synthesize`), in the FF++ layout:
 ``original_sequences/youtube/c40/videos``, ``manipulated_sequences/<method>/c40/videos``
 and ``splits/<split>.json``. Every video is encoded with H.264 at constant QP 40 (FF++
-"c40"). :class:`SynthConfig` says what to generate (its :class:`Traces` the difficulty)
-and is recorded in ``synth.json``.
+"c40"; another ``SynthConfig.qp`` writes ``c<qp>`` folders). :class:`SynthConfig` says what
+to generate (its :class:`Traces` the difficulty) and is recorded in ``synth.json``.
 """
 
 from __future__ import annotations
@@ -86,18 +86,25 @@ DEFAULT_CONFIG = SynthConfig()
 # ------------------------------------------------------------------------------ layout
 
 
-def real_path(root: Path, ident: str) -> Path:
+def compression_of(cfg: SynthConfig) -> str:
+    """The FF++ compression folder of a config's videos: ``c<qp>`` (``c40`` by default)."""
+    return f"c{cfg.qp}"
+
+
+def real_path(root: Path, ident: str, compression: str = COMPRESSION) -> Path:
     """``original_sequences/youtube/c40/videos/NNN.mp4``."""
-    return Path(root) / "original_sequences" / "youtube" / COMPRESSION / "videos" / f"{ident}.mp4"
+    return Path(root) / "original_sequences" / "youtube" / compression / "videos" / f"{ident}.mp4"
 
 
-def fake_path(root: Path, method: str, target: str, source: str) -> Path:
+def fake_path(
+    root: Path, method: str, target: str, source: str, compression: str = COMPRESSION
+) -> Path:
     """``manipulated_sequences/<method>/c40/videos/TTT_SSS.mp4``."""
     return (
         Path(root)
         / "manipulated_sequences"
         / method
-        / COMPRESSION
+        / compression
         / "videos"
         / f"{target}_{source}.mp4"
     )
@@ -180,9 +187,9 @@ class _Job:
     source: int
 
     def paths(self) -> dict[str, Path]:
-        t, s = f"{self.target:03d}", f"{self.source:03d}"
-        out = {"real": real_path(Path(self.root), t)}
-        out.update({m: fake_path(Path(self.root), m, t, s) for m in MANIPULATIONS})
+        t, s, c = f"{self.target:03d}", f"{self.source:03d}", compression_of(self.cfg)
+        out = {"real": real_path(Path(self.root), t, c)}
+        out.update({m: fake_path(Path(self.root), m, t, s, c) for m in MANIPULATIONS})
         return out
 
 
@@ -254,6 +261,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SPLITS",
     "SynthConfig",
+    "compression_of",
     "fake_path",
     "generate",
     "make_splits",
