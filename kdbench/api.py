@@ -737,6 +737,21 @@ def _description(entry: Any) -> str:
     return lines[0] if lines else ""
 
 
+def _cross_dataset(cross_dataset: str | None, dataset: str, keep_checkpoints: str) -> str | None:
+    """The dataset ``reproduce`` tests on for Table 7: ``auto`` is the embedded shifted domain
+    after an embedded dataset (none when no best.pt is kept), else none; ``none``: none."""
+    if cross_dataset == "auto":
+        from kdbench.data.synthetic.domains import DEFAULT_CROSS
+        from kdbench.progress import console
+
+        cross_dataset = DEFAULT_CROSS.get(dataset)
+        if cross_dataset and keep_checkpoints == "none":
+            console.print(f"no cross-dataset test on {cross_dataset}: it needs each run's "
+                          "best.pt (--keep-checkpoints best)", highlight=False)
+            return None
+    return None if cross_dataset == "none" else cross_dataset
+
+
 def reproduce(
     preset: str | None = None,
     dataset: str = "synthetic",
@@ -770,16 +785,7 @@ def reproduce(
     from kdbench.progress import console
 
     t0, started_at = time.perf_counter(), _utc_now()
-    if cross_dataset == "auto":
-        from kdbench.data.synthetic.domains import DEFAULT_CROSS
-
-        cross_dataset = DEFAULT_CROSS.get(dataset)
-        if cross_dataset and keep_checkpoints == "none":
-            console.print(f"no cross-dataset test on {cross_dataset}: it needs each run's "
-                          "best.pt (--keep-checkpoints best)", highlight=False)
-            cross_dataset = None
-    elif cross_dataset == "none":
-        cross_dataset = None
+    cross_dataset = _cross_dataset(cross_dataset, dataset, keep_checkpoints)
     if cross_dataset:  # a typo here would otherwise surface after hours of training
         from kdbench.data.datasets import check_dataset
 
