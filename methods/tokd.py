@@ -26,9 +26,10 @@ from kdbench.methods.feature_kd import match_spatial
 from kdbench.models.outputs import StudentOut, TeacherOut
 
 ROTATION_MODES = ("flat", "channel")
+PROJ_LAST = ("match", "literal")  # docs/design.md decision 10
 LOGGING_ONLY = {"gradsim_every"}
 BOTH_ONLY = {"use_rgb", "use_fre", "rotation", "d", "rotation_mode", "rot_lr_scale", "rot_decay",
-             "alpha2"}
+             "alpha2", "proj_last"}
 ORTHO_TOL = 1e-5  # R is re-orthonormalised when its estimated drift max|R^T R - I| exceeds this
 ORTHO_COLUMNS = 4  # columns of R^T R - I that estimate read in full (with the diagonal)
 
@@ -182,12 +183,14 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
 
 
-def student_projector(cin: int, dim: int, convs: int) -> nn.Sequential:
+def student_projector(cin: int, dim: int, convs: int, linear_last: bool = False) -> nn.Sequential:
     """G_Sr (convs=2) / G_Sf (convs=3): conv+BN+ReLU blocks mapping S_B(x) to the teacher's
-    projected width."""
+    projected width; with ``linear_last`` the last block is a plain conv (signed output)."""
     layers = _conv_bn_relu(cin, dim)
     for _ in range(convs - 1):
         layers += _conv_bn_relu(dim, dim)
+    if linear_last:
+        layers[-3:] = [nn.Conv2d(dim if convs > 1 else cin, dim, 3, padding=1)]
     return nn.Sequential(*layers)
 
 
@@ -262,6 +265,9 @@ class TOKD(Distiller):
     alpha1, alpha2: weights of L_KD_RGB and L_KD_Fre; use_rgb, use_fre: which teacher branches
     are distilled (``both`` mode; ``rgb`` mode uses the RGB branch only); projectors: G_Sr/G_Sf
     (true) or a plain 1x1 conv adaptor (false); rotation: on/off (only with two branches);
+    proj_last: match (each student projector ends like the teacher projector it is pulled
+    towards: G_Sf's last conv linear, as G_Tf's) or literal (the paper's text: G_Sf ends in
+    BN+ReLU, so it cannot reach the negative part of F_Tf);
     d: rotation size; rotation_mode: flat | channel; rot_lr_scale: rotation lr / student lr at
     the start; rot_decay: extra per-epoch decay of the rotation lr; gradsim_every: steps between
     records of the gradient cosine trace (``gradsim.jsonl``; 0 turns it off).
@@ -295,8 +301,13 @@ class TOKD(Distiller):
             )
         dim = teacher.proj_dim
         convs = {"rgb": 2, "freq": 3}
+        self.proj_last = str(hp.get("proj_last", "match"))
+        if self.proj_last not in PROJ_LAST:
+            raise KdbenchError(f"tokd.proj_last must be match or literal, got {self.proj_last!r}")
+        # match: G_Sf ends like G_Tf (a linear conv, signed), G_Sr like G_Tr (BN+ReLU)
+        linear = {"rgb": False, "freq": self.proj_last == "match"}
         self.projectors = nn.ModuleDict({
-            b: student_projector(channels, dim, convs[b]) if hp.get("projectors", True)
+            b: student_projector(channels, dim, convs[b], linear[b]) if hp.get("projectors", True)
             else nn.Conv2d(channels, dim, 1) for b in self.branches
         })
         self.rotations = nn.ModuleDict(

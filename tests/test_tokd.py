@@ -14,6 +14,7 @@ from kdbench.methods.tokd import (
     rotate_back,
     rotation_loss,
     rotation_loss_factors,
+    student_projector,
     tokd_kd_loss,
 )
 from kdbench.models.outputs import StudentOut, TeacherOut
@@ -273,7 +274,8 @@ def test_ablation_switches():
     assert all(isinstance(p, nn.Conv2d) and p.kernel_size == (1, 1)
                for p in plain.projectors.values())
     full = _tokd()
-    assert len(full.projectors["rgb"]) == 6 and len(full.projectors["freq"]) == 9  # 2 / 3 blocks
+    # 2 / 3 blocks; with proj_last match (the default) G_Sf's last block is a plain conv
+    assert len(full.projectors["rgb"]) == 6 and len(full.projectors["freq"]) == 7
     assert set(full.rotations) == {"rgb", "freq"}
     # R_r, R_f are buffers moved by after_backward, not parameters of the trainer's optimizer
     assert list(full.rotations.parameters()) == []
@@ -315,3 +317,38 @@ def test_rotations_travel_with_the_state_dict_and_resume_exactly():
     _train_step(fresh, 2)
     for b in m.rotations:  # the next step moves both alike: nothing else carries over
         assert torch.equal(fresh.rotations[b].matrix(), m.rotations[b].matrix())
+
+
+def _fit_projector(proj_last: str, target: torch.Tensor, steps: int = 300) -> float:
+    """L_KD after ``steps`` Adam steps of G_Sf alone on one fixed batch towards ``target``."""
+    torch.manual_seed(0)
+    proj = student_projector(8, target.shape[1], 3, linear_last=proj_last == "match")
+    z = torch.randn(4, 8, 3, 3)
+    opt = torch.optim.Adam(proj.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = tokd_kd_loss(proj(z), target)
+        loss.backward()
+        opt.step()
+    return tokd_kd_loss(proj(z), target).item()
+
+
+def test_matched_projector_reaches_a_signed_target_and_the_literal_one_cannot():
+    target = torch.randn(4, 16, 3, 3, generator=torch.Generator().manual_seed(1))
+    t = target.flatten(1)
+    floor = (2 - 2 * t.clamp(min=0).norm(dim=1) / t.norm(dim=1)).mean().item()  # best >= 0 fit
+    assert floor > 0.5
+    assert _fit_projector("match", target) < 0.02
+    assert _fit_projector("literal", target) > 0.95 * floor
+
+
+def test_proj_last_builds_the_frequency_projector_and_is_checked():
+    student, teacher = ToyStudent(), ToyTeacher()
+    last = {p: TOKD(student, teacher, "both", proj_last=p).projectors["freq"][-1]
+            for p in ("match", "literal")}
+    assert isinstance(last["match"], nn.Conv2d) and last["match"].bias is not None
+    assert isinstance(last["literal"], nn.ReLU)
+    rgb = TOKD(student, teacher, "both", proj_last="match").projectors["rgb"][-1]
+    assert isinstance(rgb, nn.ReLU)  # G_Sr ends like G_Tr in both settings
+    with pytest.raises(KdbenchError, match="proj_last must be match or literal"):
+        TOKD(student, teacher, "both", proj_last="signed")
