@@ -84,6 +84,11 @@ class Distiller(nn.Module):
         with torch.no_grad():
             return self.teacher(batch["image"], needs=self.teacher_needs())
 
+    def on_train_data(self, labels: Tensor) -> None:
+        """Optional: called once before training, before the optimizer takes the trainable
+        parameters, with the labels of the training frames in the order of a batch's ``pos``
+        (their number is the training set's size), e.g. to build a memory bank over them."""
+
     def on_fit_start(self, train_cfg: dict, steps_per_epoch: int) -> None:
         """Optional: called once before training (and before a resumed checkpoint is loaded),
         e.g. to build an optimizer of the method's own."""

@@ -289,8 +289,11 @@ class Trainer:
         self.teacher_outputs = "cache"
 
     def _prepare_models(self) -> None:
-        """Device, memory format and (``train.compile``) torch.compile of the learner's
-        student and teacher."""
+        """The learner told the training frames' labels (``on_train_data``, before its
+        parameters are handed to an optimizer); device, memory format and
+        (``train.compile``) torch.compile of the learner's student and teacher."""
+        if hasattr(self.learner, "on_train_data"):
+            self.learner.on_train_data(self.splits["train"].labels)
         if self.device.type == "cuda":  # TF32 matmuls and convolutions
             torch.set_float32_matmul_precision("high")
             torch.backends.cudnn.allow_tf32 = True
