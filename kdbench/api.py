@@ -174,9 +174,9 @@ def _check_run(methods, dataset, data_root, students, modes, seeds, preset, resu
     config = resolve_config(preset, dataset, overrides)
     for section in ("teacher", "student"):
         weights = config[section]["pretrained"]
-        if weights and not Path(weights).expanduser().is_file():
+        if weights and weights != "imagenet" and not Path(weights).expanduser().is_file():
             raise KdbenchError(f"{section}.pretrained: weights file {weights} not found; give a "
-                               "local .pth/.pt path (kdbench never downloads weights)")
+                               "local .pth/.pt path, imagenet (timm's weights) or none")
     chosen = _names(students) or preset_students(preset)
     for s in chosen:
         if s not in BACKBONES:
@@ -197,6 +197,13 @@ def _check_run(methods, dataset, data_root, students, modes, seeds, preset, resu
     check_plan(pairs, dataset, overrides, sweep_list)
     check_dataset(dataset, data_root)
     check_writable(Path(results))
+    backbones = {"teacher": [config["teacher"]["backbone"]], "student": chosen}
+    for section, names in backbones.items():  # before hours of data preparation
+        if config[section]["pretrained"] == "imagenet":
+            from kdbench.models.backbones import check_imagenet
+
+            for name in names:
+                check_imagenet(name, f"{section}.pretrained")
     return _Plan(entries, pairs, overrides, chosen, sweep_list, seed_list)
 
 

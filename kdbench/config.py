@@ -88,7 +88,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "students": ["resnet18_thin", "resnet34_thin", "xception"],
         "data": {"size": 299, "frames": 32, "workers": 4},
         "train": {"epochs": 15, "batch_size": 64, "lr": 1e-4, "step_size": 5, "gamma": 0.1},
-        "teacher": {"backbone": "xception", "proj_dim": 256},
+        # the paper's branches start from ImageNet weights (docs/design.md decision 11)
+        "teacher": {"backbone": "xception", "proj_dim": 256, "pretrained": "imagenet"},
         "datasets": {"celebdf": {"train": {"lr": 1e-3}}},
     },
 }
@@ -186,6 +187,9 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
             value = coerce(value, cfg[section][key], name)
             values[key] = check_limits(value, LIMITS[section].get(key), name)
     cfg = deep_merge(cfg, section_overrides)
+    for section in ("teacher", "student"):  # "none" is no weights, as the default None
+        if str(cfg[section]["pretrained"]).lower() in ("none", ""):
+            cfg[section]["pretrained"] = None
     cfg["preset"] = preset
     return cfg
 

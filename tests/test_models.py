@@ -94,6 +94,76 @@ def test_local_pretrained_weights_load_and_missing_file_errors(tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(KdbenchError, match="not found"):
         create_student("resnet18_thin", pretrained=str(tmp_path / "nope.pth"))
+    # a file that fills only part of the backbone (here: no layer4, 75 % of the parameters)
+    partial = {k: v for k, v in timm_like.items() if not k.startswith("layer4.")}
+    torch.save(partial, path)
+    total = sum(p.numel() for p in src.backbone.parameters())
+    layer4 = sum(p.numel() for p in src.backbone.stages[3].parameters())
+    with pytest.raises(KdbenchError) as err:
+        create_student("resnet18_thin", pretrained=str(path))
+    msg = str(err.value)
+    assert "\n" not in msg and "at least 90% must match" in msg
+    assert (f"{(total - layer4) / 1e6:.2f} M of the backbone's {total / 1e6:.2f} M parameters "
+            f"matched, {layer4 / 1e6:.2f} M missing") in msg
+    # a DeepfakeBench-style checkpoint (keys under "backbone.") matches nothing
+    torch.save({f"backbone.{k}": v for k, v in timm_like.items()}, path)
+    with pytest.raises(KdbenchError, match="0.00 M of the backbone.*'backbone.conv1.weight'"):
+        create_student("resnet18_thin", pretrained=str(path))
+
+
+def test_load_report_counts_unexpected_tensors(tmp_path, capsys):
+    import timm
+
+    src = timm.create_model("resnet18", num_classes=0)  # a plain ResNet-18: the wrong widths
+    model = timm.create_model("resnet18", num_classes=0)
+    from kdbench.models.backbones import load_local_weights
+
+    state = {**src.state_dict(), "fc.weight": torch.zeros(1000, 512)}
+    torch.save(state, tmp_path / "w.pth")
+    counts = load_local_weights(model, tmp_path / "w.pth")
+    total = sum(p.numel() for p in model.parameters())
+    assert counts == {"matched": total, "missing": 0, "unexpected": 512_000}
+    assert "loaded" in capsys.readouterr().err
+
+
+def _fake_imagenet_cache(tmp_path, monkeypatch):
+    """timm's legacy_xception ImageNet file, fabricated in an empty torch hub cache."""
+    import timm
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = timm.create_model("legacy_xception", num_classes=0).pretrained_cfg["url"]
+    ref = timm.create_model("legacy_xception", num_classes=1000)
+    target = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    target.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), target)
+    return ref
+
+
+def test_imagenet_weights_come_through_timms_cache(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # no test downloads
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    with pytest.raises(KdbenchError) as err:
+        build_backbone("xception", "imagenet", "teacher.pretrained")
+    msg = str(err.value)
+    assert "\n" not in msg and "--set teacher.pretrained=none" in msg and "hub cache" in msg
+    with pytest.raises(KdbenchError, match="resnet18_thin has no ImageNet weights"):
+        build_backbone("resnet18_thin", "imagenet", "student.pretrained")
+    ref = _fake_imagenet_cache(tmp_path, monkeypatch)
+    got = build_backbone("xception", "imagenet")
+    torch.testing.assert_close(got.stem[0].weight, ref.conv1.weight)
+    torch.testing.assert_close(got.stages[3][1].conv1.weight, ref.conv3.conv1.weight)
+
+
+def test_paper_preset_starts_from_imagenet_and_none_turns_it_off():
+    from kdbench.config import resolve_config
+
+    assert resolve_config("paper", "ff_c40", {})["teacher"]["pretrained"] == "imagenet"
+    off = resolve_config("paper", "ff_c40", {"teacher": {"pretrained": "none"}})
+    assert off["teacher"]["pretrained"] is None
+    assert resolve_config("cpu", "synthetic", {})["teacher"]["pretrained"] is None
 
 
 def test_the_light_backbone_list_names_what_is_built():
@@ -101,3 +171,19 @@ def test_the_light_backbone_list_names_what_is_built():
     from kdbench.models.backbones import BACKBONES
 
     assert checked_before_torch == BACKBONES
+
+
+def test_paper_preset_offline_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    from kdbench.cli import main
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    argv = ["run", "--preset", "paper", "--methods", "tokd", "--results", str(tmp_path / "R"),
+            "--data-root", str(tmp_path), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--set teacher.pretrained=none" in err[0]
+    assert not (tmp_path / "videos").exists()  # failed before generating any data

@@ -69,10 +69,19 @@ _BUILDERS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], Staged
 }
 
 BACKBONES = tuple(_BUILDERS)  # the same names as kdbench.config.BACKBONES (tested)
+IMAGENET = {"xception": "legacy_xception"}  # backbones with timm ImageNet weights
+MIN_MATCHED = 0.9  # share of a backbone's parameters a weight file must fill
 
 
-def load_local_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a local state dict (timm naming) into ``model``; classifier keys are ignored."""
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M"
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
+    """Load a local state dict (timm naming) into ``model`` and report the parameters matched,
+    missing (left at their initial values) and unexpected (in the file, unused: e.g. the
+    classifier); fewer than ``MIN_MATCHED`` of the backbone's parameters matched is an error.
+    Returns the three counts."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise KdbenchError(
@@ -94,18 +103,70 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise KdbenchError(f"pretrained weights file {path} holds no state dict")
     own = model.state_dict()
+    state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise KdbenchError(f"no tensor of {path} matches the backbone; is it the right model?")
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    counts = {"matched": sum(p.numel() for k, p in params.items() if k in usable),
+              "unexpected": sum(v.numel() for k, v in state.items() if k not in usable)}
+    counts["missing"] = total - counts["matched"]
+    summary = (f"{_millions(counts['matched'])} of the backbone's {_millions(total)} parameters "
+               f"matched, {_millions(counts['missing'])} missing, "
+               f"{_millions(counts['unexpected'])} unexpected")
+    if counts["matched"] < MIN_MATCHED * total:
+        own_key = next((k for k in params if k not in usable), "")
+        file_key = next((k for k in state if k not in usable), "")
+        raise KdbenchError(
+            f"pretrained weights file {path}: {summary}; at least {MIN_MATCHED:.0%} must match "
+            f"(is it this backbone in timm's naming? the file has e.g. {file_key!r}, the "
+            f"backbone {own_key!r})")
     model.load_state_dict(usable, strict=False)
+    from kdbench.progress import console
+
+    console.print(f"loaded {path}: {summary}", highlight=False)
+    return counts
 
 
-def build_backbone(name: str, pretrained: str | None = None) -> StagedBackbone:
-    """Build a staged backbone by name; ``pretrained`` is an optional local weights file."""
+def _imagenet_model(name: str, setting: str) -> nn.Module:
+    """The backbone with timm's ImageNet weights, through timm's own loading (its cache; a
+    download when online)."""
+    if name not in IMAGENET:
+        raise KdbenchError(
+            f"{setting}=imagenet: {name} has no ImageNet weights (kdbench's thin networks are "
+            f"its own); use --set {setting}=none or a local weights file")
+    try:
+        return timm.create_model(IMAGENET[name], pretrained=True, num_classes=0)
+    except Exception as exc:  # offline with nothing cached, a damaged download, ...
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise KdbenchError(
+            f"{setting}=imagenet: timm could not load the ImageNet weights of {IMAGENET[name]} "
+            f"({reason}); offline they must already be in torch's hub cache "
+            f"({Path(torch.hub.get_dir()) / 'checkpoints'}); or use --set {setting}=none "
+            "(train from scratch) or a local weights file") from None
+
+
+def check_imagenet(name: str, setting: str) -> None:
+    """Fail early (one line) unless timm's ImageNet weights of ``name`` are in torch's hub cache
+    or can be downloaded into it now."""
+    if name in IMAGENET:
+        url = timm.models.get_pretrained_cfg(IMAGENET[name]).url or ""
+        if (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file():
+            return
+    _imagenet_model(name, setting)
+
+
+def build_backbone(name: str, pretrained: str | None = None,
+                   setting: str = "pretrained") -> StagedBackbone:
+    """Build a staged backbone by name; ``pretrained``: none, ``imagenet`` (timm's ImageNet
+    weights) or a local weights file; ``setting`` names the option in messages."""
     if name not in _BUILDERS:
         raise KdbenchError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     make, split = _BUILDERS[name]
+    if pretrained == "imagenet":
+        return split(_imagenet_model(name, setting))
     model = make()
     if pretrained:
         load_local_weights(model, pretrained)

@@ -14,7 +14,7 @@ class Student(nn.Module):
     def __init__(self, backbone: str, num_classes: int = 2, pretrained: str | None = None) -> None:
         super().__init__()
         self.name = backbone
-        self.backbone = build_backbone(backbone, pretrained)
+        self.backbone = build_backbone(backbone, pretrained, "student.pretrained")
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.backbone.num_features, num_classes)
 

@@ -51,8 +51,8 @@ class DualBranchTeacher(nn.Module):
         super().__init__()
         self.name = backbone
         self.freq_view = FrequencyView(hp_cutoff)
-        self.rgb_branch = build_backbone(backbone, pretrained)
-        self.freq_branch = build_backbone(backbone, pretrained)
+        self.rgb_branch = build_backbone(backbone, pretrained, "teacher.pretrained")
+        self.freq_branch = build_backbone(backbone, pretrained, "teacher.pretrained")
         chans = self.rgb_branch.stage_channels
         self.rfams = nn.ModuleList(RFAM(c) for c in chans[:3])
         self.pool = nn.AdaptiveAvgPool2d(1)
