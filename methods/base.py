@@ -72,7 +72,8 @@ class Distiller(nn.Module):
         return set()
 
     def teacher_needs(self) -> set[str]:
-        """Teacher fields this method reads (subset of rgb, freq, rgb_proj, freq_proj)."""
+        """Teacher fields this method reads (subset of rgb, freq, rgb_proj, freq_proj,
+        rgb_preact, freq_preact); only those are computed and cached."""
         return set()
 
     def teacher_forward(self, batch: dict[str, Tensor]) -> TeacherOut:

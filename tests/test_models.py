@@ -187,3 +187,37 @@ def test_paper_preset_offline_fails_before_any_work(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--set teacher.pretrained=none" in err[0]
     assert not (tmp_path / "videos").exists()  # failed before generating any data
+
+
+@pytest.mark.parametrize("name", ["resnet18_thin", "xception"])
+def test_pre_relu_stage_maps_are_what_the_final_relu_sees(name):
+    student = create_student(name).eval()
+    torch.manual_seed(0)
+    for m in student.modules():  # timm zero-initialises some last BN scales: make maps signed
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(m.weight)
+    x = torch.randn(2, 3, 64, 64)
+    out = student(x, preact=True)
+    assert len(out.preact) == 4 and student(x).preact == []
+    for pre, post in zip(out.preact, out.feats):  # post: after the ReLU (in place or not)
+        assert pre.shape == post.shape and (pre < 0).any()
+        torch.testing.assert_close(torch.relu(pre), torch.relu(post))
+    torch.testing.assert_close(student(x).logits, out.logits)  # capturing changes nothing
+    bns = student.backbone.preact_bns
+    assert [bn.num_features for bn in bns] == student.stage_channels
+
+
+def test_teacher_gives_pre_relu_maps_only_when_asked():
+    t = DualBranchTeacher("resnet18_thin", proj_dim=8).eval()
+    torch.manual_seed(0)
+    for m in t.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.normal_(m.weight)
+    x = torch.randn(2, 3, 32, 32)
+    assert t(x, needs={"rgb"}).rgb_preact == []
+    out = t(x, needs={"rgb_preact", "freq_preact"})
+    assert len(out.rgb_preact) == len(out.freq_preact) == 4 and out.rgb == []
+    assert all((m < 0).any() for m in out.freq_preact)
+    full = t(x, needs={"rgb", "rgb_preact"})
+    # the last stage has no RFAM after it: its map is the ReLU of the pre-activation
+    torch.testing.assert_close(torch.relu(full.rgb_preact[3]), full.rgb[3])

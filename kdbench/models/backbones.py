@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import timm
@@ -15,17 +16,52 @@ from kdbench.errors import KdbenchError
 
 
 class StagedBackbone(nn.Module):
-    """A CNN as ``stem`` + four ``stages``; ``forward`` returns the four stage maps."""
+    """A CNN as ``stem`` + four ``stages``; ``forward`` returns the four stage maps.
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int]) -> None:
+    ``final_relus[i]``: the ReLU that ends stage i (None: the stage ends without one, its output
+    is pre-activation already); ``preact_bns[i]``: the BatchNorm feeding that pre-activation
+    (OFD's margin comes from its statistics). :meth:`capture_preact` records the stage maps
+    before their final ReLU."""
+
+    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int],
+                 final_relus: list[nn.Module | None] | None = None,
+                 preact_bns: list[nn.BatchNorm2d] | None = None) -> None:
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.stage_channels = list(channels)
+        self._final_relus = list(final_relus or [None] * len(stages))  # not submodules twice
+        self._preact_bns = list(preact_bns or [])
 
     @property
     def num_features(self) -> int:
         return self.stage_channels[-1]
+
+    @property
+    def preact_bns(self) -> list[nn.BatchNorm2d]:
+        return self._preact_bns
+
+    @contextmanager
+    def capture_preact(self) -> Iterator[list[Tensor]]:
+        """Within the block, each forward appends the four pre-ReLU stage maps to the list it
+        yields (copies: ReLUs work in place)."""
+        maps: list[Tensor] = []
+
+        def before_relu(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            x = args[0]
+            maps.append(x.clone() if getattr(module, "inplace", False) else x)
+
+        def stage_output(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+            maps.append(out.clone())  # the next stage may start with an in-place ReLU
+
+        handles = [relu.register_forward_pre_hook(before_relu) if relu is not None
+                   else stage.register_forward_hook(stage_output)
+                   for relu, stage in zip(self._final_relus, self.stages, strict=True)]
+        try:
+            yield maps
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
@@ -43,7 +79,9 @@ def _thin_resnet(layers: list[int]) -> nn.Module:
 def _split_resnet(m: nn.Module) -> StagedBackbone:
     stem = nn.Sequential(m.conv1, m.bn1, m.act1, m.maxpool)
     stages = [m.layer1, m.layer2, m.layer3, m.layer4]
-    return StagedBackbone(stem, stages, [32, 64, 128, 256])
+    # a stage ends in its last block's relu(bn2(.) + shortcut): OFD's ResNet choice of BN
+    return StagedBackbone(stem, stages, [32, 64, 128, 256], [s[-1].act2 for s in stages],
+                          [s[-1].bn2 for s in stages])
 
 
 def _split_xception(m: nn.Module) -> StagedBackbone:
@@ -56,7 +94,10 @@ def _split_xception(m: nn.Module) -> StagedBackbone:
         nn.Sequential(*blocks[7:11]),
         nn.Sequential(blocks[11], m.conv3, m.bn3, m.act3, m.conv4, m.bn4, m.act4),
     ]
-    return StagedBackbone(stem, stages, [728, 728, 728, 2048])
+    # blocks 3, 7, 11 end in rep(x) + skip (no ReLU; rep's last BatchNorm), conv4 in bn4, act4
+    bns = [[b for b in blocks[i].rep if isinstance(b, nn.BatchNorm2d)][-1] for i in (2, 6, 10)]
+    bns.append(m.bn4)
+    return StagedBackbone(stem, stages, [728, 728, 728, 2048], [None, None, None, m.act4], bns)
 
 
 _BUILDERS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], StagedBackbone]]] = {

@@ -11,12 +11,14 @@ from torch import Tensor
 class StudentOut:
     """Student forward result.
 
-    logits: [B, 2]; feats: one map per stage, the last is S_B(x); pooled: [B, D] penultimate vector.
+    logits: [B, 2]; feats: one map per stage, the last is S_B(x); pooled: [B, D] penultimate vector;
+    preact: the stage maps before their final ReLU (only when asked: ``student(x, preact=True)``).
     """
 
     logits: Tensor
     feats: list[Tensor]
     pooled: Tensor
+    preact: list[Tensor] = field(default_factory=list)
 
 
 @dataclass
@@ -26,11 +28,15 @@ class TeacherOut:
     rgb / freq: stage maps of each branch (after the RFAMs); *_pooled: pooled last maps;
     rgb_proj / freq_proj: the condensed features F_Tr = G_Tr(T_r(x)) and F_Tf = G_Tf(T_f(x^F)).
     aux_logits: logits of the auxiliary pooled classifiers that train the projectors.
+    rgb_preact / freq_preact: each branch's stage maps before their final ReLU (and before the
+    RFAMs).
     """
 
     logits: Tensor
     rgb: list[Tensor] = field(default_factory=list)
     freq: list[Tensor] = field(default_factory=list)
+    rgb_preact: list[Tensor] = field(default_factory=list)
+    freq_preact: list[Tensor] = field(default_factory=list)
     rgb_pooled: Tensor | None = None
     freq_pooled: Tensor | None = None
     rgb_proj: Tensor | None = None
@@ -38,7 +44,7 @@ class TeacherOut:
     aux_logits: dict[str, Tensor] = field(default_factory=dict)
 
 
-LIST_FIELDS = ("rgb", "freq")
+LIST_FIELDS = ("rgb", "freq", "rgb_preact", "freq_preact")
 TENSOR_FIELDS = ("logits", "rgb_pooled", "freq_pooled", "rgb_proj", "freq_proj")
 PREFIX = "teacher."  # batch keys of cached teacher outputs (kdbench.train.teacher_cache)
 

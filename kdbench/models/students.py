@@ -22,10 +22,15 @@ class Student(nn.Module):
     def stage_channels(self) -> list[int]:
         return self.backbone.stage_channels
 
-    def forward(self, x: Tensor) -> StudentOut:
-        feats = self.backbone(x)
+    def forward(self, x: Tensor, preact: bool = False) -> StudentOut:
+        """Logits, stage maps, pooled vector; with ``preact`` also the pre-ReLU stage maps."""
+        if preact:
+            with self.backbone.capture_preact() as maps:
+                feats = self.backbone(x)
+        else:
+            feats, maps = self.backbone(x), []
         pooled = self.pool(feats[-1]).flatten(1)
-        return StudentOut(logits=self.fc(pooled), feats=feats, pooled=pooled)
+        return StudentOut(logits=self.fc(pooled), feats=feats, pooled=pooled, preact=maps)
 
 
 def create_student(name: str, pretrained: str | None = None) -> Student:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import torch
 from torch import Tensor, nn
 
@@ -10,7 +12,8 @@ from kdbench.models.frequency import FrequencyView
 from kdbench.models.outputs import TeacherOut
 from kdbench.models.rfam import RFAM
 
-TEACHER_FIELDS = frozenset({"rgb", "freq", "rgb_proj", "freq_proj"})
+TEACHER_FIELDS = frozenset({"rgb", "freq", "rgb_proj", "freq_proj", "rgb_preact",
+                            "freq_preact"})
 
 
 def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -69,14 +72,17 @@ class DualBranchTeacher(nn.Module):
 
     def forward(self, x: Tensor, needs: set[str] | frozenset[str] | None = None) -> TeacherOut:
         needs = TEACHER_FIELDS if needs is None else needs
-        r, f = self.rgb_branch.stem(x), self.freq_branch.stem(self.freq_view(x))
-        rgb_feats, freq_feats = [], []
-        for i, (sr, sf) in enumerate(zip(self.rgb_branch.stages, self.freq_branch.stages)):
-            r, f = sr(r), sf(f)
-            if i < len(self.rfams):
-                r, f = self.rfams[i](r, f)
-            rgb_feats.append(r)
-            freq_feats.append(f)
+        with ExitStack() as stack:
+            pre = {b: stack.enter_context(getattr(self, f"{b}_branch").capture_preact())
+                   for b in ("rgb", "freq") if f"{b}_preact" in needs}
+            r, f = self.rgb_branch.stem(x), self.freq_branch.stem(self.freq_view(x))
+            rgb_feats, freq_feats = [], []
+            for i, (sr, sf) in enumerate(zip(self.rgb_branch.stages, self.freq_branch.stages)):
+                r, f = sr(r), sf(f)
+                if i < len(self.rfams):
+                    r, f = self.rfams[i](r, f)
+                rgb_feats.append(r)
+                freq_feats.append(f)
         rgb_pooled, freq_pooled = self.pool(r).flatten(1), self.pool(f).flatten(1)
         out = TeacherOut(logits=self.fc(torch.cat([rgb_pooled, freq_pooled], dim=1)))
         if "rgb" in needs:
@@ -89,4 +95,5 @@ class DualBranchTeacher(nn.Module):
         if "freq_proj" in needs:
             out.freq_proj = self.freq_proj(f)
             out.aux_logits["freq"] = self.aux_freq(self.pool(out.freq_proj).flatten(1))
+        out.rgb_preact, out.freq_preact = pre.get("rgb", []), pre.get("freq", [])
         return out
