@@ -289,3 +289,30 @@ def test_a_sweep_figure_places_points_by_value_and_names_the_sweep_of_single_poi
     _write(other, base.format("resnet18_thin", "@alpha1=100,alpha2=100"), 0.8)
     plot_sweep(collect_runs(other), reg, "alpha", tmp_path / "a.png")
     assert "--sweep alpha=1,10,100,1000" in drawn["texts"][0]
+
+
+def test_runs_distilled_from_other_teacher_weights_are_marked(tmp_path):
+    from kdbench.report.tables import OTHER_TEACHER_NOTE, build
+
+    teacher = tmp_path / "teachers/synthetic/resnet18_thin-abc"
+    teacher.mkdir(parents=True)
+    (teacher / "metrics.json").write_text(json.dumps(
+        {"status": "finished", "test": {"acc": 0.9}, "weights_sha256": "a" * 64}))
+    used = {("at", "rgb"): "a" * 64, ("at", "both"): "b" * 64, ("vid", "rgb"): None}
+    for (method, mode), sha in used.items():
+        for seed in (0, 1):
+            run = tmp_path / f"runs/synthetic/resnet18_thin/{method}/{mode}/seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({
+                "status": "finished", "test": {"acc": 0.8 + seed / 100},
+                "teacher": "/elsewhere/teachers/synthetic/resnet18_thin-abc",  # another machine
+                "teacher_sha256": sha if seed == 1 else used[("at", "rgb")]}))
+    runs = collect_runs(tmp_path)
+    flagged = runs[runs["other_teacher"]]
+    assert list(zip(flagged["method"], flagged["mode"], flagged["seed"])) == [("at", "both", 1)]
+    report = build("comparison", runs, {})
+    cells = dict(zip(report.columns, report.text_rows()[0]))
+    assert "†" in cells["at both"] and "†" not in cells["at rgb"] + cells["vid rgb"]
+    assert OTHER_TEACHER_NOTE in report.notes
+    clean = build("comparison", runs[runs["mode"] == "rgb"], {})
+    assert OTHER_TEACHER_NOTE not in clean.notes

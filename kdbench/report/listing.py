@@ -22,7 +22,8 @@ def read_or_skip(path: Path, lines: bool = False) -> dict | list | None:
 
 COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
            "ap", "eer", "video_auc", "wall_s"]
-EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path"]
+EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path", "teacher_sha256",
+         "other_teacher"]
 
 
 def collect_runs(results: Path) -> pd.DataFrame:
@@ -32,6 +33,10 @@ def collect_runs(results: Path) -> pd.DataFrame:
         for folder in sorted({p.parent for p in (Path(results) / kind).rglob("*")
                               if p.name in ("metrics.json", "last.pt", "history.jsonl")}):
             rows.append(_row(folder, kind, Path(results)))
+    teachers = {r["path"]: r["teacher_sha256"] for r in rows if r["method"] == "teacher"}
+    for r in rows:  # distilled from other weights than the stored teacher's (it was retrained)
+        stored = teachers.get(r.pop("teacher_path", None))
+        r["other_teacher"] = bool(r["teacher_sha256"] and stored and r["teacher_sha256"] != stored)
     return pd.DataFrame(rows, columns=COLUMNS + EXTRA)
 
 
@@ -52,8 +57,14 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
                 "mode": mode, "seed": int(number) if number.isdigit() else seed}
     test = m.get("test") if isinstance(m.get("test"), dict) else {}
     status = "damaged metrics.json" if damaged else m.get("status", "unfinished")
+    if kind == "teachers":
+        sha, teacher_path = m.get("weights_sha256"), None
+    else:  # the teacher folder of this store (the recorded path may be another machine's)
+        sha, recorded = m.get("teacher_sha256"), m.get("teacher")
+        teacher_path = (str(results / "teachers" / base["dataset"] / Path(recorded).name)
+                        if recorded else None)
     return {**base, "status": status, "best_epoch": m.get("best_epoch"),
             **{k: test.get(k) for k in METRIC_NAMES},
             "wall_s": m.get("wall_time_s"), "params": m.get("params"), "gflops": m.get("gflops"),
             "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),
-            "path": str(folder)}
+            "path": str(folder), "teacher_sha256": sha, "teacher_path": teacher_path}

@@ -159,11 +159,12 @@ def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc",
         cells, sels = {}, {}
         for m, mode in pairs:
             sels[(m, mode)] = group[(group["method"] == m) & (group["mode"] == mode)]
-            cells[(m, mode)] = cell(sels[(m, mode)][metric])
+            cells[(m, mode)] = other_teacher_mark(cell(sels[(m, mode)][metric]),
+                                                  sels[(m, mode)])
         for m, mode in pairs:
             if mode == "both" and (m, "rgb") in cells:
                 interval = paired(sels[(m, mode)], sels[(m, "rgb")], metric)
-                cells[(m, mode)].mark = mark(interval)
+                cells[(m, mode)].mark = mark(interval) + cells[(m, mode)].mark
                 if ci and interval is not None:
                     cells[(m, mode)].interval = "[" + interval.text().replace(" [", "; ")
         rows.append([dataset, student, *[cells[p] for p in pairs]])
@@ -197,7 +198,20 @@ def _select(runs: pd.DataFrame, dataset: str, student: str, method: str, mode: s
 
 
 def _finished_cell(sel: pd.DataFrame, metric: str) -> Cell:
-    return cell(sel[sel["status"] == "finished"][metric])
+    done = sel[sel["status"] == "finished"]
+    return other_teacher_mark(cell(done[metric]), done)
+
+
+OTHER_TEACHER_NOTE = ("†: a run of this cell distilled from other teacher weights than the "
+                      "stored teacher's (its recorded sha256 differs: the teacher was trained "
+                      "again to other weights); re-run it with --restart.")
+
+
+def other_teacher_mark(c: Cell, sel: pd.DataFrame) -> Cell:
+    """``c`` marked † when a run of ``sel`` used other teacher weights than the stored ones."""
+    if "other_teacher" in sel and sel["other_teacher"].fillna(False).astype(bool).any():
+        c.mark += "†"
+    return c
 
 
 def _variant(entry, dataset: str, changes: dict[str, Any]) -> str:
@@ -316,7 +330,15 @@ def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") 
 def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc",
           ci: bool = False) -> Report:
     """The table ``kind`` (comparison, ablation, teacher, cross, or a sweep the registry
-    declares) from the run listing; ``ci``: the comparison's paired intervals in its cells."""
+    declares) from the run listing; ``ci``: the comparison's paired intervals in its cells.
+    A cell holding a run distilled from other teacher weights than the stored ones is marked †."""
+    report = _build(kind, runs, registry, metric, ci)
+    if any("†" in c.mark for row in report.rows for c in row if isinstance(c, Cell)):
+        report.notes.append(OTHER_TEACHER_NOTE)
+    return report
+
+
+def _build(kind: str, runs: pd.DataFrame, registry: dict, metric: str, ci: bool) -> Report:
     if kind == "comparison":
         order = list(registry) + sorted(set(runs["method"]) - set(registry) - {"teacher"})
         return comparison(runs, order, metric, ci)
@@ -377,6 +399,7 @@ def cross(runs: pd.DataFrame) -> Report:
             records.append({"train": r.dataset, "student": r.student,
                             "method": r.method + (f"@{r.variant}" if r.variant else ""),
                             "mode": r.mode, "seed": r.seed, "test_on": rec["test_dataset"],
+                            "other_teacher": r.other_teacher,
                             **{k: rec["test"].get(k) for k in METRICS}})
     df = pd.DataFrame(records)
     targets = sorted(set(df["test_on"])) if len(df) else []
@@ -388,7 +411,7 @@ def cross(runs: pd.DataFrame) -> Report:
             cells = []
             for t in targets:
                 sel = group[group["test_on"] == t]
-                cells += [cell(sel["auc"]), cell(sel["eer"])]
+                cells += [other_teacher_mark(cell(sel[m]), sel) for m in ("auc", "eer")]
             rows.append([*key, *cells])
     notes = ["AUC and EER in %, mean ± std over seeds (number of seeds); add a column with "
              "`kdbench eval <runs folder> --dataset <name>`."]

@@ -320,6 +320,8 @@ def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
 
 def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
                            seed: int) -> DualBranchTeacher:
+    # the weights a teacher retrained for a lost checkpoint must reproduce (students used them)
+    recorded = distributed.on_main(lambda: (_finished(run_dir) or {}).get("weights_sha256"))
     done = distributed.on_main(lambda: _finished_teacher(run_dir))
     if done is None:
         console.print(f"[bold]teacher[/] {run_dir}", highlight=False)
@@ -327,8 +329,15 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
         result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=True)
         done = distributed.on_main(lambda: _record(
             ctx, run_dir, result, teacher,
-            {"role": "teacher", "backbone": teacher.name, "seed": seed}))
+            {"role": "teacher", "backbone": teacher.name, "seed": seed,
+             "weights_sha256": file_sha256(run_dir / "best.pt"),
+             **({"recorded_sha256": recorded} if recorded else {})}))
         _summary("teacher", done)
+        if recorded and recorded != done["weights_sha256"]:
+            console.print(f"[yellow]teacher: the weights trained again differ from the recorded "
+                          f"ones (sha256 {done['weights_sha256'][:12]} vs {recorded[:12]}); the "
+                          "students distilled from the recorded teacher are marked † in the "
+                          "tables[/]", highlight=False)
     else:
         TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
         console.print(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
