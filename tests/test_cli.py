@@ -8,6 +8,7 @@ from kdbench.cli import main
 from kdbench.config import resolve_config
 from kdbench.errors import KdbenchError
 from kdbench.files import read_jsonl
+from kdbench.report.listing import collect_runs
 from tests.conftest import write_prepared
 
 
@@ -144,12 +145,19 @@ def test_teacher_without_checkpoint_is_trained_again(capsys, tmp_path):
             "train.epochs=1", "--results", str(results), "--no-progress"]
     assert main(argv) == 0
     (teacher,) = (results / "teachers/ff_c40").iterdir()
-    first = json.loads((teacher / "metrics.json").read_text())["test"]
+    first = json.loads((teacher / "metrics.json").read_text())
+    sha = first["weights_sha256"]
+    run = results / "runs/ff_c40/resnet18_thin/fitnet/rgb/seed0/metrics.json"
+    assert json.loads(run.read_text())["teacher_sha256"] == sha  # the weights it distilled from
     (teacher / "best.pt").unlink()  # as in a committed result store (no checkpoints)
     capsys.readouterr()
     assert main([*argv, "--seeds", "1"]) == 0  # a new distillation run needs the teacher
     assert "training it again" in capsys.readouterr().err
-    assert json.loads((teacher / "metrics.json").read_text())["test"] == first
+    again = json.loads((teacher / "metrics.json").read_text())
+    assert again["test"] == first["test"]
+    # deterministic on the CPU: the same weights, so the first run is not marked
+    assert again["weights_sha256"] == again["recorded_sha256"] == sha
+    assert not collect_runs(results)["other_teacher"].any()
 
 
 @pytest.mark.slow
