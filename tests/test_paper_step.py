@@ -21,6 +21,8 @@ def test_paper_preset_trains_a_tokd_step_at_299_px_with_xception(tmp_path):
     cfg["train"].update(batch_size=2, eval_batch_size=2)
     size = cfg["data"]["size"]
     assert size == 299 and cfg["teacher"]["backbone"] == "xception"
+    assert cfg["teacher"]["pretrained"] == "imagenet"
+    cfg["teacher"]["pretrained"] = None  # tests never download (test_models fakes the cache)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8)
     rows = pd.DataFrame({"row": [0, 1], "label": [0, 1], "video": ["a", "b"]})
