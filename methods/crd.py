@@ -107,7 +107,9 @@ class ContrastBank(nn.Module):
 
 
 class CRD(FeatureKD):
-    """CRD on the pooled vectors: L_kd = CRD(s.pooled, t.rgb_pooled) (+ the same with separate
+    """CRD: contrastive representation distillation (Tian et al., 2020) on the pooled vectors.
+
+    L_kd = CRD(s.pooled, t.rgb_pooled) (+ the same with separate
     embeddings and banks against t.freq_pooled in ``both`` mode), each term the reference's
     s_loss + t_loss, weighted by ``beta``.
 

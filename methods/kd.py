@@ -20,7 +20,9 @@ def kd_loss(logits_s: Tensor, logits_t: Tensor, temperature: float) -> Tensor:
 
 
 class KD(Distiller):
-    """L = ce_weight * CE + alpha * (KD(s, aux_rgb) [+ KD(s, aux_freq) in ``both`` mode]).
+    """KD: knowledge distillation with softened logits (Hinton et al., 2015).
+
+    L = ce_weight * CE + alpha * (KD(s, aux_rgb) [+ KD(s, aux_freq) in ``both`` mode]).
 
     Targets: the logits of the teacher's auxiliary per-branch heads (``aux_logits``), not its fused
     ``logits``, which already mix in the frequency branch. ``rgb`` mode distils from the RGB

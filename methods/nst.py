@@ -36,7 +36,9 @@ def nst_loss(fs: list[Tensor], ft: list[Tensor]) -> Tensor:
 
 
 class NST(FeatureKD):
-    """beta * nst_loss over the four stage maps per teacher branch (no adaptor)."""
+    """NST: neuron selectivity transfer (Huang & Wang, 2017) on every stage.
+
+    beta * nst_loss over the four stage maps per teacher branch (no adaptor)."""
 
     weight_key = "beta"
 

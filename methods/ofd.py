@@ -67,7 +67,9 @@ def connector(cs: int, ct: int) -> nn.Sequential:
 
 
 class OFD(FeatureKD):
-    """OFD on the four stages, per branch: L = CE + beta * (L_rgb [+ L_fre]).
+    """OFD: overhaul of feature distillation (Heo et al., 2019) on the pre-ReLU stage maps.
+
+    On the four stages, per branch: L = CE + beta * (L_rgb [+ L_fre]).
 
     Choices:
 

@@ -112,8 +112,10 @@ def review(abfs: nn.ModuleList, student_levels: list[Tensor], sizes: list[tuple[
 
 
 class ReviewKD(FeatureKD):
-    """ReviewKD per teacher branch: L = CE + beta * warm-up * (L_rgb [+ L_fre]), one ABF set per
-    branch in ``self.adaptors[branch]``.
+    """ReviewKD: knowledge review (Chen et al., 2021), fused student stages vs the teacher's.
+
+    Per teacher branch: L = CE + beta * warm-up * (L_rgb [+ L_fre]), one ABF set per branch in
+    ``self.adaptors[branch]``.
 
     Levels: the student's four stage maps and its pooled vector as a 1x1 map, against the branch's
     four teacher stage maps and pooled vector as a 1x1 map. Choices where kdbench differs from

@@ -42,7 +42,9 @@ def rkd_loss(fs: Tensor, ft: Tensor, w_dist: float = 25.0, w_angle: float = 50.0
 
 
 class RKD(FeatureKD):
-    """beta * rkd_loss(student pooled, teacher pooled) per teacher branch (no adaptor)."""
+    """RKD: relational KD (Park et al., 2019), distances and angles of the pooled vectors.
+
+    beta * rkd_loss(student pooled, teacher pooled) per teacher branch (no adaptor)."""
 
     weight_key = "beta"
 
