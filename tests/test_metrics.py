@@ -3,7 +3,14 @@ import math
 import numpy as np
 import pytest
 
-from kdbench.train.metrics import accuracy, auc, detection_metrics, eer, video_auc
+from kdbench.train.metrics import (
+    accuracy,
+    auc,
+    best_threshold,
+    detection_metrics,
+    eer,
+    video_auc,
+)
 
 
 def test_accuracy_threshold_half():
@@ -45,3 +52,18 @@ def test_video_auc_averages_frames_per_video():
     m = detection_metrics(probs, labels, videos)
     assert m["n_frames"] == 6 and m["fake_fraction"] == pytest.approx(4 / 6)
     assert m["acc"] == pytest.approx(3 / 6)
+
+
+def test_best_threshold_maximises_validation_accuracy():
+    probs = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.9])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    t = best_threshold(probs, labels)
+    assert t == pytest.approx(0.325)  # between the last real and the first fake: accuracy 1
+    assert accuracy(probs, labels, t) == 1.0 > accuracy(probs, labels, 0.5)
+
+
+def test_best_threshold_keeps_half_when_it_is_as_good_and_one_class_gives_half():
+    assert best_threshold(np.array([0.2, 0.8]), np.array([0, 1])) == 0.5
+    assert best_threshold(np.array([0.2, 0.8]), np.array([1, 1])) == 0.5
+    # a student whose probabilities all lie above 0.5: the threshold moves up between classes
+    assert best_threshold(np.array([0.6, 0.7, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 0.75

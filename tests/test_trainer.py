@@ -73,6 +73,7 @@ def test_training_learns_the_tiny_task(tiny_data, tmp_path):
     assert 0.0 <= result["test"]["acc"] <= 1.0 and 0.0 <= result["test"]["auc"] <= 1.0
     best = max(range(len(h)), key=lambda i: (h[i]["val_acc"], h[i]["val_auc"], -i))
     assert result["best_epoch"] == best + 1
+    assert 0.0 <= result["threshold"] <= 1.0  # chosen on validation, for kdbench predict
 
 
 class _NanAfterFirstEpoch(Vanilla):

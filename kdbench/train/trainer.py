@@ -24,7 +24,7 @@ from kdbench.files import atomic_torch_save, atomic_write_jsonl, plain
 from kdbench.progress import console, progress_bar
 from kdbench.train import teacher_cache
 from kdbench.train.events import EventLog
-from kdbench.train.metrics import detection_metrics
+from kdbench.train.metrics import best_threshold, detection_metrics
 from kdbench.train.predictions import Predictions
 
 CHECK_EVERY = 20  # steps between finiteness checks of the loss (each check syncs the device)
@@ -385,11 +385,13 @@ class Trainer:
         state = load_checkpoint(self.run_dir / "best.pt")
         self.learner.load_state_dict(state)
         t0 = time.perf_counter()
+        self.evaluate("val")  # the best epoch's validation predictions again, for the threshold
+        threshold = best_threshold(self.last_probs, self.splits["val"].labels.numpy())
         test = self.evaluate("test")
         data = self.splits["test"]
         predictions = Predictions(self.last_probs, data.labels.numpy(), data.videos)
         return {"best_epoch": best["epoch"], "val": best["val"], "test": test,
-                "predictions": predictions,
+                "threshold": threshold, "predictions": predictions,
                 "history": history, "wall_time_s": wall + time.perf_counter() - t0,
                 "teacher_outputs": self.teacher_outputs, **ranks}
 
