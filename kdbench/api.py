@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from kdbench.config import DEFAULT_RESULTS  # re-exported
+from kdbench.deploy.api import export, predict, quantize  # noqa: F401 - re-exported
 from kdbench.errors import KdbenchError, did_you_mean
 
 PLOT_FORMATS = (".png", ".svg", ".pdf")
@@ -479,7 +480,7 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "ablation", *_declared(reg, "sweeps"), "teacher", "cross",
-            "cost"]
+            "cost", "deploy"]
 
 
 def trace_names(registry: RegistryArg = None) -> list[str]:
@@ -488,9 +489,10 @@ def trace_names(registry: RegistryArg = None) -> list[str]:
 
 
 def figure_kinds(registry: RegistryArg = None) -> list[str]:
-    """The figures: each trace and sweep a registry method declares, and the curves."""
+    """The figures: each trace and sweep a registry method declares, the curves and the
+    deploy figure."""
     reg = _registry(registry)
-    return [*_declared(reg, "traces"), *_declared(reg, "sweeps"), "curves"]
+    return [*_declared(reg, "traces"), *_declared(reg, "sweeps"), "curves", "deploy"]
 
 
 def _known(kind: str, kinds: list[str], what: str) -> None:
@@ -520,6 +522,10 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS, met
                            f"choose one of {', '.join(METRIC_NAMES)}")
     if kind == "cost":
         return _cost(preset, dataset, student, size, device, measure)
+    if kind == "deploy":
+        from kdbench.report.deploy import deploy_records, deploy_report
+
+        return deploy_report(deploy_records(Path(results)))
     return tables.build(kind, runs(results, dataset, student), reg, metric, ci)
 
 
@@ -631,7 +637,7 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
 
     reg = _registry(registry)
     traces = _declared(reg, "traces")
-    _known(figure, [*traces, *_declared(reg, "sweeps"), "curves"], "figure")
+    _known(figure, [*traces, *_declared(reg, "sweeps"), "curves", "deploy"], "figure")
     path = Path(out) if out else Path(results) / f"{figure}.png"
     if path.suffix.lower() not in PLOT_FORMATS:
         raise KdbenchError(f"{path}: a figure is written as {', '.join(PLOT_FORMATS)}; give "
@@ -645,6 +651,15 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
     if figure in traces:
         summary = plot_trace(Path(results), figure, path, reg, dataset, all_runs)
         detail = f"{len(summary)} curve{'s' * (len(summary) != 1)}"
+    elif figure == "deploy":
+        from kdbench.report.deploy import deploy_records, plot_deploy
+
+        records = deploy_records(Path(results))
+        if not records:
+            raise KdbenchError(f"no deploy/deploy.json in {results}; measure a student first "
+                               "with `kdbench export RUN_DIR --format onnx`")
+        points = plot_deploy(records, path)
+        detail = f"{points} point{'s' * (points != 1)}"
     elif figure == "curves":
         lines, n = plot_curves(runs(results, dataset), path, None if all_runs else reg)
         detail = f"{lines} line{'s' * (lines != 1)}, {n} runs"

@@ -151,6 +151,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kdbench import api
+    from kdbench.deploy.score_table import print_scores, write_scores
+
+    scores, student = api.predict(args.inputs, run=args.run, checkpoint=args.checkpoint,
+                                  student=args.student, size=args.size, frames=args.frames,
+                                  detector=args.detector, agg=args.agg, device=args.device,
+                                  progress=not args.no_progress)
+    for path, fmt in ((args.json, "json"), (args.csv, "csv")):
+        if path:
+            write_scores(scores, Path(path), fmt, student)
+    return print_scores(scores, student)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdbench import api
+
+    api.export(args.run, format=args.format, data_root=args.data_root, threads=args.threads,
+               teacher=not args.no_teacher)
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from kdbench import api
+
+    if not args.int8:
+        raise KdbenchError("say the precision: `kdbench quantize RUN_DIR --int8` (the only one "
+                           "so far)")
+    api.quantize(args.run, calib=args.calib, data_root=args.data_root, threads=args.threads)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -339,7 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--kind", default="runs",
                        help="runs: every run folder; comparison: Table 3; ablation: Table 6; "
                        "teacher: Table 4; cross: Table 7; cost: Table 1 (params, GFLOPs, "
-                       "images/s); or a sweep a registry method declares (`kdbench table "
+                       "images/s); deploy: exported students' size, CPU latency and accuracy "
+                       "per format; or a sweep a registry method declares (`kdbench table "
                        "--kind x` lists them)")
     _common(table, device=True)
     table.add_argument("--format", choices=("md", "latex", "csv"), default="md",
@@ -371,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=cmd_compare)
 
     plot = sub.add_parser("plot", help="figures from the result store")
-    plot.add_argument("figure", help="curves: train loss and val acc per epoch; or a trace or "
-                      "sweep a registry method declares (`kdbench plot x` lists them)")
+    plot.add_argument("figure", help="curves: train loss and val acc per epoch; deploy: AUC "
+                      "against CPU latency of exported students; or a trace or sweep a registry "
+                      "method declares (`kdbench plot x` lists them)")
     _common(plot)
     plot.add_argument("--dataset", default=None, help="only this dataset's runs")
     plot.add_argument("--out", default=None,
@@ -425,6 +459,51 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU: skip the one-process-against-two measurement")
     _threads(bench)
     bench.set_defaults(func=cmd_bench)
+
+    pred = sub.add_parser("predict", help="a trained student's fake score for video and image "
+                          "files (face crops made as `kdbench prepare` makes them)")
+    pred.add_argument("inputs", nargs="+", help="video files, image files or folders of them "
+                      "(searched recursively)")
+    pred.add_argument("--run", type=Path, default=None,
+                      help="a finished run folder of the store (runs/.../seed<k>)")
+    pred.add_argument("--checkpoint", type=Path, default=None,
+                      help="instead of --run: a best.pt or deploy/student.pt (with --student)")
+    pred.add_argument("--student", default=None,
+                      help="with --checkpoint: resnet18_thin, resnet34_thin or xception")
+    pred.add_argument("--size", type=_at_least(8), default=None,
+                      help="with --checkpoint: input and face crop size (default 64)")
+    pred.add_argument("--frames", type=_at_least(1), default=None,
+                      help="evenly spaced frames per video (default: the run's preset)")
+    pred.add_argument("--detector", default=None, help="dlib, center or full (default: the "
+                      "run's preparation; dlib for a bare checkpoint)")
+    pred.add_argument("--agg", choices=("mean", "max"), default="mean",
+                      help="a video's score from its frames' fake probabilities")
+    pred.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    pred.add_argument("--csv", default=None, metavar="FILE", help="also write the rows as CSV")
+    _common(pred, results=False, registry=False, device=True, progress=True)
+    pred.set_defaults(func=cmd_predict)
+
+    exp = sub.add_parser("export", help="a run's student alone to ONNX, checked against "
+                         "PyTorch, then timed and tested (deploy/deploy.json)")
+    exp.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>)")
+    exp.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
+    exp.add_argument("--data-root", type=Path, default=None,
+                     help="prepared folder of the run's dataset (default: as for kdbench run)")
+    exp.add_argument("--no-teacher", action="store_true",
+                     help="do not time the teacher for scale")
+    _threads(exp)
+    exp.set_defaults(func=cmd_export)
+
+    quant = sub.add_parser("quantize", help="int8 post-training static quantization of a "
+                           "run's exported student (onnxruntime), then tested and timed")
+    quant.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>)")
+    quant.add_argument("--int8", action="store_true", help="int8 weights and activations (QDQ)")
+    quant.add_argument("--calib", type=_at_least(1), default=256,
+                       help="training frames the activation ranges are calibrated on")
+    quant.add_argument("--data-root", type=Path, default=None,
+                       help="prepared folder of the run's dataset (default: as for kdbench run)")
+    _threads(quant)
+    quant.set_defaults(func=cmd_quantize)
 
     methods = sub.add_parser("methods", help="list the registered distillers")
     _common(methods, results=False)

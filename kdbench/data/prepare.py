@@ -99,10 +99,19 @@ def _worker_detector(name: str) -> Detector:
 def crop_video(video: Sequence[np.ndarray], detector: Detector, size: int) -> np.ndarray | None:
     """Square face crops [T, size, size, 3] of the frames of ``video``; a frame without a face
     reuses the nearest detected frame's box. None when no frame has a face."""
-    boxes = fill_boxes([detector(frame) for frame in video])
+    return crop_faces(video, detector, size)[0]
+
+
+def crop_faces(video: Sequence[np.ndarray], detector: Detector,
+               size: int) -> tuple[np.ndarray | None, int]:
+    """:func:`crop_video`'s crops and the number of frames in which a face was found."""
+    found = [detector(frame) for frame in video]
+    boxes = fill_boxes(found)
+    faces = sum(b is not None for b in found)
     if boxes is None:
-        return None
-    return np.stack([square_crop(f, b, detector.enlarge, size) for f, b in zip(video, boxes)])
+        return None, 0
+    crops = np.stack([square_crop(f, b, detector.enlarge, size) for f, b in zip(video, boxes)])
+    return crops, faces
 
 
 def _read_listed(item: VideoItem) -> tuple[list[np.ndarray], int]:

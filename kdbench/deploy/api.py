@@ -1,0 +1,231 @@
+"""Using a distilled student on its own: `kdbench predict`, `kdbench export` and `kdbench
+quantize` as Python functions (re-exported by :mod:`kdbench.api`). Arguments are checked before
+torch is imported; bad input raises :class:`kdbench.errors.KdbenchError`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kdbench.errors import KdbenchError
+
+if TYPE_CHECKING:
+    from kdbench.deploy.predict import FileScore
+    from kdbench.deploy.student_file import DeployedStudent
+
+PathLike = str | os.PathLike
+EXPORT_FORMATS = ("onnx",)
+ONNX_FILE, INT8_FILE = "student.onnx", "student.int8.onnx"
+REPEATS = (20, 5)  # timed calls at batch 1 and at batch 32
+DEFAULT_CALIB = 256
+
+
+def _threads(threads: int | None) -> int:
+    from kdbench.threads import usable_cores
+
+    if threads is not None and threads < 1:
+        raise KdbenchError(f"--threads must be at least 1, got {threads}")
+    return threads or usable_cores()
+
+
+def predict(inputs: PathLike | Sequence[PathLike], *, run: PathLike | None = None,
+            checkpoint: PathLike | None = None, student: str | None = None,
+            size: int | None = None, frames: int | None = None, detector: str | None = None,
+            agg: str = "mean", device: str | None = None,
+            progress: bool = True) -> tuple[list[FileScore], DeployedStudent]:
+    """Score video and image files (folders searched recursively) with a run's student
+    (``run``) or a checkpoint's (``checkpoint`` + ``student``): ``frames`` evenly spaced
+    frames of each video (default: the run's), the face cropped as the run's preparation did
+    (``detector``, default: the run's), the video's score the ``agg`` (mean or max) of its
+    frames' fake probabilities, called fake above the run's validation threshold. A file that
+    cannot be decoded or shows no face gets an ``error`` instead of a score."""
+    from kdbench.data.detectors import DETECTORS
+    from kdbench.deploy.predict import AGGREGATES, media_files
+
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if agg not in AGGREGATES:
+        raise KdbenchError(f"unknown --agg {agg!r}; choose one of {', '.join(AGGREGATES)}")
+    if detector is not None and detector not in DETECTORS:
+        raise KdbenchError(f"unknown detector {detector!r}; choose one of "
+                           f"{', '.join(DETECTORS)}")
+    if frames is not None and frames < 1:
+        raise KdbenchError(f"--frames must be at least 1, got {frames}")
+    files = media_files(map(Path, paths))
+    from kdbench.data.detectors import make_detector
+    from kdbench.deploy.predict import predict_files
+    from kdbench.deploy.student_file import load_deployed
+    from kdbench.train.runner import pick_device
+
+    deployed = load_deployed(run, checkpoint, student, size)
+    torch_device = pick_device(device)
+    found = make_detector(detector or deployed.detector)
+    scores = predict_files(files, deployed, found, frames or deployed.frames, agg, torch_device,
+                           progress)
+    return scores, deployed
+
+
+def _open_run_data(deployed: DeployedStudent, data_root: PathLike | None,
+                   splits: tuple[str, ...]):
+    from kdbench.data.datasets import open_dataset
+    from kdbench.data.loader import FrameSplit
+
+    data = open_dataset(deployed.metrics["dataset"], Path(data_root) if data_root else None,
+                        deployed.size, deployed.frames, progress=False, require=splits)
+    return {s: FrameSplit(data.frames, data.split(s)) for s in splits}
+
+
+def _label(metrics: dict[str, Any]) -> str:
+    m = metrics
+    variant = f"@{m['variant']}" if m.get("variant") else ""
+    return f"{m['student']}/{m['method']}{variant}/{m['mode']}/seed{m['seed']}"
+
+
+def _teacher_entry(deployed: DeployedStudent, threads: int,
+                   repeats: tuple[int, int]) -> dict[str, Any] | None:
+    """The run's teacher for scale: parameters, state size, latency of its inference path
+    (both branches and the fusion head), and its recorded test metrics."""
+    from kdbench.deploy.measure import latencies, state_mb, torch_predictor
+    from kdbench.models.cost import _LogitsOnly, count_params
+    from kdbench.train.runner import build_teacher
+
+    metrics = deployed.metrics
+    if metrics.get("mode") == "none" or not metrics.get("teacher_test"):
+        return None
+    teacher = build_teacher(metrics["config"]).eval()
+    return {"model": "teacher", "params": count_params(teacher), "file_mb": state_mb(teacher),
+            "file": None, **latencies(torch_predictor(_LogitsOnly(teacher)), deployed.size,
+                                      repeats),
+            "test": metrics["teacher_test"], "teacher": metrics.get("teacher"),
+            "backbone": metrics["config"]["teacher"]["backbone"]}
+
+
+def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | None = None,
+           threads: int | None = None, repeats: tuple[int, int] = REPEATS,
+           teacher: bool = True) -> dict[str, Any]:
+    """Export a finished run's student alone (no teacher, no adaptors) to
+    ``<run>/deploy/student.onnx`` (input ``image`` [B, 3, S, S] float in [-1, 1], output
+    ``prob`` [B], the fake probability; dynamic batch), verified with onnxruntime against
+    PyTorch on real test frames (at most 1e-4 apart, or an error). Then measure PyTorch fp32,
+    ONNX fp32 and (``teacher``) the teacher on this CPU with ``threads`` threads: latency,
+    size, parameters and test metrics, into ``<run>/deploy/deploy.json``. Returns that
+    record."""
+    if format not in EXPORT_FORMATS:
+        raise KdbenchError(f"unknown --format {format!r}; choose one of "
+                           f"{', '.join(EXPORT_FORMATS)}")
+    from kdbench.deploy.onnx_files import require_deploy_extra
+
+    require_deploy_extra()
+    threads = _threads(threads)
+    import torch
+
+    from kdbench.deploy import measure
+    from kdbench.deploy.onnx_files import export_onnx, onnx_probabilities, session, verify
+    from kdbench.deploy.student_file import STUDENT_FILE, from_run
+    from kdbench.files import atomic_torch_save
+    from kdbench.models.cost import count_params
+    from kdbench.progress import console
+
+    deployed = from_run(Path(run_dir))
+    test = _open_run_data(deployed, data_root, ("test",))["test"]
+    out = deployed.run_dir / measure.DEPLOY_DIR
+    model = deployed.probability()
+    frames = measure.split_images(test, measure.evenly(len(test), 64), deployed.size)
+    with measure.torch_threads(threads):
+        atomic_torch_save(out / STUDENT_FILE, deployed.model.state_dict())
+        exporter = export_onnx(model, frames[:2], out / ONNX_FILE)
+        diff = verify(out / ONNX_FILE, model, frames, threads)
+        console.print(f"exported {out / ONNX_FILE} ({measure.file_mb(out / ONNX_FILE):.2f} MB, "
+                      f"{exporter} exporter); onnxruntime vs PyTorch on {len(frames)} test "
+                      f"frames: max |diff| of the probabilities {diff:.2e}", highlight=False)
+        sess = session(out / ONNX_FILE, threads)
+        with torch.no_grad():
+            torch_probs = measure.split_probabilities(lambda x: model(x).numpy(), test,
+                                                      deployed.size)
+        onnx_probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
+                                                 test, deployed.size)
+        params = count_params(deployed.model)
+        entries = {
+            "pytorch_fp32": {"model": "student", "params": params,
+                             "file": f"{measure.DEPLOY_DIR}/{STUDENT_FILE}",
+                             "file_mb": measure.file_mb(out / STUDENT_FILE),
+                             **measure.latencies(measure.torch_predictor(model), deployed.size,
+                                                 repeats),
+                             "test": measure.split_metrics(torch_probs, test)},
+            "onnx_fp32": {"model": "student", "params": params,
+                          "file": f"{measure.DEPLOY_DIR}/{ONNX_FILE}",
+                          "file_mb": measure.file_mb(out / ONNX_FILE),
+                          **measure.latencies(measure.onnx_predictor(sess), deployed.size,
+                                              repeats),
+                          "test": measure.split_metrics(onnx_probs, test),
+                          "exporter": exporter, "max_abs_diff": diff},
+        }
+        if teacher:
+            entry = _teacher_entry(deployed, threads, repeats)
+            if entry is not None:
+                entries["teacher_pytorch_fp32"] = entry
+    record = measure.update_record(deployed.run_dir, entries, {
+        "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
+        "size": deployed.size, **measure.machine(threads, repeats)})
+    _print_record(record)
+    return record
+
+
+def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLike | None = None,
+             threads: int | None = None, repeats: tuple[int, int] = REPEATS) -> dict[str, Any]:
+    """Post-training static int8 quantization of a run's exported student (exported first
+    when ``deploy/student.onnx`` is missing): onnxruntime's ``quantize_static`` (QDQ,
+    per-channel int8 weights, uint8 activations) calibrated on ``calib`` evenly spaced training
+    frames, to ``<run>/deploy/student.int8.onnx``; then tested on the run's test split and
+    timed like the fp32 model, into ``deploy.json``. Returns that record."""
+    if calib < 1:
+        raise KdbenchError(f"--calib must be at least 1 frame, got {calib}")
+    from kdbench.deploy.onnx_files import require_deploy_extra
+
+    require_deploy_extra()
+    threads = _threads(threads)
+    from kdbench.deploy import measure
+    from kdbench.deploy.onnx_files import onnx_probabilities, quantize_int8, session
+    from kdbench.deploy.student_file import from_run
+    from kdbench.models.cost import count_params
+    from kdbench.progress import console
+
+    deployed = from_run(Path(run_dir))
+    out = deployed.run_dir / measure.DEPLOY_DIR
+    if not (out / ONNX_FILE).is_file():
+        export(run_dir, data_root=data_root, threads=threads, repeats=repeats)
+    splits = _open_run_data(deployed, data_root, ("train", "test"))
+    train, test = splits["train"], splits["test"]
+    picks = measure.evenly(len(train), calib)
+    images = measure.split_images(train, picks, deployed.size).numpy()
+    quantize_int8(out / ONNX_FILE, out / INT8_FILE, images)
+    with measure.torch_threads(threads):
+        sess = session(out / INT8_FILE, threads)
+        probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
+                                            test, deployed.size)
+        entry = {"model": "student", "params": count_params(deployed.model),
+                 "file": f"{measure.DEPLOY_DIR}/{INT8_FILE}",
+                 "file_mb": measure.file_mb(out / INT8_FILE),
+                 **measure.latencies(measure.onnx_predictor(sess), deployed.size, repeats),
+                 "test": measure.split_metrics(probs, test), "calibration_frames": len(picks)}
+    record = measure.update_record(deployed.run_dir, {"onnx_int8": entry}, {
+        "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
+        "size": deployed.size, **measure.machine(threads, repeats)})
+    fp32 = record["formats"].get("onnx_fp32", {})
+    if fp32:
+        console.print(
+            f"int8: {fp32['file_mb'] / entry['file_mb']:.2f}x smaller, "
+            f"{fp32['latency_ms_b32'] / entry['latency_ms_b32']:.2f}x faster at batch 32 "
+            f"({threads} threads); test AUC {entry['test']['auc']:.4f} vs fp32 "
+            f"{fp32['test']['auc']:.4f} (change {entry['test']['auc'] - fp32['test']['auc']:+.4f})",
+            highlight=False)
+    _print_record(record)
+    return record
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    from kdbench.progress import stdout_console
+    from kdbench.report.deploy import deploy_report
+
+    stdout_console().print(deploy_report([record]).markdown(), highlight=False, markup=False)

@@ -1,0 +1,105 @@
+"""The deploy table and figure: each deployed student per format (PyTorch fp32, ONNX fp32,
+ONNX int8) and its teacher for scale, from the store's ``<run>/deploy/deploy.json`` files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from kdbench.report.tables import Report
+
+DISPLAY = {"teacher_pytorch_fp32": "teacher, PyTorch fp32", "pytorch_fp32": "PyTorch fp32",
+           "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX int8"}
+COLUMNS = ["run", "model / format", "params (M)", "file (MB)", "ms/img b1", "ms/img b32",
+           "acc", "AUC"]
+
+
+def deploy_records(results: Path) -> list[dict[str, Any]]:
+    """Every ``deploy/deploy.json`` under the store ``results`` (damaged ones skipped)."""
+    from kdbench.report.listing import read_or_skip
+
+    records = []
+    for path in sorted(Path(results).rglob("deploy/deploy.json")):
+        rec = read_or_skip(path)
+        if rec is not None and rec.get("formats"):
+            records.append(rec)
+    return records
+
+
+def deploy_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (run, format), teachers once each: the numbers of the table and figure."""
+    rows, teachers = [], set()
+    for rec in records:
+        for key in DISPLAY:
+            entry = rec["formats"].get(key)
+            if entry is None:
+                continue
+            if key.startswith("teacher"):
+                who = entry.get("teacher") or rec["label"]
+                if who in teachers:
+                    continue
+                teachers.add(who)
+                run = f"teacher (2 x {entry.get('backbone', '?')}), {rec['dataset']}"
+            else:
+                run = rec["label"]
+            test = entry.get("test") or {}
+            rows.append({"run": run, "format": DISPLAY[key], "key": key,
+                         "params": entry["params"], "file_mb": entry["file_mb"],
+                         "b1": entry["latency_ms_b1"], "b32": entry["latency_ms_b32"],
+                         "acc": test.get("acc", math.nan), "auc": test.get("auc", math.nan),
+                         "threads": rec.get("threads"), "cpu": rec.get("cpu"),
+                         "size": rec.get("size")})
+    return rows
+
+
+def deploy_report(records: list[dict[str, Any]]) -> Report:
+    """The deploy table of ``records`` (see :func:`deploy_rows`)."""
+    rows = deploy_rows(records)
+    table = [[r["run"], r["format"], f"{r['params'] / 1e6:.2f}", f"{r['file_mb']:.2f}",
+              f"{r['b1']:.2f}", f"{r['b32']:.2f}", _pct(r["acc"]), _pct(r["auc"])]
+             for r in rows]
+    where = sorted({(r["cpu"], r["threads"], r["size"]) for r in rows}, key=str)
+    notes = [f"measured on {cpu}, {threads} thread{'s' * (threads != 1)}, {size} x {size} "
+             "input" for cpu, threads, size in where]
+    notes += ["latency: ms per image, the median of repeated timed batches of 1 and of 32 "
+              "random images after warm-up (PyTorch eager with no grad; onnxruntime's CPU "
+              "provider); file: the student's weights alone (PyTorch: its state dict) or the "
+              "ONNX file; acc (threshold 0.5) and AUC in % on the run's test split, measured "
+              "with each format (the teacher's: its recorded test metrics)",
+              "made by `kdbench export RUN --format onnx` and `kdbench quantize RUN --int8`"]
+    return Report("Deploying students (CPU)", COLUMNS, table, notes)
+
+
+def _pct(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def plot_deploy(records: list[dict[str, Any]], out: Path) -> int:
+    """Test AUC against CPU latency at batch 32 (log scale), one point per model and format;
+    returns the number of points."""
+    from kdbench.report.figures import _pyplot, save_figure
+
+    plt = _pyplot()
+    rows = [r for r in deploy_rows(records) if not math.isnan(r["auc"])]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"teacher_pytorch_fp32": "s", "pytorch_fp32": "o", "onnx_fp32": "^",
+               "onnx_int8": "D"}
+    for key, label in DISPLAY.items():
+        pts = [r for r in rows if r["key"] == key]
+        if pts:
+            ax.scatter([r["b32"] for r in pts], [100 * r["auc"] for r in pts],
+                       marker=markers[key], s=50, label=label)
+    for r in rows:
+        name = r["run"] if r["key"].startswith("teacher") else "/".join(r["run"].split("/")[1:3])
+        ax.annotate(name, (r["b32"], 100 * r["auc"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU latency at batch 32 (ms / image, log scale)")
+    ax.set_ylabel("test AUC (%)")
+    ax.set_title("Accuracy against latency of the deployed students")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=8)
+    save_figure(fig, out)
+    return len(rows)
