@@ -217,10 +217,11 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
                   f"{t['eer']:.4f} video-auc {t['video_auc']:.4f}", highlight=False)
     fp32 = record["formats"].get("onnx_fp32", {})
     if fp32:
+        plural = "s" * (threads != 1)
         console.print(
             f"int8 against ONNX fp32: {fp32['file_mb'] / entry['file_mb']:.2f}x smaller, "
             f"{fp32['latency_ms_b32'] / entry['latency_ms_b32']:.2f}x faster at batch 32 "
-            f"({threads} threads); test AUC change {t['auc'] - fp32['test']['auc']:+.4f}",
+            f"({threads} thread{plural}); test AUC change {t['auc'] - fp32['test']['auc']:+.4f}",
             highlight=False)
     _print_record(record)
     return record

@@ -95,6 +95,10 @@ def plot_deploy(records: list[dict[str, Any]], out: Path) -> int:
         ax.annotate(name, (r["b32"], 100 * r["auc"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     ax.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("CPU latency at batch 32 (ms / image, log scale)")
     ax.set_ylabel("test AUC (%)")
     ax.set_title("Accuracy against latency of the deployed students")
