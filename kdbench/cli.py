@@ -315,6 +315,14 @@ def _training(parser: argparse.ArgumentParser) -> None:
                         "last.pt), best (best.pt, needed by `kdbench eval`) or none")
 
 
+def _deployed_run(parser: argparse.ArgumentParser) -> None:
+    """export and quantize: the run folder, its data and the threads the timing uses."""
+    parser.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="prepared folder of the run's dataset (default: as for kdbench run)")
+    _threads(parser)
+
+
 def _launchers(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("launchers (docs: README, Running at scale)")
     g.add_argument("--launcher", choices=("inprocess", "print", "local", "slurm"),
@@ -485,24 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("export", help="a run's student alone to ONNX, checked against "
                          "PyTorch, then timed and tested (deploy/deploy.json)")
-    exp.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>)")
+    _deployed_run(exp)
     exp.add_argument("--format", choices=("onnx",), default="onnx", help="export format")
-    exp.add_argument("--data-root", type=Path, default=None,
-                     help="prepared folder of the run's dataset (default: as for kdbench run)")
     exp.add_argument("--no-teacher", action="store_true",
                      help="do not time the teacher for scale")
-    _threads(exp)
     exp.set_defaults(func=cmd_export)
 
     quant = sub.add_parser("quantize", help="int8 post-training static quantization of a "
                            "run's exported student (onnxruntime), then tested and timed")
-    quant.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>)")
+    _deployed_run(quant)
     quant.add_argument("--int8", action="store_true", help="int8 weights and activations (QDQ)")
     quant.add_argument("--calib", type=_at_least(1), default=256,
                        help="training frames the activation ranges are calibrated on")
-    quant.add_argument("--data-root", type=Path, default=None,
-                       help="prepared folder of the run's dataset (default: as for kdbench run)")
-    _threads(quant)
     quant.set_defaults(func=cmd_quantize)
 
     methods = sub.add_parser("methods", help="list the registered distillers")

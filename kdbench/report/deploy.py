@@ -62,6 +62,9 @@ def deploy_report(records: list[dict[str, Any]]) -> Report:
     where = sorted({(r["cpu"], r["threads"], r["size"]) for r in rows}, key=str)
     notes = [f"measured on {cpu}, {threads} thread{'s' * (threads != 1)}, {size} x {size} "
              "input" for cpu, threads, size in where]
+    if not rows:
+        notes.append("no deploy/deploy.json in this store yet: measure a run's student with "
+                     "`kdbench export RUN --format onnx` (and `kdbench quantize RUN --int8`)")
     notes += ["latency: ms per image, the median of repeated timed batches of 1 and of 32 "
               "random images after warm-up (PyTorch eager with no grad; onnxruntime's CPU "
               "provider); file: the student's weights alone (PyTorch: its state dict) or the "
