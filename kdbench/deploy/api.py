@@ -93,7 +93,9 @@ def _teacher_entry(deployed: DeployedStudent, threads: int,
     metrics = deployed.metrics
     if metrics.get("mode") == "none" or not metrics.get("teacher_test"):
         return None
-    teacher = build_teacher(metrics["config"]).eval()
+    # its architecture for the timing: no pretrained weights to fetch
+    config = {**metrics["config"], "teacher": {**metrics["config"]["teacher"], "pretrained": None}}
+    teacher = build_teacher(config).eval()
     return {"model": "teacher", "params": count_params(teacher), "file_mb": state_mb(teacher),
             "file": None, **latencies(torch_predictor(_LogitsOnly(teacher)), deployed.size,
                                       repeats),
