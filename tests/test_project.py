@@ -57,3 +57,31 @@ def test_declared_reports_are_checked(tmp_path, reports, message):
     with pytest.raises(KdbenchError, match=re.escape(message)) as info:
         read_registry(path)
     assert "\n" not in str(info.value)
+
+
+def _readme_commands() -> list[str]:
+    """Every `kdbench ...` command of the README's bash blocks (continuations joined, comments
+    and `&&` chains split, shell variables given a value)."""
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            for part in line.split("#")[0].split("&&"):
+                part = re.sub(r"\$\{?\w+\}?", "X", part.strip())
+                if part.startswith("kdbench "):
+                    commands.append(part)
+    return commands
+
+
+def test_every_readme_command_parses():
+    import shlex
+
+    from kdbench.cli import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) > 10 and any(c.startswith("kdbench predict") for c in commands)
+    for command in commands:
+        try:
+            build_parser().parse_args(shlex.split(command)[1:])
+        except SystemExit as exc:
+            raise AssertionError(f"README: `{command}` does not parse") from exc
