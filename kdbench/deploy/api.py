@@ -149,19 +149,12 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
                                                  test, deployed.size)
         params = count_params(deployed.model)
         entries = {
-            "pytorch_fp32": {"model": "student", "params": params,
-                             "file": f"{measure.DEPLOY_DIR}/{STUDENT_FILE}",
-                             "file_mb": measure.file_mb(out / STUDENT_FILE),
-                             **measure.latencies(measure.torch_predictor(model), deployed.size,
-                                                 repeats),
-                             "test": measure.split_metrics(torch_probs, test)},
-            "onnx_fp32": {"model": "student", "params": params,
-                          "file": f"{measure.DEPLOY_DIR}/{ONNX_FILE}",
-                          "file_mb": measure.file_mb(out / ONNX_FILE),
-                          **measure.latencies(measure.onnx_predictor(sess), deployed.size,
-                                              repeats),
-                          "test": measure.split_metrics(onnx_probs, test),
-                          "exporter": exporter, "max_abs_diff": diff},
+            "pytorch_fp32": measure.student_entry(
+                params, out, STUDENT_FILE, measure.torch_predictor(model), deployed.size,
+                repeats, torch_probs, test),
+            "onnx_fp32": measure.student_entry(
+                params, out, ONNX_FILE, measure.onnx_predictor(sess), deployed.size, repeats,
+                onnx_probs, test, exporter=exporter, max_abs_diff=diff),
         }
         if teacher:
             entry = _teacher_entry(deployed, threads, repeats)
@@ -206,11 +199,9 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
         sess = session(out / INT8_FILE, threads)
         probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
                                             test, deployed.size)
-        entry = {"model": "student", "params": count_params(deployed.model),
-                 "file": f"{measure.DEPLOY_DIR}/{INT8_FILE}",
-                 "file_mb": measure.file_mb(out / INT8_FILE),
-                 **measure.latencies(measure.onnx_predictor(sess), deployed.size, repeats),
-                 "test": measure.split_metrics(probs, test), "calibration_frames": len(picks)}
+        entry = measure.student_entry(
+            count_params(deployed.model), out, INT8_FILE, measure.onnx_predictor(sess),
+            deployed.size, repeats, probs, test, calibration_frames=len(picks))
     record = measure.update_record(deployed.run_dir, {"onnx_int8": entry}, {
         "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
         "size": deployed.size, **measure.machine(threads, repeats)})

@@ -20,9 +20,6 @@ from kdbench.files import atomic_write_json, read_json
 
 DEPLOY_DIR, DEPLOY_FILE = "deploy", "deploy.json"
 BATCHES = (1, 32)  # the batch sizes latency is measured at
-# the formats of a deploy record, in table order, with their display names
-FORMATS = {"teacher_pytorch_fp32": "teacher, PyTorch fp32", "pytorch_fp32": "PyTorch fp32",
-           "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX int8"}
 
 
 @contextmanager
@@ -118,6 +115,16 @@ def split_metrics(probs: np.ndarray, split) -> dict[str, float]:
     from kdbench.train.metrics import detection_metrics
 
     return detection_metrics(probs, split.labels.numpy(), split.videos)
+
+
+def student_entry(params: int, folder: Path, name: str, predict: Callable[[np.ndarray], Any],
+                  size: int, repeats: tuple[int, int], probs: np.ndarray, split,
+                  **extra: Any) -> dict[str, Any]:
+    """One format of a student in deploy.json: its file ``folder/name``, parameters, latency
+    of ``predict`` and the test metrics of ``probs`` on ``split``."""
+    return {"model": "student", "params": params, "file": f"{DEPLOY_DIR}/{name}",
+            "file_mb": file_mb(folder / name), **latencies(predict, size, repeats),
+            "test": split_metrics(probs, split), **extra}
 
 
 def machine(threads: int, repeats: tuple[int, int]) -> dict[str, Any]:

@@ -4,9 +4,10 @@ fallback), onnxruntime sessions, verification against PyTorch, and int8 static q
 
 from __future__ import annotations
 
+import io
 import logging
 import warnings
-from collections.abc import Iterator
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> str
     model = model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, warnings.catch_warnings(), _quiet_exporter():
+    # the exporter's progress prints would mix with kdbench's output on stdout
+    with atomic_path(path) as tmp, warnings.catch_warnings(), redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             batch = torch.export.Dim("batch", min=1, max=65536)
@@ -54,20 +56,6 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> str
                               output_names=[OUTPUT], opset_version=17,
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
             return "torchscript"
-
-
-class _quiet_exporter:
-    """Silence the exporter's progress prints on stdout (they would mix with kdbench's)."""
-
-    def __enter__(self) -> None:
-        import contextlib
-        import io
-
-        self._redirect = contextlib.redirect_stdout(io.StringIO())
-        self._redirect.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        self._redirect.__exit__(*exc)
 
 
 def session(path: Path, threads: int):
@@ -108,19 +96,6 @@ def verify(path: Path, model: torch.nn.Module, images: torch.Tensor, threads: in
     return diff
 
 
-class _Calibration:
-    """onnxruntime's calibration reader over float images [N, 3, S, S], a batch at a time."""
-
-    def __init__(self, images: np.ndarray, batch_size: int = 32) -> None:
-        self._batches: Iterator[np.ndarray] = (
-            np.ascontiguousarray(images[i:i + batch_size], np.float32)
-            for i in range(0, len(images), batch_size))
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        batch = next(self._batches, None)
-        return None if batch is None else {INPUT: batch}
-
-
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     """Post-training static int8 quantization of the ONNX file ``fp32`` into ``out``: the
     model pre-processed (shape inference, graph optimisation), then onnxruntime's
@@ -134,15 +109,24 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    reader = type("Reader", (_Calibration, CalibrationDataReader), {})(calibration)
+    class Calibration(CalibrationDataReader):
+        """``calibration`` a batch of 32 images at a time."""
+
+        def __init__(self) -> None:
+            self.batches = (np.ascontiguousarray(calibration[i:i + 32], np.float32)
+                            for i in range(0, len(calibration), 32))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT: batch}
+
     out = Path(out)
     with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pre = tmp.with_name(tmp.name + ".pre.onnx")
-        logging.getLogger("root").setLevel(logging.ERROR)
         try:
             quant_pre_process(str(fp32), str(pre))
-            quantize_static(str(pre), str(tmp), reader, quant_format=QuantFormat.QDQ,
+            quantize_static(str(pre), str(tmp), Calibration(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
         finally:

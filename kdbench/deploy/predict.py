@@ -94,13 +94,10 @@ def score_file(path: Path, student: DeployedStudent, detector: Detector, frames:
 def predict_files(files: list[Path], student: DeployedStudent, detector: Detector,
                   frames: int, agg: str, device: torch.device,
                   progress: bool = True) -> list[FileScore]:
-    """:func:`score_file` for every file, with a progress bar."""
+    """:func:`score_file` for every file, with a progress bar (``agg`` and ``frames`` checked
+    by :func:`kdbench.deploy.api.predict`)."""
     from kdbench.progress import progress_bar
 
-    if agg not in AGGREGATES:
-        raise KdbenchError(f"unknown --agg {agg!r}; choose one of {', '.join(AGGREGATES)}")
-    if frames < 1:
-        raise KdbenchError(f"--frames must be at least 1, got {frames}")
     results = []
     with progress_bar(progress) as bar:
         task = bar.add_task("predict", total=len(files), info="")

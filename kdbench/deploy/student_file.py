@@ -17,7 +17,7 @@ from kdbench.errors import KdbenchError, did_you_mean
 from kdbench.models.students import Student, create_student
 
 DEFAULT_SIZE, DEFAULT_FRAMES, DEFAULT_DETECTOR = 64, 8, "dlib"  # a bare checkpoint's defaults
-NO_THRESHOLD_NOTE = ("this run predates the validation threshold (kdbench 0.6): 0.5 is used; "
+NO_THRESHOLD_NOTE = ("this run records no validation threshold (it predates them): 0.5 is used; "
                      "train it again with --restart to choose one on its validation split")
 STUDENT_FILE = "student.pt"  # <run>/deploy/student.pt: the student's weights alone
 
@@ -92,12 +92,10 @@ def load_weights(student: Student, path: Path) -> None:
 def from_run(run_dir: Path) -> DeployedStudent:
     """The student of a finished run at its best validation epoch, with the run's input size,
     frames per video, preparation (detector, crop size) and validation threshold."""
-    from kdbench.train.store import finished_student_run
+    from kdbench.train.evaluate import load_student
 
     run_dir = Path(run_dir)
-    metrics = finished_student_run(run_dir)
-    student = create_student(metrics["student"])
-    load_weights(student, run_dir / "best.pt")
+    student, metrics = load_student(run_dir)
     data = metrics["config"]["data"]
     prepared = metrics.get("prepared") or {}
     notes = []
