@@ -244,7 +244,8 @@ def _only(specs: list[tuple[RunSpec, Any]], only: str) -> list[tuple[RunSpec, An
 def _launch(launcher: str, plan: _Plan, args: tuple, rest: tuple, preset: str | None,
             keep_checkpoints: str, with_reports: bool, workers: int | None,
             gpus: str | Sequence[int | str] | None,
-            slurm: SlurmOptions | Mapping[str, Any] | None, progress: bool) -> LaunchSummary:
+            slurm: SlurmOptions | Mapping[str, Any] | None, progress: bool,
+            cross: tuple[str, Path | None] | None = None) -> LaunchSummary:
     """The plan's runs as jobs (:mod:`kdbench.launch`), printed, run here or submitted."""
     from kdbench.launch.commands import RunArgs, plan_jobs
     from kdbench.launch.local import LaunchSummary, launch_local, usable_cores
@@ -265,7 +266,9 @@ def _launch(launcher: str, plan: _Plan, args: tuple, rest: tuple, preset: str | 
         results=str(Path(results).resolve()),
         registry=[str(Path(r).resolve()) for r in _registry_paths(registry)],
         settings=_setting_items(settings), sweeps=_sweep_items(sweeps), device=device,
-        keep_checkpoints=keep_checkpoints, with_reports=with_reports)
+        keep_checkpoints=keep_checkpoints, with_reports=with_reports,
+        cross_dataset=cross[0] if cross else None,
+        cross_data_root=str(cross[1].resolve()) if cross and cross[1] else None)
     out = Path(run_args.results)
     jobs = plan_jobs(run_args, [(run_name(s), out / s.relpath, s.mode != "none")
                                 for s, _ in _plan_specs(plan, dataset, with_reports)])
@@ -337,6 +340,8 @@ def run(
     workers: int | None = None,
     gpus: str | Sequence[int | str] | None = None,
     slurm: SlurmOptions | Mapping[str, Any] | None = None,
+    cross_dataset: str | None = None,
+    cross_data_root: PathLike | None = None,
 ) -> RunSummary | LaunchSummary:
     """Train the teacher (once per dataset and teacher config) and every planned student run:
     each method (registry name, or "all") in each of its ``modes``, with its registry variants
@@ -353,7 +358,10 @@ def run(
     after the other, here), ``print`` (one command per run, teacher first; nothing runs),
     ``local`` (``workers`` processes on this machine, one per GPU of ``gpus`` or a share of
     the cores each) or ``slurm`` (submitit, ``slurm``: :class:`SlurmOptions` fields); these
-    return a :class:`LaunchSummary`."""
+    return a :class:`LaunchSummary`.
+
+    ``cross_dataset``: also test each student on that dataset's test split (Table 7,
+    ``<run>/cross/<dataset>.json``) as its run finishes, before ``keep_checkpoints`` prunes."""
     _check_threads(threads)
     if launcher not in LAUNCHERS:
         raise KdbenchError(f"unknown launcher {launcher!r}; use one of " + ", ".join(LAUNCHERS))
@@ -372,12 +380,18 @@ def run(
     args = (methods, dataset, data_root, students, modes, seeds)
     rest = (results, registry, settings, sweeps, device)
     plan = _check_run(*args, preset or "cpu", *rest)  # bad input answered before torch loads
+    cross = None
+    if cross_dataset is not None:
+        from kdbench.data.datasets import check_dataset
+
+        check_dataset(cross_dataset, cross_data_root, flags="--cross-")
+        cross = (cross_dataset, None if cross_data_root is None else Path(cross_data_root))
     if launcher != "inprocess":
         if only is not None or restart:
             raise KdbenchError(f"--launcher {launcher} runs every run of the plan, each as it "
                                f"stands; drop --{'only' if only is not None else 'restart'}")
         return _launch(launcher, plan, args, rest, preset, keep_checkpoints, with_reports,
-                       workers, gpus, slurm, progress)
+                       workers, gpus, slurm, progress, cross)
     from kdbench.config import for_device, resolve_config
     from kdbench.data.datasets import open_dataset
     from kdbench.launch.commands import TEACHER
@@ -419,7 +433,7 @@ def run(
                       f"({data.root}), {where}, {n_runs} run{'s' * (n_runs != 1)}; "
                       f"results go to {out.resolve()}", highlight=False)
         ctx = Context(data, dataset, config, out, torch_device, restart, progress,
-                      keep_checkpoints=keep_checkpoints)
+                      keep_checkpoints=keep_checkpoints, cross=cross)
         t0 = time.perf_counter()
         # the teacher is trained (or loaded) only if a distillation run is left to do
         todo = [s for s, _ in specs if s.mode != "none"
@@ -759,19 +773,39 @@ def _description(entry: Any) -> str:
     return lines[0] if lines else ""
 
 
-def _cross_dataset(cross_dataset: str | None, dataset: str, keep_checkpoints: str) -> str | None:
+def _cross_dataset(cross_dataset: str | None, dataset: str) -> str | None:
     """The dataset ``reproduce`` tests on for Table 7: ``auto`` is the embedded shifted domain
-    after an embedded dataset (none when no best.pt is kept), else none; ``none``: none."""
+    after an embedded dataset, else none; ``none``: none."""
     if cross_dataset == "auto":
         from kdbench.data.synthetic.domains import DEFAULT_CROSS
-        from kdbench.progress import console
 
         cross_dataset = DEFAULT_CROSS.get(dataset)
-        if cross_dataset and keep_checkpoints == "none":
-            console.print(f"no cross-dataset test on {cross_dataset}: it needs each run's "
-                          "best.pt (--keep-checkpoints best)", highlight=False)
-            return None
     return None if cross_dataset == "none" else cross_dataset
+
+
+def _cross_test_rest(runs_dir: Path, dataset: str, data_root: PathLike | None,
+                     device: str | None, progress: bool) -> None:
+    """Test the finished students under ``runs_dir`` that have no result on ``dataset`` yet
+    (each run's own job tests it as it finishes; this takes the runs finished before), and
+    name those that cannot be (no best.pt left)."""
+    from kdbench.files import read_json
+    from kdbench.progress import console
+    from kdbench.train.evaluate import CROSS_DIR
+
+    todo, lost = [], []
+    for path in sorted(runs_dir.rglob("seed*/metrics.json")):
+        run_dir, m = path.parent, read_json(path)
+        if m.get("status") != "finished" or m.get("role") != "student" \
+                or (run_dir / CROSS_DIR / f"{dataset}.json").is_file():
+            continue
+        (todo if (run_dir / "best.pt").is_file() else lost).append(run_dir)
+    if todo:
+        evaluate(todo, dataset, data_root=data_root, device=device, progress=progress)
+    if lost:
+        console.print(f"[yellow]{len(lost)} finished run(s) have no test on {dataset} and no "
+                      f"best.pt left to test (e.g. {lost[0]}), so Table 7 lacks them: train "
+                      "each again on this machine with `kdbench run ... --only <run> --restart "
+                      f"--cross-dataset {dataset}`[/]", highlight=False)
 
 
 def reproduce(
@@ -802,24 +836,19 @@ def reproduce(
     ``<results>/tables/<kind>.md`` and every figure as ``<results>/<figure>.png``; appends a
     record of this call (``command``, times, run counts) to ``<results>/reproduce.jsonl``.
     ``cross_dataset`` (Table 7): ``"auto"`` tests on the embedded ``synthetic_c23`` after
-    ``synthetic`` and on nothing after a real dataset; ``None`` or ``"none"``: no cross test."""
+    ``synthetic`` and on nothing after a real dataset; ``None`` or ``"none"``: no cross test.
+    Each run is tested there as it finishes; runs finished before are tested at the end."""
     from kdbench.files import atomic_write_text
     from kdbench.progress import console
 
     t0, started_at = time.perf_counter(), _utc_now()
-    cross_dataset = _cross_dataset(cross_dataset, dataset, keep_checkpoints)
-    if cross_dataset:  # a typo here would otherwise surface after hours of training
-        from kdbench.data.datasets import check_dataset
-
-        check_dataset(cross_dataset, cross_data_root)
-        if keep_checkpoints == "none":
-            raise KdbenchError("a cross-dataset test needs each run's best.pt; use "
-                               "--keep-checkpoints best (or all) with --cross-dataset")
+    cross_dataset = _cross_dataset(cross_dataset, dataset)
     summary = run("all", dataset, data_root=data_root, students=students, seeds=seeds,
                   preset=preset, results=results, registry=registry, settings=settings,
                   device=device, restart=restart, keep_checkpoints=keep_checkpoints,
                   progress=progress, with_reports=True, threads=threads, launcher=launcher,
-                  workers=workers, gpus=gpus, slurm=slurm)
+                  workers=workers, gpus=gpus, slurm=slurm, cross_dataset=cross_dataset,
+                  cross_data_root=cross_data_root)
     from kdbench import distributed
 
     if not distributed.is_main():  # torchrun: rank 0 writes the tables and plots
@@ -840,8 +869,8 @@ def reproduce(
 
     out = Path(results)
     if cross_dataset:
-        evaluate([out / "runs" / dataset], cross_dataset, data_root=cross_data_root,
-                 device=device, progress=progress)
+        _cross_test_rest(out / "runs" / dataset, cross_dataset, cross_data_root, device,
+                         progress)
     for kind in [k for k in table_kinds(registry) if k not in ("runs", "cost")]:
         atomic_write_text(out / "tables" / f"{kind}.md",
                           report(kind, results=out, registry=registry).markdown())

@@ -23,7 +23,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         registry=args.registry, settings=args.set, sweeps=args.sweep, device=args.device,
         restart=args.restart, keep_checkpoints=args.keep_checkpoints,
         progress=not args.no_progress, threads=args.threads, with_reports=args.with_reports,
-        only=args.only, **_launcher_args(args))
+        only=args.only, cross_dataset=args.cross_dataset, cross_data_root=args.cross_data_root,
+        **_launcher_args(args))
     return _launch_status(summary)
 
 
@@ -372,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", default=None, metavar="RUN",
                      help="just this run of the plan (<student>/<label>/<mode>/seed<k>, as "
                      "--launcher print lists them), or teacher")
+    run.add_argument("--cross-dataset", default=None, metavar="DATASET",
+                     help="also test each student on this dataset's test split as its run "
+                     "finishes (Table 7), e.g. synthetic_c23")
+    run.add_argument("--cross-data-root", type=Path, default=None,
+                     help="prepared folder of the cross dataset")
     _launchers(run)
     run.set_defaults(func=cmd_run)
 

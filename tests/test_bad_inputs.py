@@ -269,6 +269,8 @@ CASES = [
                                                      "celebfd", "--results", "{results}",
                                                      "--preset", "quick"],
          "unknown dataset 'celebfd'"),
+    Case("run with a cross dataset and no folder", [*VANILLA, "--cross-dataset", "celebdf"],
+         "dataset celebdf needs --cross-data-root"),
     Case("weights need unpickling", [*VANILLA, "--seeds", "1", "--set",
                                      "student.pretrained={tmp}/evil.pt"],
          "needs unpickling", _pickled_weights, before_work=False),

@@ -31,6 +31,8 @@ class RunArgs:
     device: str | None = None
     keep_checkpoints: str = "all"
     with_reports: bool = False
+    cross_dataset: str | None = None
+    cross_data_root: str | None = None
 
     def argv(self) -> list[str]:
         """``kdbench run`` arguments that plan the same runs (without ``--only``)."""
@@ -53,6 +55,10 @@ class RunArgs:
             out += ["--keep-checkpoints", self.keep_checkpoints]
         if self.with_reports:
             out.append("--with-reports")
+        if self.cross_dataset is not None:
+            out += ["--cross-dataset", self.cross_dataset]
+        if self.cross_data_root is not None:
+            out += ["--cross-data-root", self.cross_data_root]
         return out
 
 

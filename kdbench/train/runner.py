@@ -30,6 +30,7 @@ from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.progress import console
 from kdbench.registry import MethodEntry
+from kdbench.train.evaluate import CROSS_DIR, evaluate_run
 from kdbench.train.predictions import PREDICTIONS, save_predictions
 from kdbench.train.store import claim, wait_for_lock
 from kdbench.train.teacher_cache import cache_key, file_sha256
@@ -105,6 +106,10 @@ class Context:
     keep_checkpoints: str = "all"  # all | best (drop last.pt) | none, once a run is finished
     teacher_sha256: str | None = None  # of the teacher's best.pt, once it is loaded
     teacher_fields: set[str] = field(default_factory=set)  # what the plan's runs read
+    # (dataset, data root): test each finished student there too (Table 7), while its best.pt
+    # is here, so the result outlives checkpoints that are pruned or never committed
+    cross: tuple[str, Path | None] | None = None
+    _cross_data: PreparedData | None = None
 
     def __post_init__(self) -> None:
         self.started = store_time(self.results)
@@ -123,6 +128,17 @@ class Context:
         key = cache_key(self.teacher_sha256, config_hash(self.data.meta, 16),
                         self.splits["train"], self.config["data"]["size"])
         return teacher_dir(self) / "cache" / key
+
+    def cross_data(self) -> PreparedData:
+        """The test split of the cross dataset, opened on first use."""
+        if self._cross_data is None:
+            from kdbench.data.datasets import open_dataset
+
+            assert self.cross is not None
+            self._cross_data = open_dataset(
+                self.cross[0], self.cross[1], self.config["data"]["size"],
+                self.config["data"]["frames"], progress=self.progress, require=("test",))
+        return self._cross_data
 
     def trainer(self, learner, run_dir: Path, seed: int, label: str) -> Trainer:
         return Trainer(learner, self.splits, self.config["train"], self.config["data"]["size"],
@@ -386,6 +402,7 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         lambda: _finished_as(ctx, run_dir, spec, entry, ignored, identity))
     if done is not None:
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
+        cross_test(ctx, run_dir, name)
         _prune(ctx, run_dir)
         return "finished", done
     with claim(run_dir) as mine:
@@ -449,8 +466,23 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         "run_info": dict(getattr(distiller, "run_info", {})),
     }))
     _summary(name, metrics)
+    cross_test(ctx, run_dir, name)
     _prune(ctx, run_dir)
     return metrics
+
+
+def cross_test(ctx: Context, run_dir: Path, name: str) -> None:
+    """``ctx.cross``: test the finished student in ``run_dir`` on that dataset's test split
+    (``<run>/cross/<dataset>.json``, Table 7) unless it was tested there already or has no
+    best.pt left; rank 0 only."""
+    if ctx.cross is None or not distributed.is_main():
+        return
+    dataset = ctx.cross[0]
+    if (run_dir / CROSS_DIR / f"{dataset}.json").is_file() or not (run_dir / "best.pt").is_file():
+        return
+    t = evaluate_run(run_dir, ctx.cross_data(), dataset, ctx.device)["test"]
+    console.print(f"{name}: on {dataset} acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "
+                  f"video-auc {t['video_auc']:.4f}", highlight=False)
 
 
 def _prune(ctx: Context, run_dir: Path) -> None:
