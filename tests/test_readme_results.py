@@ -16,8 +16,9 @@ from tools.readme_results import (
     COMMAND,
     ROOT,
     _both_vs_rgb,
-    _earlier_teacher_runs,
+    _cross_lines,
     _sessions,
+    _teacher_lines,
     _training_spans,
     build_section,
     readme_section,
@@ -66,29 +67,56 @@ def test_sessions_group_overlapping_invocations(tmp_path):
     assert _sessions(tmp_path / "none") == []
 
 
-def test_both_vs_rgb_compares_with_the_combined_std():
+def test_both_vs_rgb_gives_each_paired_interval_and_its_mark():
+    ci = Cell(0.85, 0.01, 3)
+    ci.interval, ci.mark = "[+5.00; +1.20, +8.80]", "↑"
+    plain = Cell(0.79, 0.04, 3)
+    plain.interval = "[-1.00; -4.00, +2.00]"
     report = Report("t", ["dataset", "student", "a rgb", "a both", "b rgb", "b both", "c both"],
-                    [["ds", "s", Cell(0.80, 0.01, 3), Cell(0.85, 0.01, 3),
-                      Cell(0.80, 0.03, 3), Cell(0.79, 0.04, 3), Cell(0.9, 0.0, 3)]])
-    assert _both_vs_rgb(report) == ["a +5.00 (beyond the combined std 1.41)",
-                                    "b -1.00 (within the combined std 5.00)"]
-    report.rows[0][3] = Cell(0.82, math.nan, 1)
-    report.rows[0][4] = Cell(math.nan, math.nan, 0)
-    assert _both_vs_rgb(report) == ["a +2.00 (fewer than 2 seeds, no std)"]
+                    [["ds", "s", Cell(0.80, 0.01, 3), ci, Cell(0.80, 0.03, 3), plain,
+                      Cell(0.9, 0.0, 3)]])
+    assert _both_vs_rgb(report) == ["a +5.00 [+1.20, +8.80]↑", "b -1.00 [-4.00, +2.00]"]
+    report.rows[0][5] = Cell(0.82, math.nan, 1)  # no predictions: no interval, not listed
+    assert _both_vs_rgb(report) == ["a +5.00 [+1.20, +8.80]↑"]
 
 
-def test_runs_made_before_the_committed_teacher_are_named(tmp_path):
-    def write(rel, **m):
-        (tmp_path / rel).mkdir(parents=True)
-        (tmp_path / rel / "metrics.json").write_text(json.dumps(m))
-    write("teachers/ds/t-1", git_commit="new")
-    write("runs/ds/s/at/rgb/seed0", method="at", mode="rgb", seed=0, git_commit="old")
-    write("runs/ds/s/at/rgb/seed1", method="at", mode="rgb", seed=1, git_commit="new")
-    write("runs/ds/s/at/rgb/seed2", method="at", mode="rgb", seed=2, git_commit="later",
-          teacher_test={"acc": 0.9})
-    write("runs/ds/s/vanilla/none/seed0", method="vanilla", mode="none", seed=0,
-          git_commit="old")
-    assert _earlier_teacher_runs(tmp_path) == ["at rgb (seed 0)"]
+def _listing(tmp_path, rows):
+    import pandas as pd
+
+    out = []
+    for i, r in enumerate(rows):
+        folder = tmp_path / f"run{i}"
+        (folder / "cross").mkdir(parents=True)
+        if r.pop("tested", False):
+            (folder / "cross" / "other.json").write_text("{}")
+        out.append({"variant": "", "mode": "both", "seed": 0, "other_teacher": False,
+                    "teacher_sha256": "a" * 64, "path": str(folder), **r})
+    return pd.DataFrame(out)
+
+
+def test_teacher_lines_count_the_weights_each_run_used(tmp_path):
+    runs = _listing(tmp_path, [{"method": "teacher", "mode": "none"},
+                               {"method": "at"}, {"method": "at", "seed": 1},
+                               {"method": "vanilla", "mode": "none", "teacher_sha256": None}])
+    text = _teacher_lines(runs)
+    assert text.startswith("The 2 distillation runs") and "2 `aaaaaaaaaaaa`" in text
+    assert text.endswith("Every run distilled from the stored teacher.")
+    runs.loc[2, ["teacher_sha256", "other_teacher"]] = ["b" * 64, True]
+    text = _teacher_lines(runs)
+    assert "1 `bbbbbbbbbbbb`" in text and "1 runs distilled from other weights" in text
+    assert runs.loc[2, "path"] in text
+
+
+def test_cross_lines_name_the_runs_without_a_cross_test(tmp_path):
+    runs = _listing(tmp_path, [{"method": "teacher", "mode": "none", "tested": True},
+                               {"method": "at", "tested": True},
+                               {"method": "at", "seed": 2}, {"method": "at", "seed": 1},
+                               {"method": "tokd", "variant": "d=128"}])
+    assert _cross_lines(runs) == ("1 of the 4 student runs were tested there; 3 have no test "
+                                  "yet (trained before runs were tested as they finished, "
+                                  "their checkpoints gone): at both (seed 1, 2); tokd@d=128 "
+                                  "both (seed 0).")
+    assert _cross_lines(runs.iloc[:2]) == "All 1 student runs were tested there."
 
 
 def test_training_spans_join_runs_with_short_pauses_and_count_the_peak():
@@ -101,4 +129,4 @@ def test_training_spans_join_runs_with_short_pauses_and_count_the_peak():
     first, second = _training_spans(runs)
     assert first == ("- 2026-01-01 10:00-10:20 UTC: 3 runs, at most 2 at a time: **20 min** "
                      "wall (26 min of run time).")
-    assert "1 runs, at most 1 at a time: **30 s** wall" in second
+    assert "1 run, at most 1 at a time: **30 s** wall" in second

@@ -9,7 +9,6 @@ and `kdbench plot gradsim`, or copied from the files `kdbench reproduce` wrote t
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from datetime import datetime, timedelta
@@ -100,48 +99,47 @@ def _training_spans(runs: pd.DataFrame) -> list[str]:
     for g in _stretches(spans, lambda sp: sp[:2], GAP):
         start, end = g[0][0], max(e for _, e, _ in g)
         peak = max(sum(s <= t < e for s, e, _ in g) for t, _, _ in g)
-        lines.append(f"- {_when(start, end)}: {len(g)} runs, at most {peak} at a time: "
+        lines.append(f"- {_when(start, end)}: {len(g)} run{'s' * (len(g) != 1)}, at most "
+                     f"{peak} at a time: "
                      f"**{_duration((end - start).total_seconds())}** wall "
                      f"({sum(w for _, _, w in g) / 60:.0f} min of run time).")
     return lines
 
 
 def _both_vs_rgb(report: tables.Report) -> list[str]:
-    """For each method with rgb and both cells: both - rgb against the combined std."""
+    """For each method with rgb and both cells of a comparison built with ``ci=True``: both -
+    rgb in points with its 95 % paired-bootstrap interval, marked where it excludes 0."""
     lines = []
     for row in report.rows:
         cells = dict(zip(report.columns, row))
         where = f"{cells['dataset']}/{cells['student']} " if len(report.rows) > 1 else ""
         for col in report.columns:
             rgb_col = col.removesuffix(" both") + " rgb"
-            if not col.endswith(" both") or rgb_col not in cells:
+            if not col.endswith(" both") or rgb_col not in cells or not cells[col].interval:
                 continue
-            both, rgb = cells[col], cells[rgb_col]
-            if both.n == 0 or rgb.n == 0:
-                continue
-            diff = 100 * (both.mean - rgb.mean)
-            noise = 100 * math.hypot(both.std, rgb.std)
-            verdict = ("fewer than 2 seeds, no std" if math.isnan(noise)
-                       else f"beyond the combined std {noise:.2f}" if abs(diff) > noise
-                       else f"within the combined std {noise:.2f}")
-            lines.append(f"{where}{col.removesuffix(' both')} {diff:+.2f} ({verdict})")
+            diff, _, bounds = cells[col].interval.strip("[]").partition("; ")
+            mark = "".join(m for m in cells[col].mark if m in "↑↓")
+            lines.append(f"{where}{col.removesuffix(' both')} {diff} [{bounds}]{mark}")
     return lines
 
 
-def _earlier_teacher_runs(results: Path) -> list[str]:
-    """Distillation runs made at another commit than the committed teacher, before runs
-    recorded `teacher_test`: they distilled from an earlier teacher."""
-    commits = {read_json(p).get("git_commit")
-               for p in (results / "teachers").rglob("metrics.json")}
-    seeds: dict[str, list[int]] = {}
-    for path in sorted((results / "runs").rglob("metrics.json")):
-        m = read_json(path)
-        if m.get("mode") in (None, "none") or m.get("teacher_test") \
-                or m.get("git_commit") in commits:
-            continue
-        label = m["method"] + (f"@{m['variant']}" if m.get("variant") else "") + f" {m['mode']}"
-        seeds.setdefault(label, []).append(int(m["seed"]))
-    return [f"{label} (seed {', '.join(map(str, sorted(v)))})" for label, v in seeds.items()]
+def _teacher_lines(runs: pd.DataFrame) -> str:
+    """Which teacher weights the store's distillation runs used, from the sha256 each run
+    records (`teacher_sha256`) against the stored teacher's (`weights_sha256`)."""
+    teachers = runs[runs["method"] == "teacher"]
+    students = runs[(runs["method"] != "teacher") & (runs["mode"] != "none")]
+    stored = sorted(set(teachers["teacher_sha256"].dropna()))
+    used = students["teacher_sha256"].fillna("none").value_counts()
+    other = students[students["other_teacher"].fillna(False).astype(bool)]
+    text = (f"The {len(students)} distillation runs record the sha256 of the teacher weights "
+            f"they distilled from (`teacher_sha256`): "
+            + ", ".join(f"{n} `{sha[:12]}`" for sha, n in used.items())
+            + f"; the stored teacher's own is `{', '.join(x[:12] for x in stored) or 'none'}` "
+            "(`weights_sha256`).")
+    if len(other):
+        return text + (f" {len(other)} runs distilled from other weights (marked † in the "
+                       "tables): " + ", ".join(sorted(other["path"])) + ".")
+    return text + " Every run distilled from the stored teacher."
 
 
 def _gradsim_lines(results: Path, registry: dict) -> list[str]:
@@ -163,37 +161,54 @@ def _mean_term(results: Path, label: str, key: str = "train_loss_kd_freq") -> fl
     return sum(vals) / len(vals) if vals else None
 
 
-def _weakest_cell(results: Path, acc: tables.Report, rotation: tables.Report,
-                  ablation: tables.Report) -> str:
-    """Why TOKD both is the weakest cell, in two sentences of the store's own numbers: what
-    the rotation-size and ablation runs separate, and what they rule out."""
+def _tokd_note(results: Path, acc: tables.Report, rotation: tables.Report,
+              ablation: tables.Report) -> str:
+    """TOKD both against rgb and the other cells, and what its rotation-size and ablation runs
+    give, in the store's own numbers (test acc)."""
     cols = dict(zip(acc.columns, acc.rows[0])) if acc.rows else {}
     both, rgb = cols.get("tokd both"), cols.get("tokd rgb")
-    full = _mean_term(results, "tokd")
     norot_row = next((r for r in ablation.rows if str(r[0]).startswith("RGB + Fre + projector "
                                                                        "(")), None)
     parts = [(str(r[1]), r[2]) for r in rotation.rows
              if isinstance(r[2], tables.Cell) and r[2].n and "used)" not in str(r[1])
              and r[2].mean != (both.mean if both else None)]
-    if not (both and rgb and norot_row and parts and full is not None):
+    if not (both and rgb and norot_row and parts):
         return ""
+    cells = sorted((c.mean for c in cols.values() if isinstance(c, tables.Cell) and c.n),
+                   reverse=True)
+    rank = cells.index(both.mean) + 1
     norot = norot_row[1]
-    better = [d for d, c in parts if c.mean > both.mean]
-    d128, norot_term = _mean_term(results, "tokd@d=128"), _mean_term(results, "tokd@rotation=false")
-    verdict = ("higher than" if len(better) == len(parts) and norot.mean > both.mean
-               else "not all higher than")
-    same = (f"the weighted frequency term L_KD_Fre is about as large in those runs "
-            f"({norot_term:.1f} without rotation, {d128:.1f} at d = 128, averaged over epochs "
-            f"and seeds) as in the weak one ({full:.1f}), so the size of that term alone does "
-            "not explain the gap" if norot_term is not None and d128 is not None else "")
+    terms = [(label, _mean_term(results, folder)) for label, folder in (
+        ("the default", "tokd"), ("no rotation", "tokd@rotation=false"),
+        ("d = 128", "tokd@d=128"))]
+    term_text = ", ".join(f"{v:.1f} ({label})" for label, v in terms if v is not None)
+    higher = [d for d, c in parts if c.mean > both.mean]
     return (
-        f"**Why TOKD both is the weakest cell here** ({both.text()} against {rgb.text()} for "
-        f"rgb): its runs separate it by the rotation - rotating a part of S_B(x) gives "
+        f"**TOKD both** ({both.text()}) ranks {rank} of the {len(cells)} cells of the acc "
+        f"table; TOKD rgb has {rgb.text()}. Its default rotates all of S_B(x) (d = 1024 is every "
+        "value at 64 px, and d = 2048 is clamped to it); rotating a part gives "
         + ", ".join(f"{c.text()} (d = {d})" for d, c in parts)
-        + f" and no rotation {norot.text()}, {verdict} rotating all of it (d = 1024 is every "
-        f"value of S_B(x) at 64 px, and d = 2048 was clamped to it); {same}. Why a rotation "
-        "of the whole vector hurts on this data is not measured yet (the paper also reports a "
-        "middle d best and its largest d worse).\n")
+        + f" ({len(higher)} of {len(parts)} above the default), and no rotation "
+        f"{norot.text()}. The weighted frequency term L_KD_Fre, averaged over epochs and "
+        f"seeds: {term_text}.\n")
+
+
+def _cross_lines(runs: pd.DataFrame) -> str:
+    """How many student runs Table 7 holds, and which have no cross-dataset test (by label
+    and mode, with their seeds)."""
+    students = runs[runs["method"] != "teacher"]
+    missing: dict[str, list[int]] = {}
+    for r in students.itertuples():
+        if not list((Path(r.path) / "cross").glob("*.json")):
+            label = r.method + (f"@{r.variant}" if r.variant else "")
+            missing.setdefault(f"{label} {r.mode}", []).append(int(r.seed))
+    n = sum(map(len, missing.values()))
+    if not n:
+        return f"All {len(students)} student runs were tested there."
+    return (f"{len(students) - n} of the {len(students)} student runs were tested there; {n} "
+            "have no test yet (trained before runs were tested as they finished, their "
+            "checkpoints gone): " + "; ".join(f"{k} (seed {', '.join(map(str, sorted(v)))})"
+                                              for k, v in sorted(missing.items())) + ".")
 
 
 def build_section(results: Path) -> str:
@@ -210,22 +225,26 @@ def build_section(results: Path) -> str:
     seeds = sorted(int(s) for s in students["seed"].dropna().unique())
     acc = tables.build("comparison", runs, registry, "acc")
     auc = tables.build("comparison", runs, registry, "auc")
+    acc_ci = tables.build("comparison", runs, registry, "acc", ci=True)
+    auc_ci = tables.build("comparison", runs, registry, "auc", ci=True)
     others = "\n".join(tables.build(kind, runs, registry).markdown() for kind in TABLES)
-    weakest = _weakest_cell(results, acc, tables.build("rotation", runs, registry),
-                            tables.build("ablation", runs, registry))
+    tokd = _tokd_note(results, acc, tables.build("rotation", runs, registry),
+                      tables.build("ablation", runs, registry))
+    cross = tables.build("cross", runs, registry).markdown()
     cost = (results / "tables" / "cost.md").read_text()
     sessions = "\n".join(_sessions(results)) or "- (no `kdbench reproduce` logged yet)"
     spans = "\n".join(_training_spans(runs)) or "- (no run records `finished_at`)"
     gradsim = "\n".join(f"- {line}" for line in _gradsim_lines(results, registry))
-    gaps = ";\n".join(_both_vs_rgb(acc))
-    earlier = "; ".join(_earlier_teacher_runs(results)) or "none"
+    gaps_acc = ";\n".join(_both_vs_rgb(acc_ci))
+    gaps_auc = ";\n".join(_both_vs_rgb(auc_ci))
     return f"""{START}
 
-`results/` holds the metrics, histories and traces (no checkpoints) of every run the paper's
-tables need on the embedded synthetic dataset, made on this project's CPU machine (see the
-wall times below): {_setting(results)}; seeds {", ".join(map(str, seeds))}.
-One command makes them, skipping the runs already finished, then writes every table to
-`results/tables/*.md` and the plots `results/{{gradsim,alpha,rotation,curves}}.png`:
+`results/` holds the metrics, histories, traces and per-frame test predictions (no
+checkpoints) of every run the paper's tables need on the embedded synthetic dataset, made on
+this project's CPU machine (see the wall times below): {_setting(results)}; seeds
+{", ".join(map(str, seeds))}. One command makes them, skipping the runs already finished,
+tests every run on the second embedded domain `synthetic_c23` (Table 7), then writes every
+table to `results/tables/*.md` and the plots `results/{{gradsim,alpha,rotation,curves}}.png`:
 
 ```bash
 {COMMAND}
@@ -233,15 +252,15 @@ One command makes them, skipping the runs already finished, then writes every ta
 
 **Wall time.** The {len(students)} student runs and the teacher recorded {hours:.1f} h of
 training in all (`wall_time_s` in their `metrics.json`), shared out between the processes that
-ran side by side (two `kdbench` processes can share a store: each run is claimed by a lock).
-The store was filled in steps: first `kdbench run --methods all --preset cpu --seeds 0,1,2`
-(the comparison runs), then `kdbench reproduce` for the rest. The runs of the last step record
-when they finished (`finished_at`), which gives its wall time:
+ran side by side (`--launcher local --workers 2`: two worker processes of one thread each; each
+run is claimed by a lock). The runs record when they finished (`finished_at`), which gives
+the wall time of each stretch of work (the command was stopped and started again between
+stretches, and continued where it stopped):
 
 {spans}
 
-and `kdbench reproduce` logs each invocation in `results/reproduce.jsonl` (the log starts
-after that step):
+and `kdbench reproduce` logs each invocation that got to its tables in
+`results/reproduce.jsonl`:
 
 {sessions}
 
@@ -250,16 +269,22 @@ for the second); the cost table is `results/tables/cost.md` as `reproduce` measu
 
 {acc.markdown()}
 {auc.markdown()}
-**Both-branch minus RGB-only, test acc (points), against the combined std** (the paper reports
-both below rgb for every baseline, and above it for TOKD):
-{gaps}.
+**Both-branch minus RGB-only, in points, with the 95 % paired-bootstrap interval** (`kdbench
+table --kind comparison --ci`; ↑/↓ where the interval excludes 0; the paper reports both below
+rgb for every baseline, and above it for TOKD). Test acc:
+{gaps_acc}.
 
-{weakest}
+Test AUC:
+{gaps_auc}.
+
+{tokd}
 {others}
-The cross-dataset table (Table 7, `results/tables/cross.md`) needs a second dataset: the
-embedded one has no sibling, so it is empty here; `kdbench reproduce --cross-dataset celebdf
---cross-data-root DIR` (or `kdbench eval RUNS --dataset D`) fills it.
+**Cross-dataset (Table 7)**: every run trained on `synthetic` tested on `synthetic_c23`
+(other identities, lighter compression, a Deepfakes up-sampler unseen in training; see [the
+embedded synthetic dataset](#the-embedded-synthetic-dataset)), `kdbench table --kind cross
+--results results`. {_cross_lines(runs)}
 
+{cross}
 {cost}
 **Gradient cosine (Fig. 4)**, `kdbench plot gradsim --results results` (the default plan's
 runs; `--all-runs` adds the sweep variants):
@@ -268,12 +293,10 @@ runs; `--all-runs` adds the sweep variants):
 
 {gradsim}
 
-Caveats, visible in the files: the teacher's checkpoint is not committed, and CPU float
-results depend on the thread count (`versions.torch_threads`). The teacher in
-`results/teachers/` was retrained after these runs had distilled from an earlier one, trained
-with the same settings (their `git_commit` differs from the teacher's and they have no
-`teacher_test`): {earlier}. Every other run distilled from the committed teacher and records
-its test metrics as `teacher_test`.
+**Teacher.** {_teacher_lines(runs)} Its checkpoint is not committed: `kdbench reproduce`
+trains it again where it is missing, and on this CPU that gives the same weights (the same
+sha256; `recorded_sha256` in its `metrics.json`). CPU float results depend on the thread
+count (`versions.torch_threads` in each run).
 """
 
 
