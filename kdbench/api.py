@@ -380,12 +380,7 @@ def run(
     args = (methods, dataset, data_root, students, modes, seeds)
     rest = (results, registry, settings, sweeps, device)
     plan = _check_run(*args, preset or "cpu", *rest)  # bad input answered before torch loads
-    cross = None
-    if cross_dataset is not None:
-        from kdbench.data.datasets import check_dataset
-
-        check_dataset(cross_dataset, cross_data_root, flags="--cross-")
-        cross = (cross_dataset, None if cross_data_root is None else Path(cross_data_root))
+    cross = _check_cross(cross_dataset, cross_data_root, dataset)
     if launcher != "inprocess":
         if only is not None or restart:
             raise KdbenchError(f"--launcher {launcher} runs every run of the plan, each as it "
@@ -438,6 +433,8 @@ def run(
         # the teacher is trained (or loaded) only if a distillation run is left to do
         todo = [s for s, _ in specs if s.mode != "none"
                 and (restart or not is_finished(out / s.relpath))]
+        if cross and any(restart or not is_finished(out / s.relpath) for s, _ in specs):
+            distributed.on_main(lambda: ctx.cross_data() and None)  # bad data: before training
         teacher = ensure_teacher(ctx) if todo or only == TEACHER else None
         if teacher is not None:  # one pass of the teacher caches what every run reads
             readers = todo if only != TEACHER else [  # the teacher's job: the plan's runs
@@ -773,6 +770,21 @@ def _description(entry: Any) -> str:
     return lines[0] if lines else ""
 
 
+def _check_cross(cross_dataset: str | None, cross_data_root: PathLike | None,
+                 dataset: str) -> tuple[str, Path | None] | None:
+    """(dataset, data root) of ``run``'s per-run cross test, checked; None without one."""
+    name = _cross_dataset(cross_dataset, dataset)
+    if name is None:
+        if cross_data_root is not None:
+            raise KdbenchError("--cross-data-root goes with --cross-dataset: name the dataset "
+                               "it holds")
+        return None
+    from kdbench.data.datasets import check_dataset
+
+    check_dataset(name, cross_data_root, prefix="--cross-")
+    return name, None if cross_data_root is None else Path(cross_data_root)
+
+
 def _cross_dataset(cross_dataset: str | None, dataset: str) -> str | None:
     """The dataset ``reproduce`` tests on for Table 7: ``auto`` is the embedded shifted domain
     after an embedded dataset, else none; ``none``: none."""
@@ -788,13 +800,13 @@ def _cross_test_rest(runs_dir: Path, dataset: str, data_root: PathLike | None,
     """Test the finished students under ``runs_dir`` that have no result on ``dataset`` yet
     (each run's own job tests it as it finishes; this takes the runs finished before), and
     name those that cannot be (no best.pt left)."""
-    from kdbench.files import read_json
     from kdbench.progress import console
+    from kdbench.report.listing import read_or_skip
     from kdbench.train.evaluate import CROSS_DIR
 
     todo, lost = [], []
     for path in sorted(runs_dir.rglob("seed*/metrics.json")):
-        run_dir, m = path.parent, read_json(path)
+        run_dir, m = path.parent, read_or_skip(path) or {}
         if m.get("status") != "finished" or m.get("role") != "student" \
                 or (run_dir / CROSS_DIR / f"{dataset}.json").is_file():
             continue
@@ -802,10 +814,14 @@ def _cross_test_rest(runs_dir: Path, dataset: str, data_root: PathLike | None,
     if todo:
         evaluate(todo, dataset, data_root=data_root, device=device, progress=progress)
     if lost:
-        console.print(f"[yellow]{len(lost)} finished run(s) have no test on {dataset} and no "
-                      f"best.pt left to test (e.g. {lost[0]}), so Table 7 lacks them: train "
-                      "each again on this machine with `kdbench run ... --only <run> --restart "
-                      f"--cross-dataset {dataset}`[/]", highlight=False)
+        names = ["/".join(r.relative_to(runs_dir).parts) for r in lost]
+        root = f" --cross-data-root {data_root}" if data_root else ""
+        console.print(
+            f"[yellow]Table 7 lacks {len(lost)} finished run{'s' * (len(lost) != 1)} with no "
+            f"test on {dataset} and no best.pt left to test: {', '.join(names[:5])}"
+            f"{f' and {len(names) - 5} more' if len(names) > 5 else ''}; train each again "
+            f"with `kdbench run <this plan> --only <run> --restart --cross-dataset {dataset}"
+            f"{root}` (or the whole plan with --restart)[/]", highlight=False)
 
 
 def reproduce(

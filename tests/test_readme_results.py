@@ -2,7 +2,6 @@
 store gives: no number in them is typed by hand."""
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,6 @@ from kdbench.cli import main
 from kdbench.registry import load_registry
 from kdbench.report import tables
 from kdbench.report.listing import collect_runs
-from kdbench.report.tables import Cell, Report
 from tools.readme_results import (
     COMMAND,
     ROOT,
@@ -67,17 +65,19 @@ def test_sessions_group_overlapping_invocations(tmp_path):
     assert _sessions(tmp_path / "none") == []
 
 
-def test_both_vs_rgb_gives_each_paired_interval_and_its_mark():
-    ci = Cell(0.85, 0.01, 3)
-    ci.interval, ci.mark = "[+5.00; +1.20, +8.80]", "↑"
-    plain = Cell(0.79, 0.04, 3)
-    plain.interval = "[-1.00; -4.00, +2.00]"
-    report = Report("t", ["dataset", "student", "a rgb", "a both", "b rgb", "b both", "c both"],
-                    [["ds", "s", Cell(0.80, 0.01, 3), ci, Cell(0.80, 0.03, 3), plain,
-                      Cell(0.9, 0.0, 3)]])
-    assert _both_vs_rgb(report) == ["a +5.00 [+1.20, +8.80]↑", "b -1.00 [-4.00, +2.00]"]
-    report.rows[0][5] = Cell(0.82, math.nan, 1)  # no predictions: no interval, not listed
-    assert _both_vs_rgb(report) == ["a +5.00 [+1.20, +8.80]↑"]
+def test_both_vs_rgb_gives_each_paired_interval_and_its_mark(tmp_path):
+    from kdbench.report.tables import comparison
+    from tests.test_significance import _runs, _store
+
+    better, base = _runs(0.25)
+    same, _ = _runs(0.0)
+    runs = _store(tmp_path, {("x", "both"): better, ("x", "rgb"): base,
+                             ("y", "both"): same, ("y", "rgb"): base, ("z", "both"): same})
+    lines = _both_vs_rgb(comparison(runs, ["x", "y", "z"], "acc", ci=True))
+    assert len(lines) == 2 and lines[1] == "y +0.00 [+0.00, +0.00]"  # z has no rgb cell
+    name, diff, lo, hi = lines[0].replace("[", "").replace(",", "").rstrip("]↑").split()
+    assert name == "x" and lines[0].endswith("]↑") and 0 < float(lo) < float(diff) < float(hi)
+    assert _both_vs_rgb(comparison(runs, ["x"], "acc")) == []  # built without ci: nothing
 
 
 def _listing(tmp_path, rows):
@@ -98,13 +98,18 @@ def test_teacher_lines_count_the_weights_each_run_used(tmp_path):
     runs = _listing(tmp_path, [{"method": "teacher", "mode": "none"},
                                {"method": "at"}, {"method": "at", "seed": 1},
                                {"method": "vanilla", "mode": "none", "teacher_sha256": None}])
-    text = _teacher_lines(runs)
+    (tmp_path / "teachers/t").mkdir(parents=True)
+    (tmp_path / "teachers/t/metrics.json").write_text(json.dumps(
+        {"weights_sha256": "a" * 64, "recorded_sha256": "a" * 64}))
+    text = _teacher_lines(runs, tmp_path)
     assert text.startswith("The 2 distillation runs") and "2 `aaaaaaaaaaaa`" in text
-    assert text.endswith("Every run distilled from the stored teacher.")
+    assert "Every one distilled from the stored teacher." in text
+    assert text.endswith("(the same sha256; `recorded_sha256` in its `metrics.json`).")
     runs.loc[2, ["teacher_sha256", "other_teacher"]] = ["b" * 64, True]
-    text = _teacher_lines(runs)
-    assert "1 `bbbbbbbbbbbb`" in text and "1 runs distilled from other weights" in text
-    assert runs.loc[2, "path"] in text
+    (tmp_path / "teachers/t/metrics.json").write_text(json.dumps({"weights_sha256": "a" * 64}))
+    text = _teacher_lines(runs, tmp_path)
+    assert "1 `bbbbbbbbbbbb`" in text and "1 run distilled from other weights" in text
+    assert runs.loc[2, "path"] in text and "Every one" not in text and "recorded_sha" not in text
 
 
 def test_cross_lines_name_the_runs_without_a_cross_test(tmp_path):
@@ -113,10 +118,8 @@ def test_cross_lines_name_the_runs_without_a_cross_test(tmp_path):
                                {"method": "at", "seed": 2}, {"method": "at", "seed": 1},
                                {"method": "tokd", "variant": "d=128"}])
     assert _cross_lines(runs) == ("1 of the 4 student runs were tested there; 3 have no test "
-                                  "yet (trained before runs were tested as they finished, "
-                                  "their checkpoints gone): at both (seed 1, 2); tokd@d=128 "
-                                  "both (seed 0).")
-    assert _cross_lines(runs.iloc[:2]) == "All 1 student runs were tested there."
+                                  "there yet: at both (seed 1, 2); tokd@d=128 both (seed 0).")
+    assert _cross_lines(runs.iloc[:2]) == "Every one of the 1 student run was tested there."
 
 
 def test_training_spans_join_runs_with_short_pauses_and_count_the_peak():

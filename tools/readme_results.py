@@ -24,7 +24,8 @@ from kdbench.report.traces import trace_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "## Reference results", "## Tests and benchmarks"
-COMMAND = "kdbench reproduce --preset cpu --seeds 0,1,2 --results results"
+COMMAND = ("kdbench reproduce --preset cpu --seeds 0,1,2 --results results --launcher local "
+           "--workers 2")
 TABLES = ("ablation", "rotation", "alpha", "teacher")
 
 
@@ -123,23 +124,46 @@ def _both_vs_rgb(report: tables.Report) -> list[str]:
     return lines
 
 
-def _teacher_lines(runs: pd.DataFrame) -> str:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def _teacher_lines(runs: pd.DataFrame, results: Path) -> str:
     """Which teacher weights the store's distillation runs used, from the sha256 each run
-    records (`teacher_sha256`) against the stored teacher's (`weights_sha256`)."""
+    records (`teacher_sha256`) against the stored teacher's (`weights_sha256`), and whether
+    the stored teacher, trained again, gave the weights recorded before (`recorded_sha256`)."""
     teachers = runs[runs["method"] == "teacher"]
     students = runs[(runs["method"] != "teacher") & (runs["mode"] != "none")]
     stored = sorted(set(teachers["teacher_sha256"].dropna()))
-    used = students["teacher_sha256"].fillna("none").value_counts()
+    used = students["teacher_sha256"].fillna("not recorded").value_counts()
     other = students[students["other_teacher"].fillna(False).astype(bool)]
-    text = (f"The {len(students)} distillation runs record the sha256 of the teacher weights "
-            f"they distilled from (`teacher_sha256`): "
+    text = (f"The {_plural(len(students), 'distillation run')} record the sha256 of the teacher "
+            "weights they distilled from (`teacher_sha256`): "
             + ", ".join(f"{n} `{sha[:12]}`" for sha, n in used.items())
             + f"; the stored teacher's own is `{', '.join(x[:12] for x in stored) or 'none'}` "
             "(`weights_sha256`).")
     if len(other):
-        return text + (f" {len(other)} runs distilled from other weights (marked † in the "
-                       "tables): " + ", ".join(sorted(other["path"])) + ".")
-    return text + " Every run distilled from the stored teacher."
+        text += (f" {_plural(len(other), 'run')} distilled from other weights (marked † in the "
+                 "tables): " + ", ".join(sorted(other["path"])) + ".")
+    elif len(stored) == 1 and set(used.index) == set(stored):
+        text += " Every one distilled from the stored teacher."
+    again = [read_json(p) for p in sorted((results / "teachers").rglob("metrics.json"))]
+    if again and all(m.get("recorded_sha256") == m.get("weights_sha256") for m in again):
+        text += (" The teacher's checkpoint is not committed: `kdbench reproduce` trains it "
+                 "again where it is missing, and here that gave the weights recorded before "
+                 "(the same sha256; `recorded_sha256` in its `metrics.json`).")
+    return text
+
+
+def _threads(runs: pd.DataFrame) -> str:
+    """The torch thread counts the runs record (`versions.torch_threads`)."""
+    counts: dict[int, int] = {}
+    for path in runs["path"]:
+        m = read_json(Path(path) / "metrics.json")
+        n = int(m.get("versions", {}).get("torch_threads", 0))
+        counts[n] = counts.get(n, 0) + 1
+    return ", ".join(f"{_plural(c, 'run')} on {_plural(n, 'thread')}"
+                     for n, c in sorted(counts.items()))
 
 
 def _gradsim_lines(results: Path, registry: dict) -> list[str]:
@@ -172,7 +196,7 @@ def _tokd_note(results: Path, acc: tables.Report, rotation: tables.Report,
     parts = [(str(r[1]), r[2]) for r in rotation.rows
              if isinstance(r[2], tables.Cell) and r[2].n and "used)" not in str(r[1])
              and r[2].mean != (both.mean if both else None)]
-    if not (both and rgb and norot_row and parts):
+    if not (both and rgb and both.n and rgb.n and norot_row and parts):
         return ""
     cells = sorted((c.mean for c in cols.values() if isinstance(c, tables.Cell) and c.n),
                    reverse=True)
@@ -182,6 +206,8 @@ def _tokd_note(results: Path, acc: tables.Report, rotation: tables.Report,
         ("the default", "tokd"), ("no rotation", "tokd@rotation=false"),
         ("d = 128", "tokd@d=128"))]
     term_text = ", ".join(f"{v:.1f} ({label})" for label, v in terms if v is not None)
+    term_text = (f" The weighted frequency term L_KD_Fre, averaged over epochs and seeds: "
+                 f"{term_text}." if term_text else "")
     higher = [d for d, c in parts if c.mean > both.mean]
     return (
         f"**TOKD both** ({both.text()}) ranks {rank} of the {len(cells)} cells of the acc "
@@ -189,8 +215,7 @@ def _tokd_note(results: Path, acc: tables.Report, rotation: tables.Report,
         "value at 64 px, and d = 2048 is clamped to it); rotating a part gives "
         + ", ".join(f"{c.text()} (d = {d})" for d, c in parts)
         + f" ({len(higher)} of {len(parts)} above the default), and no rotation "
-        f"{norot.text()}. The weighted frequency term L_KD_Fre, averaged over epochs and "
-        f"seeds: {term_text}.\n")
+        f"{norot.text()}.{term_text}\n")
 
 
 def _cross_lines(runs: pd.DataFrame) -> str:
@@ -204,11 +229,11 @@ def _cross_lines(runs: pd.DataFrame) -> str:
             missing.setdefault(f"{label} {r.mode}", []).append(int(r.seed))
     n = sum(map(len, missing.values()))
     if not n:
-        return f"All {len(students)} student runs were tested there."
-    return (f"{len(students) - n} of the {len(students)} student runs were tested there; {n} "
-            "have no test yet (trained before runs were tested as they finished, their "
-            "checkpoints gone): " + "; ".join(f"{k} (seed {', '.join(map(str, sorted(v)))})"
-                                              for k, v in sorted(missing.items())) + ".")
+        return f"Every one of the {_plural(len(students), 'student run')} was tested there."
+    return (f"{len(students) - n} of the {_plural(len(students), 'student run')} were tested "
+            f"there; {n} have no test there yet: "
+            + "; ".join(f"{k} (seed {', '.join(map(str, sorted(v)))})"
+                        for k, v in sorted(missing.items())) + ".")
 
 
 def build_section(results: Path) -> str:
@@ -252,8 +277,8 @@ table to `results/tables/*.md` and the plots `results/{{gradsim,alpha,rotation,c
 
 **Wall time.** The {len(students)} student runs and the teacher recorded {hours:.1f} h of
 training in all (`wall_time_s` in their `metrics.json`), shared out between the processes that
-ran side by side (`--launcher local --workers 2`: two worker processes of one thread each; each
-run is claimed by a lock). The runs record when they finished (`finished_at`), which gives
+ran side by side (the command's two workers, each run claimed by a lock; {_threads(runs)}).
+The runs record when they finished (`finished_at`), which gives
 the wall time of each stretch of work (the command was stopped and started again between
 stretches, and continued where it stopped):
 
@@ -293,10 +318,8 @@ runs; `--all-runs` adds the sweep variants):
 
 {gradsim}
 
-**Teacher.** {_teacher_lines(runs)} Its checkpoint is not committed: `kdbench reproduce`
-trains it again where it is missing, and on this CPU that gives the same weights (the same
-sha256; `recorded_sha256` in its `metrics.json`). CPU float results depend on the thread
-count (`versions.torch_threads` in each run).
+**Teacher.** {_teacher_lines(runs, results)} CPU float results depend on the thread count
+(`versions.torch_threads` in each run).
 """
 
 

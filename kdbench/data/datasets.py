@@ -127,16 +127,17 @@ def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None,
     return PreparedData(root, frames, index, meta)
 
 
-def check_dataset(name: str, data_root: Path | None, flags: str = "--") -> None:
+def check_dataset(name: str, data_root: Path | None, prefix: str = "--") -> None:
     """The checks of :func:`open_dataset` that need no data read: a known name, and a data
-    folder that exists where one is needed (a one-line error otherwise). ``flags``: the
-    prefix of the options the message names (``--cross-`` for --cross-dataset)."""
+    folder that exists where one is needed (a one-line error otherwise). ``prefix``: of the
+    options the message names (``--cross-`` for --cross-dataset and --cross-data-root)."""
+    embedded = "synthetic_c23" if prefix == "--cross-" else "synthetic"  # the one to suggest
     if name in EMBEDDED_DATASETS:
         if data_root is not None and not Path(data_root).is_dir():
             raise DataError(
                 f"data folder {data_root} does not exist; create it (mkdir) to generate the "
                 f"{name} dataset there (about 4 MB of videos plus the prepared frames), or "
-                f"leave out {flags}data-root to use the cache {default_data_root() / name}"
+                f"leave out {prefix}data-root to use the cache {default_data_root() / name}"
             )
         return
     if name not in REAL_DATASETS:
@@ -145,18 +146,18 @@ def check_dataset(name: str, data_root: Path | None, flags: str = "--") -> None:
         raise KdbenchError(
             f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; choose one of "
             f"{', '.join(DATASETS)}, or the --name of a "
-            f"`kdbench prepare folder|deepfakebench` output given with {flags}data-root"
+            f"`kdbench prepare folder|deepfakebench` output given with {prefix}data-root"
         )
     if data_root is None:
         raise DataError(
-            f"dataset {name} needs {flags}data-root pointing at a prepared folder: run "
-            f"`{REAL_DATASETS[name]}` first, or use {flags}dataset synthetic (no download "
+            f"dataset {name} needs {prefix}data-root pointing at a prepared folder: run "
+            f"`{REAL_DATASETS[name]}` first, or use {prefix}dataset {embedded} (no download "
             "needed)"
         )
     if not Path(data_root).is_dir():
         raise DataError(
             f"data folder {data_root} not found; prepare {name} with `{REAL_DATASETS[name]}`, "
-            f"or use {flags}dataset synthetic"
+            f"or use {prefix}dataset {embedded}"
         )
 
 
@@ -171,16 +172,17 @@ def open_dataset(
     check_dataset(name, data_root)
     if name in EMBEDDED_DATASETS:
         from kdbench.data.synthetic.domains import EMBEDDED
-        from kdbench.data.synthetic.prepare import ensure_synthetic
+        from kdbench.data.synthetic.prepare import ensure_synthetic, prepared_folder
         from kdbench.train.store import wait_for_lock
 
         root = Path(data_root) if data_root else default_data_root() / name
         # prepared with at least SYNTHETIC_FRAMES frames per video, then thinned: presets that
-        # differ only in frames per video share one prepared folder; one process generates
-        # while the others (workers, ranks) wait for it
-        with wait_for_lock(root):
-            prepared = ensure_synthetic(root, size, max(frames, SYNTHETIC_FRAMES), progress,
-                                        EMBEDDED[name], name)
+        # differ only in frames per video share one prepared folder
+        frames_prepared = max(frames, SYNTHETIC_FRAMES)
+        prepared = prepared_folder(root, size, frames_prepared)
+        if not (prepared / "prepared.json").is_file():  # one process generates, others wait
+            with wait_for_lock(root):
+                ensure_synthetic(root, size, frames_prepared, progress, EMBEDDED[name], name)
         return load_prepared(prepared, name, frames, require=require)
     return load_prepared(Path(data_root), name, frames, require)
 

@@ -130,14 +130,17 @@ class Context:
         return teacher_dir(self) / "cache" / key
 
     def cross_data(self) -> PreparedData:
-        """The test split of the cross dataset, opened on first use."""
+        """The test split of the cross dataset, opened on first use (an error names it)."""
         if self._cross_data is None:
             from kdbench.data.datasets import open_dataset
 
             assert self.cross is not None
-            self._cross_data = open_dataset(
-                self.cross[0], self.cross[1], self.config["data"]["size"],
-                self.config["data"]["frames"], progress=self.progress, require=("test",))
+            try:
+                self._cross_data = open_dataset(
+                    self.cross[0], self.cross[1], self.config["data"]["size"],
+                    self.config["data"]["frames"], progress=self.progress, require=("test",))
+            except KdbenchError as exc:
+                raise type(exc)(f"--cross-dataset {self.cross[0]}: {exc}") from None
         return self._cross_data
 
     def trainer(self, learner, run_dir: Path, seed: int, label: str) -> Trainer:
@@ -402,8 +405,10 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         lambda: _finished_as(ctx, run_dir, spec, entry, ignored, identity))
     if done is not None:
         console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
-        cross_test(ctx, run_dir, name)
-        _prune(ctx, run_dir)
+        with claim(run_dir) as mine:  # not while another process tests or prunes it
+            if mine:
+                cross_test(ctx, run_dir, name)
+                _prune(ctx, run_dir)
         return "finished", done
     with claim(run_dir) as mine:
         if not mine:
@@ -473,12 +478,20 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
 
 def cross_test(ctx: Context, run_dir: Path, name: str) -> None:
     """``ctx.cross``: test the finished student in ``run_dir`` on that dataset's test split
-    (``<run>/cross/<dataset>.json``, Table 7) unless it was tested there already or has no
-    best.pt left; rank 0 only."""
-    if ctx.cross is None or not distributed.is_main():
-        return
+    (``<run>/cross/<dataset>.json``, Table 7) unless it was tested there already; says so when
+    it has no best.pt left to test. Rank 0 tests, every rank waits for it (and stops alike)."""
+    if ctx.cross is not None:
+        distributed.on_main(lambda: _cross_test(ctx, run_dir, name))
+
+
+def _cross_test(ctx: Context, run_dir: Path, name: str) -> None:
+    assert ctx.cross is not None
     dataset = ctx.cross[0]
-    if (run_dir / CROSS_DIR / f"{dataset}.json").is_file() or not (run_dir / "best.pt").is_file():
+    if (run_dir / CROSS_DIR / f"{dataset}.json").is_file():
+        return
+    if not (run_dir / "best.pt").is_file():
+        console.print(f"[yellow]{name}: no best.pt left to test on {dataset}, so Table 7 lacks "
+                      "it; train it again with --restart to test it[/]", highlight=False)
         return
     t = evaluate_run(run_dir, ctx.cross_data(), dataset, ctx.device)["test"]
     console.print(f"{name}: on {dataset} acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "

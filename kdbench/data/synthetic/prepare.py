@@ -19,12 +19,18 @@ def ensure_synthetic(
     videos = Path(root) / "videos"
     workers = max(1, min(2, _cpus()))
     generate(videos, cfg, workers=workers, progress=progress)
-    out = Path(root) / f"prepared-s{size}-f{frames}"
+    out = prepared_folder(root, size, frames)
     if not (out / "prepared.json").is_file():
         items = ffpp_items(videos, compression_of(cfg), MANIPULATIONS)
         prepare_items(items, out, dataset, frames, size, "center",
                       workers=workers, progress=progress)
     return out
+
+
+def prepared_folder(root: Path, size: int, frames: int) -> Path:
+    """Where :func:`ensure_synthetic` prepares the videos under ``root`` at ``size``/``frames``
+    (done when it holds ``prepared.json``)."""
+    return Path(root) / f"prepared-s{size}-f{frames}"
 
 
 def _cpus() -> int:
