@@ -45,7 +45,11 @@ def test_bench_reports_every_figure(benchmark, figures):
 
 def test_side_by_side_processes_take_their_share_of_the_cores():
     from kdbench.bench import side_by_side
+    from kdbench.threads import busy_elsewhere
 
+    if busy_elsewhere() > 0:  # by design a process then takes fewer than every core
+        pytest.skip("other programs keep this machine's cores busy; the shares assume an "
+                    "idle machine")
     got = side_by_side("resnet18_thin", 16, 8, seconds=1.0)
     cores = len(__import__("os").sched_getaffinity(0))
     assert got["alone"]["threads"] == cores
