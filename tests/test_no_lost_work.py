@@ -43,7 +43,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _argv(data: Path, results: Path, *extra: str) -> list[str]:
     return ["run", "--methods", "vanilla", "--dataset", "ff_c40", "--data-root", str(data),
             "--preset", "quick", "--set", "data.size=16", "--set", "train.epochs=4",
-            "--results", str(results), "--no-progress", *extra]
+            "--results", str(results), "--no-progress", "--threads", "1", *extra]
 
 
 def _metrics(results: Path) -> dict:
@@ -66,9 +66,6 @@ def test_a_killed_run_continues_with_no_flag_and_ends_as_an_uninterrupted_one(tm
     assert "continue resnet18_thin/vanilla/none/seed0: an unfinished run at epoch 2" in err
     assert "epoch 1/4" not in err and "epoch 3/4" in err
 
-    import torch
-
-    torch.set_num_threads(1)
     assert main(_argv(data, tmp_path / "A")) == 0  # uninterrupted
     a, b = _metrics(tmp_path / "A"), _metrics(tmp_path / "B")
     assert (a["test"], a["val"], a["best_epoch"]) == (b["test"], b["val"], b["best_epoch"])
