@@ -293,7 +293,8 @@ Table 7 needs each run's `best.pt`, and checkpoints are not committed: the runs 
 before kdbench tested each run on the cross dataset as it finished were trained again for it,
 with the same settings and thread count (`kdbench run <the plan> --only <run> --restart
 --threads 1 --cross-dataset synthetic_c23`). Each gave byte-identical test predictions
-(`predictions.npz` unchanged in git) and the same test metrics; their `metrics.json` records the
+(commit 4a67c7b, which added their cross results, changes no `predictions.npz` and no test
+metric); their `metrics.json` records the
 second training, which is the one the stretches above count.
 
 Every table below is printed by `kdbench table --kind KIND --results results` (`--metric auc`
