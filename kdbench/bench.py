@@ -10,6 +10,7 @@ is measured.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import shutil
@@ -31,10 +32,12 @@ from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
-from kdbench.progress import console, progress_bar
+from kdbench.progress import progress_bar
 from kdbench.registry import MethodEntry, report_specs
 from kdbench.train import teacher_cache
 from kdbench.train.trainer import Trainer, on_device, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 def baseline(registry: dict[str, MethodEntry]) -> MethodEntry:
@@ -208,8 +211,8 @@ def _measure(setup: _Setup, preset: str, student: str, device: torch.device,
         "channels_last": setup.config["train"]["channels_last"],
         "compile": setup.config["train"]["compile"]}
 
-    console.print(f"bench: {student} at {setup.size} px, batch {setup.batch}, {steps} steps x "
-                  f"{rounds} rounds on {out['device']}", highlight=False)
+    log.info(f"bench: {student} at {setup.size} px, batch {setup.batch}, {steps} steps x "
+             f"{rounds} rounds on {out['device']}")
     loader, bare = _loader(setup), _bare_step(setup, base)
     loop = _Loop(setup, _distiller(base, setup, "none"))
     _interleave({"loader": loader, "bare": bare, "loop": loop}, rounds)

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from kdbench.errors import KdbenchError, did_you_mean
-from kdbench.values import check_limits, coerce
+from kdbench.values import check_limits, coerce, did_you_mean_key
 
 SECTIONS = ("data", "train", "teacher", "student")
 DEFAULT_RESULTS = "kdbench-results"  # results/ holds the committed reference runs: named only
@@ -175,7 +175,7 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
         if unknown:
             raise KdbenchError(
                 f"unknown setting {section}.{unknown[0]}"
-                f"{did_you_mean(unknown[0], cfg[section])}; known: "
+                f"{did_you_mean_key(section, unknown[0], cfg[section])}; known: "
                 + ", ".join(f"{section}.{k}" for k in cfg[section])
             )
         for key, value in values.items():  # the type of the default, within its limits

@@ -95,9 +95,12 @@ def setup(device: torch.device) -> torch.device:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
     if w.rank != 0:
+        import logging
+
         from kdbench.progress import console
 
-        console.quiet = True
+        console.quiet = True  # no progress bars
+        logging.getLogger("kdbench").setLevel(logging.WARNING)
     return device
 
 

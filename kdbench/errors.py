@@ -19,3 +19,7 @@ class DataError(KdbenchError):
 
 class VideoError(DataError):
     """A video could not be read or written (corrupt, unreadable, no frames)."""
+
+
+class LockUnsupportedError(KdbenchError):
+    """The file system of the lock folder has no working advisory file locks (flock)."""

@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ from kdbench.errors import KdbenchError
 
 class StoreError(KdbenchError):
     """A file of the result store is unreadable (truncated, not JSON)."""
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def file_mode() -> int:
@@ -135,9 +141,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                          "redo what wrote it") from None
 
 
-def check_writable(folder: Path, what: str = "results folder") -> Path:
-    """Create ``folder`` if needed and check a file can be written in it, before any work."""
+def check_writable(folder: Path, what: str = "results folder",
+                   fix: str = "give --results a folder (or a path that does not exist yet)"
+                   ) -> Path:
+    """Create ``folder`` if needed and check a file can be written in it, before any work;
+    ``what`` names the folder in the errors and ``fix`` says what to give instead of a file."""
     folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():  # the folder, or a folder above it
+        where = "" if blocker == folder else f" lies under {blocker}, which"
+        raise KdbenchError(f"{what} {folder}{where} is a file, not a folder; {fix}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         _temp_file(folder, "write-check").unlink()

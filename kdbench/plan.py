@@ -1,164 +1,234 @@
-"""The runs one `kdbench run` asks for: methods x modes x (default, registry variants, sweeps)."""
+"""A request's plan, resolved once: preset, device, students, seeds and the run list.
+
+Every executor (in process, print, local workers, SLURM) takes the same :class:`Plan`, so all
+of them run exactly the same runs; a launched job carries ``plan.request.job(name)``, which
+names the resolved preset and device, and plans that one run again where it starts.
+"""
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Callable
-from dataclasses import dataclass
+import difflib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kdbench.config import variant_tag
-from kdbench.errors import KdbenchError
+from kdbench.config import BACKBONES, RunSpec, preset_students, resolve_config
+from kdbench.errors import KdbenchError, did_you_mean
 from kdbench.registry import MethodEntry
+from kdbench.request import RunRequest
+
+TEACHER = "teacher"  # the --only name of the plan's teacher
 
 
-@dataclass
-class Sweep:
-    """``--sweep [method.]key=v1,v2,...``: one run per value."""
-
-    method: str | None
-    key: str
-    values: list[Any]
+def run_name(spec: RunSpec) -> str:
+    """A run's name in a plan (``--only``): ``<student>/<label>/<mode>/seed<k>``."""
+    return f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
 
 
-def parse_sweep(text: str) -> Sweep:
-    key, sep, raw = text.partition("=")
-    values = [v.strip() for v in raw.split(",") if v.strip()]
-    if not sep or not key.strip() or not values:
-        raise KdbenchError(f"--sweep expects key=v1,v2,... (e.g. d=128,256), got {text!r}")
-    method, _, name = key.strip().rpartition(".")
-    try:
-        parsed = [yaml.safe_load(v) for v in values]
-    except yaml.YAMLError as exc:
-        raise KdbenchError(f"--sweep {text!r}: a value is not a number, word or true/false") \
-            from exc
-    return Sweep(method or None, name, parsed)
-
-
-@dataclass
+@dataclass(frozen=True)
 class PlannedRun:
+    """One run of a plan: its spec, registry entry, name and folder."""
+
+    spec: RunSpec
     entry: MethodEntry
-    mode: str
-    hparams: dict[str, Any]
-    variant: str
+    name: str
+    run_dir: Path
+
+    @property
+    def distils(self) -> bool:
+        return self.spec.mode != "none"
 
 
-def check_plan(pairs: list[tuple[MethodEntry, str]], dataset: str,
-               overrides: dict[str, dict[str, Any]], sweeps: list[Sweep]) -> None:
-    """The checks of :func:`plan_runs` that import no method: each sweep key known to a
-    selected method and given once, and every planned hyper-parameter of the right type and
-    within its limits."""
-    seen_keys: set[tuple[str | None, str]] = set()
-    for sw in sweeps:
-        if (sw.method, sw.key) in seen_keys:
-            raise KdbenchError(f"--sweep {sw.key} is given twice; list all values in one: "
-                               f"--sweep {sw.key}=v1,v2,...")
-        seen_keys.add((sw.method, sw.key))
-        if not any(_applies(sw, e) for e, _ in pairs):
-            names = ", ".join(sorted({e.name for e, _ in pairs}))
-            raise KdbenchError(f"--sweep {sw.key}: no selected method ({names}) has a "
-                               f"hyper-parameter {sw.key!r}; see `kdbench methods`")
-    for entry, mode in pairs:
-        for change in _changes(entry, mode, sweeps):
-            entry.hparams(dataset, {**overrides.get(entry.name, {}), **change})
+@dataclass
+class Plan:
+    """A checked request with everything resolved (``request.preset``, ``.device`` and
+    ``.students`` are set) and its runs, in the order they run."""
+
+    request: RunRequest
+    runs: list[PlannedRun]
+    overrides: dict[str, Any]
+    registry: dict[str, MethodEntry]
+    cross: tuple[str, Path | None] | None = None
+
+    @property
+    def selected(self) -> list[PlannedRun]:
+        """The runs this request trains: all, or ``--only`` one (none for the teacher)."""
+        only = self.request.only
+        if only is None:
+            return list(self.runs)
+        return [] if only == TEACHER else [r for r in self.runs if r.name == only]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The resolved settings (not yet adapted to the device: see config.for_device)."""
+        r = self.request
+        return resolve_config(r.preset or "cpu", r.dataset, self.overrides)
 
 
-def _changes(entry: MethodEntry, mode: str, sweeps: list[Sweep]) -> list[dict[str, Any]]:
-    """The registry settings, then each registry variant of ``mode``, then each combination of
-    the sweep values that apply to ``entry``."""
-    mine = [sw for sw in sweeps if _applies(sw, entry)]
-    changes = [{}, *entry.variant_sets(mode)]
-    if mine:
-        changes += [dict(zip([sw.key for sw in mine], combo))
-                    for combo in itertools.product(*(sw.values for sw in mine))]
-    return changes
+def plan(request: RunRequest) -> Plan:
+    """Check ``request`` (no torch import unless the device must be looked up) and resolve it
+    into a :class:`Plan`; bad input is a one-line :class:`KdbenchError`."""
+    _check_launch(request)
+    checked = _check(request, request.preset or "cpu")
+    device = _device(request)
+    preset = request.preset or ("paper" if device.startswith("cuda") else "cpu")
+    if preset != (request.preset or "cpu"):  # the GPU default: check its settings, students
+        checked = _check(request, preset)
+    overrides, reg, students = checked
+    resolved = replace(request, preset=preset, device=device, students=tuple(students),
+                       lock_dir=request.lock_folder())
+    cross = _cross(resolved)
+    resolved = replace(resolved, cross_dataset=cross[0] if cross else None,
+                       cross_data_root=cross[1] if cross else None)
+    runs = _runs(resolved, reg, overrides)
+    if request.only is not None and request.only != TEACHER \
+            and not any(r.name == request.only for r in runs):
+        names = [r.name for r in runs]
+        raise KdbenchError(f"--only {request.only!r} is not a run of this plan"
+                           f"{did_you_mean(request.only, names)}; `--launcher print` lists them")
+    return Plan(resolved, runs, overrides, reg, cross)
 
 
-def plan_runs(pairs: list[tuple[MethodEntry, str]], dataset: str,
-              overrides: dict[str, dict[str, Any]], sweeps: list[Sweep]) -> list[PlannedRun]:
-    """Each (method, mode) runs with its hyper-parameters, then once per registry variant of
-    that mode and once per combination of the sweep values that apply to the method. A sweep
-    key that no selected method knows is an error. Runs with equal settings are listed once."""
-    check_plan(pairs, dataset, overrides, sweeps)
-    planned, seen = [], set()
-    for entry, mode in pairs:
-        base = overrides.get(entry.name, {})
-        ignored = entry.resolve().ignored_hparams(mode)
-        defaults = entry.hparams(dataset)
-        for change in _changes(entry, mode, sweeps):
-            hp = entry.hparams(dataset, {**base, **change})
-            tag = variant_tag({k: v for k, v in hp.items() if k not in ignored}, defaults)
-            if (entry.name, mode, tag) not in seen:
-                seen.add((entry.name, mode, tag))
-                planned.append(PlannedRun(entry, mode, hp, tag))
-    return planned
+def _check_launch(r: RunRequest) -> None:
+    """The launcher options fit together."""
+    if r.launcher != "local" and (r.workers is not None or r.gpus):
+        raise KdbenchError("--workers and --gpus go with --launcher local")
+    slurm = {f: getattr(r, f) for f in ("slurm_partition", "slurm_folder")}
+    defaults = RunRequest()
+    changed = [f for f in ("slurm_gpus_per_job", "slurm_time", "slurm_max_parallel",
+                           "slurm_cluster") if getattr(r, f) != getattr(defaults, f)]
+    if r.launcher != "slurm" and (any(v is not None for v in slurm.values()) or changed):
+        raise KdbenchError("--slurm-* options go with --launcher slurm")
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and r.launcher != "inprocess":
+        raise KdbenchError(f"under torchrun each run is trained data-parallel by all ranks; "
+                           f"drop --launcher {r.launcher}")
+    if r.launcher != "inprocess" and r.restart:
+        raise KdbenchError(f"--launcher {r.launcher} runs each run of the plan as it stands; "
+                           "drop --restart (or restart the runs with --launcher inprocess)")
 
 
-def _applies(sw: Sweep, entry: MethodEntry) -> bool:
-    return (sw.method is None or sw.method == entry.name) and entry.knows(sw.key)
+def _check(r: RunRequest, preset: str) -> tuple[dict[str, Any], dict[str, MethodEntry],
+                                                list[str]]:
+    """Every check that needs no torch: registry, methods and their hyper-parameters,
+    settings, students, modes, sweeps, device name, dataset, results folder and pretrained
+    weights; returns (settings overrides, registry, students)."""
+    from kdbench.config import check_device_name, parse_set
+    from kdbench.data.datasets import check_dataset
+    from kdbench.files import check_writable
+    from kdbench.registry import load_registry, select_methods
+    from kdbench.variants import check_plan, parse_sweep
+
+    reg = load_registry(list(r.registry))
+    if not r.methods:
+        raise KdbenchError("no method given; name registry methods (see `kdbench methods`) or "
+                           "all")
+    entries = select_methods(reg, ",".join(r.methods))
+    overrides = parse_set(list(r.settings))
+    targets = ["data", "train", "teacher", "student", *reg]
+    unknown = sorted(set(overrides) - set(targets))
+    if unknown:  # a bare key (lrr=0.1) is most likely a section's key without its section
+        base = resolve_config("cpu", r.dataset, {})
+        keys = [*targets, *(f"{sec}.{k}" for sec in targets[:4] for k in base[sec])]
+        short = {k.partition(".")[2]: k for k in keys if "." in k}
+        near = difflib.get_close_matches(unknown[0], list(short), n=1, cutoff=0.6)
+        close = did_you_mean(unknown[0], targets) or (
+            f" (did you mean {short[near[0]]!r}?)" if near else "")
+        raise KdbenchError(f"unknown setting target {unknown[0]!r}{close}; use data.*, "
+                           "train.*, teacher.*, student.* or <method>.<hyper-parameter>")
+    for name in set(overrides) & set(reg):
+        if not isinstance(overrides[name], dict):
+            raise KdbenchError(f"setting {name}=... needs a hyper-parameter: {name}.<name>=value "
+                               "(see `kdbench methods`)")
+    if r.device is not None:
+        check_device_name(r.device)
+    config = resolve_config(preset, r.dataset, overrides)
+    for section in ("teacher", "student"):
+        weights = config[section]["pretrained"]
+        if weights and weights != "imagenet" and not Path(weights).expanduser().is_file():
+            raise KdbenchError(f"{section}.pretrained: weights file {weights} not found; give a "
+                               "local .pth/.pt path, imagenet (timm's weights) or none")
+    students = list(r.students) or preset_students(preset)
+    for s in students:
+        if s not in BACKBONES:
+            raise KdbenchError(f"unknown student {s!r}{did_you_mean(s, BACKBONES)}; choose from "
+                               f"{', '.join(BACKBONES)}")
+    bad_modes = [m for m in r.modes if m not in ("rgb", "both")]
+    if bad_modes or not r.modes:
+        raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; modes are rgb, both or "
+                           "rgb,both")
+    pairs = [(e, m) for e in entries for m in e.modes if m == "none" or m in r.modes]
+    if not pairs:
+        raise KdbenchError(f"no method of {','.join(r.methods)!r} runs in modes "
+                           f"{','.join(r.modes)!r}")
+    for e, _ in pairs:  # entry points found (not imported yet)
+        e.check_entry()
+    check_plan(pairs, r.dataset, overrides, [parse_sweep(s) for s in r.sweeps])
+    check_dataset(r.dataset, r.data_root)
+    check_writable(r.results)
+    backbones = {"teacher": [config["teacher"]["backbone"]], "student": students}
+    for section, names in backbones.items():  # before hours of data preparation
+        if config[section]["pretrained"] == "imagenet":
+            from kdbench.models.backbones import check_imagenet
+
+            for name in names:
+                check_imagenet(name, f"{section}.pretrained")
+    return overrides, reg, students
 
 
-def report_runs(entries: list[MethodEntry], dataset: str,
-                overrides: dict[str, dict[str, Any]]) -> list[PlannedRun]:
-    """The runs the tables of the methods' registry ``reports`` need beyond the default ones:
-    the ablation rows and every value of each declared sweep."""
-    planned = []
-    for entry in entries:
-        ignored = entry.resolve().ignored_hparams
-        base = overrides.get(entry.name, {})
-        defaults = entry.hparams(dataset)
-        changes: list[tuple[str, dict[str, Any]]] = []
-        for row in entry.reports.get("ablation", []):
-            changes.append((row["mode"], dict(row.get("set") or {})))
-        for spec in entry.reports.get("sweeps", {}).values():
-            names = list(spec["sweep"])
-            changes += [(spec["mode"], dict(zip(names, combo)))
-                        for combo in itertools.product(*(spec["sweep"][k] for k in names))]
-        for mode, change in changes:
-            hp = entry.hparams(dataset, {**base, **change})
-            tag = variant_tag({k: v for k, v in hp.items() if k not in ignored(mode)}, defaults)
-            planned.append(PlannedRun(entry, mode, hp, tag))
-    return planned
+def _device(r: RunRequest) -> str:
+    """The device every run of the plan uses: ``--device``; cuda for GPU launchers (``--gpus``,
+    SLURM jobs with GPUs); else cuda when this machine has one, cpu otherwise."""
+    if r.device not in (None, "auto"):
+        return r.device
+    if r.gpus or (r.launcher == "slurm" and r.slurm_cluster == "slurm"
+                  and r.slurm_gpus_per_job > 0):
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def merge(*plans: list[PlannedRun]) -> list[PlannedRun]:
-    """Concatenate plans, keeping the first of runs with the same method, mode and variant."""
-    seen, out = set(), []
-    for plan in plans:
-        for p in plan:
-            if (p.entry.name, p.mode, p.variant) not in seen:
-                seen.add((p.entry.name, p.mode, p.variant))
-                out.append(p)
+def _runs(r: RunRequest, reg: dict[str, MethodEntry],
+          overrides: dict[str, Any]) -> list[PlannedRun]:
+    """Every run of the plan, in the order they run: seeds, then students, then methods."""
+    from kdbench.registry import select_methods
+    from kdbench.variants import merge, parse_sweep, plan_runs, report_runs
+
+    entries = select_methods(reg, ",".join(r.methods))
+    pairs = [(e, m) for e in entries for m in e.modes if m == "none" or m in r.modes]
+    planned = plan_runs(pairs, r.dataset, overrides, [parse_sweep(s) for s in r.sweeps])
+    if r.with_reports:
+        planned = merge(planned, report_runs(entries, r.dataset, overrides))
+    out = []
+    for seed in r.seeds:
+        for student in r.students:
+            for p in planned:
+                spec = RunSpec(r.dataset, student, p.entry.name, p.mode, seed, p.hparams,
+                               p.variant)
+                out.append(PlannedRun(spec, p.entry, run_name(spec), r.results / spec.relpath))
     return out
 
 
-def default_plan_labels(registry: dict, dataset: str, mode: str) -> set[str]:
-    """The run folders `kdbench run` makes by default for ``mode`` (no --set/--sweep): each
-    method's plain folder and its registry ``variants``, e.g. {"m", "m@flag=false"}."""
-    labels: set[str] = set()
-    for entry in registry.values():
-        defaults = entry.hparams(dataset)
-        labels.add(entry.name)
-        for changes in entry.variant_sets(mode):
-            labels.add(f"{entry.name}@{variant_tag(entry.hparams(dataset, changes), defaults)}")
-    return labels
+def cross_name(cross_dataset: str | None, dataset: str) -> str | None:
+    """The dataset the runs are also tested on (Table 7): ``auto`` is the embedded shifted
+    domain after an embedded dataset, else none; ``none`` or None: none."""
+    if cross_dataset == "auto":
+        from kdbench.data.synthetic.domains import DEFAULT_CROSS
+
+        cross_dataset = DEFAULT_CROSS.get(dataset)
+    return None if cross_dataset == "none" else cross_dataset
 
 
-def in_default_plan(registry: dict) -> Callable[[str, str, str], bool]:
-    """``(dataset, mode, label) -> bool``: is the run folder ``label`` (e.g. ``m@k=256``)
-    one of :func:`default_plan_labels`; the labels are computed once per (dataset, mode). A
-    method the registry does not know (added with another --registry) counts with its plain
-    folder, so a store's runs are drawn whatever registry is loaded."""
-    labels: dict[tuple[str, str], set[str]] = {}
+def _cross(r: RunRequest) -> tuple[str, Path | None] | None:
+    """(dataset, data root) of the per-run cross test, checked; None without one."""
+    name = cross_name(r.cross_dataset, r.dataset)
+    if name is None:
+        if r.cross_data_root is not None and r.cross_dataset != "auto":
+            raise KdbenchError("--cross-data-root goes with --cross-dataset: name the dataset "
+                               "it holds")
+        return None
+    from kdbench.data.datasets import check_dataset
 
-    def test(dataset: str, mode: str, label: str) -> bool:
-        method, _, variant = label.partition("@")
-        if method not in registry:
-            return not variant
-        if (dataset, mode) not in labels:
-            labels[(dataset, mode)] = default_plan_labels(registry, dataset, mode)
-        return label in labels[(dataset, mode)]
-
-    return test
+    check_dataset(name, r.cross_data_root, prefix="--cross-")
+    return name, r.cross_data_root

@@ -17,6 +17,25 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, soft_wrap=True)  # log lines are never wrapped mid-line
+TRAINING_KEPT = "finished epochs are kept - run the same command again to continue"
+
+
+@contextmanager
+def keeping(note: str) -> Iterator[None]:
+    """An interrupt (Ctrl-C) within the block carries ``note``, what the interrupted step keeps
+    (e.g. "the videos generated so far are kept"), for the CLI to say; the innermost step's
+    note wins."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if not hasattr(exc, "kept"):
+            exc.kept = note  # type: ignore[attr-defined]
+        raise
+
+
+def kept_on_interrupt(exc: KeyboardInterrupt) -> str:
+    """What the step that ``exc`` interrupted keeps (training's note when no step said)."""
+    return getattr(exc, "kept", TRAINING_KEPT)
 
 
 def stdout_console() -> Console:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from kdbench.errors import KdbenchError, did_you_mean
-from kdbench.values import check_limit_spec, check_limits, coerce
+from kdbench.values import check_limit_spec, check_limits, coerce, did_you_mean_key
 
 
 def _built_in() -> Path | None:
@@ -59,11 +59,11 @@ class MethodEntry:
         params = {**self.defaults, **self.datasets.get(dataset, {})}
         for key, value in (overrides or {}).items():
             if not self.knows(key):
-                known = ", ".join(f"{self.name}.{k}" for k in [*self.defaults, *self.aliases])
+                names = [*self.defaults, *self.aliases]
+                known = ", ".join(f"{self.name}.{k}" for k in names)
                 raise KdbenchError(
                     f"unknown hyper-parameter {self.name}.{key}"
-                    f"{did_you_mean(key, [*self.defaults, *self.aliases])}; known: "
-                    f"{known or 'none'}"
+                    f"{did_you_mean_key(self.name, key, names)}; known: {known or 'none'}"
                 )
             for target in self.aliases.get(key, [key]):
                 params[target] = coerce(value, self.defaults[target], f"{self.name}.{key}")
@@ -197,7 +197,7 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
                        dict(reports), {k: dict(v) for k, v in limits.items()})
 
 
-BUILT_IN_KINDS = ("runs", "comparison", "ablation", "teacher", "cross", "cost", "curves")
+BUILT_IN_KINDS = ("runs", "comparison", "ablation", "teacher", "cross", "cost", "curves", "deploy")
 
 
 SWEEP_KEYS = ("title", "mode", "sweep")
@@ -314,10 +314,11 @@ def select_methods(registry: dict[str, MethodEntry], spec: str) -> list[MethodEn
     if spec.strip() == "all":
         return list(registry.values())
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in registry]
+    unknown = list(dict.fromkeys(n for n in names if n not in registry))
     if unknown:
+        named = ", ".join(f"{n!r}{did_you_mean(n, registry)}" for n in unknown)
         raise KdbenchError(
-            f"unknown method {unknown[0]!r}{did_you_mean(unknown[0], registry)}; known: "
+            f"unknown method{'s' * (len(unknown) > 1)} {named}; known: "
             f"{', '.join(registry)} (add one with --registry FILE)"
         )
     return [registry[n] for n in names]

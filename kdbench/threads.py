@@ -1,4 +1,4 @@
-"""CPU threads: each kdbench process takes its share of the free cores.
+"""CPU threads: each kdbench process takes its share of the free cores, once.
 
 OpenMP threads that spin-wait fight over the cores with any other busy process, and two
 processes with two threads each on two cores oversubscribe them: a train step then runs at a
@@ -6,7 +6,9 @@ fraction of its speed. A process with one thread has no OpenMP barrier to wait a
 is the thread count: each kdbench worker takes ``(cores - busy) // workers`` threads, where
 ``workers`` counts the live kdbench processes of this user on this machine (each holds a lock
 file while it works; :class:`CpuShare`) and ``busy`` the cores other programs keep running
-(sampled from ``/proc/loadavg``), re-counted before every epoch, unless ``--threads`` fixes it.
+(sampled from ``/proc/loadavg``). The count is fixed when the command starts
+(:func:`take_share`, unless ``--threads`` fixes it) and kept to its end: CPU results depend on
+the thread count (the order of float reductions), so a run's numbers must not follow the load.
 
 OpenMP's wait policy is left as it is (a user's ``OMP_WAIT_POLICY`` is honoured): measured
 here (resnet18_thin train step, 2 cores, 2 threads, alone), ``PASSIVE`` costs 25 % at 64 px and
@@ -21,7 +23,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from numbers import Integral
 from pathlib import Path
+
+from kdbench.errors import KdbenchError
 
 LOADAVG = Path("/proc/loadavg")
 
@@ -60,7 +65,8 @@ def _workers_dir() -> Path:
 
 class CpuShare:
     """This process's share of the CPU among the live kdbench workers (``fixed`` threads if
-    given). ``register()`` announces the process; ``rebalance()`` sets torch's thread count."""
+    given). ``register()`` announces the process; ``rebalance()`` sets torch's thread count
+    (once, on entering the block: the count is kept to its end)."""
 
     def __init__(self, fixed: int | None = None, folder: Path | None = None) -> None:
         self.fixed = fixed
@@ -137,10 +143,14 @@ class CpuShare:
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
         self.threads = n
-        if self._fd is not None and self._fd >= 0:  # what the other workers read
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, str(n).encode(), 0)
+        self._announce()
         return n
+
+    def _announce(self) -> None:
+        """Write this process's thread count to its lock file (what the other workers read)."""
+        if self.threads is not None and self._fd is not None and self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, str(self.threads).encode(), 0)
 
     def __enter__(self) -> CpuShare:
         import torch
@@ -161,17 +171,11 @@ class CpuShare:
 _current = CpuShare()
 
 
-def rebalance_if_shared() -> None:
-    """Re-count the workers and set the threads, if this process took a share (a kdbench
-    command did); a library caller's own thread setting is left alone."""
-    if _current.registered:
-        _current.rebalance()
-
-
 @contextmanager
 def idle() -> Iterator[None]:
     """While this process waits (for a lock another kdbench process holds), it is no worker:
-    the others take its cores at their next re-count; it takes its share again after."""
+    the processes that start meanwhile leave it out of their count; it announces itself again
+    after, with the thread count it keeps (torch's count is not changed)."""
     share = _current
     if not share.registered:
         yield
@@ -181,15 +185,25 @@ def idle() -> Iterator[None]:
         yield
     finally:
         share.register()
-        share.rebalance()
+        share._announce()
+
+
+def _fixed_count(threads: int | str | None) -> int | None:
+    if threads is None or threads == "auto":
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, Integral) or threads < 1:
+        raise KdbenchError(f"threads must be an integer >= 1 or 'auto', not {threads!r}; "
+                           "give --threads N or leave it out")
+    return int(threads)
 
 
 @contextmanager
-def take_share(threads: int | None) -> Iterator[CpuShare]:
-    """Within the block this process is a kdbench worker with ``threads`` (None: its share,
-    re-counted every epoch); torch's thread count is restored after it."""
+def take_share(threads: int | str | None = "auto") -> Iterator[CpuShare]:
+    """Within the block this process is a kdbench worker with ``threads`` (None or "auto": its
+    share of the free cores, counted once as the block starts and kept to its end); torch's
+    thread count is restored after it."""
     global _current
-    previous, _current = _current, CpuShare(threads)
+    previous, _current = _current, CpuShare(_fixed_count(threads))
     try:
         with _current as share:
             yield share

@@ -7,7 +7,9 @@ Limits are a mapping with any of ``min`` / ``max`` (inclusive), ``gt`` / ``lt`` 
 
 from __future__ import annotations
 
+import difflib
 import operator
+from collections.abc import Iterable
 from typing import Any
 
 from kdbench.errors import KdbenchError
@@ -15,6 +17,13 @@ from kdbench.errors import KdbenchError
 LIMIT_KEYS = ("min", "max", "gt", "lt", "choices")
 _BOUNDS = {"min": (operator.ge, ">="), "max": (operator.le, "<="), "gt": (operator.gt, ">"),
            "lt": (operator.lt, "<")}
+
+
+def did_you_mean_key(prefix: str, key: str, known: Iterable[Any]) -> str:
+    """`` (did you mean 'prefix.x'?)`` for the closest of ``known`` to the misspelt ``key`` of
+    ``prefix`` (a config section or a method), named by its full dotted key; or ""."""
+    close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {f'{prefix}.{close[0]}'!r}?)" if close else ""
 
 
 def coerce(value: Any, default: Any, name: str) -> Any:

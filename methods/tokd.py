@@ -13,6 +13,7 @@ the step costs O(d^2 B) through the Woodbury identity instead of a d x d solve.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ from kdbench.errors import KdbenchError
 from kdbench.methods.base import Distiller, full_precision
 from kdbench.methods.feature_kd import match_spatial
 from kdbench.models.outputs import StudentOut, TeacherOut
+
+log = logging.getLogger(__name__)
 
 ROTATION_MODES = ("flat", "channel")
 PROJ_LAST = ("match", "literal")  # docs/design.md decision 10
@@ -376,10 +379,9 @@ class TOKD(Distiller):
         base = z.flatten(1).float() if flat else z.float()
         d = min(self.d, base.shape[1])
         if self.rotate and d < self.d and "d_effective" not in self.run_info:
-            from kdbench.progress import console
 
-            console.print(f"[yellow]tokd: d={self.d} exceeds the {base.shape[1]} values of "
-                          f"S_B(x); rotating all {d} (d_effective={d})[/]", highlight=False)
+            log.warning(f"tokd: d={self.d} exceeds the {base.shape[1]} values of "
+                        f"S_B(x); rotating all {d} (d_effective={d})")
         self.run_info["d_effective"] = d
         ms, rots = {}, {}
         for b in self.branches:

@@ -15,6 +15,20 @@ from kdbench.files import atomic_save_npy, atomic_write_json
 torch.set_num_threads(1)
 
 
+# Options of the dev extra's plugins are set here, not in pyproject's addopts, so that a plain
+# `pytest` without them (no pytest-benchmark, no pytest-timeout) neither errors nor warns.
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    if not pluginmanager.hasplugin("timeout"):  # pyproject's `timeout`: pytest-timeout's ini
+        parser.addini("timeout", "per-test timeout in seconds (used by pytest-timeout, which "
+                      "is not installed: pip install -e '.[dev]')")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-benchmark's own pytest_configure reads it
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("benchmark"):
+        config.option.benchmark_disable_gc = True
+
+
 def write_prepared(root: Path, dataset: str = "synthetic", videos_per_split=(6, 4, 4),
                    frames: int = 2, size: int = 16, seed: int = 0) -> Path:
     """A prepared folder whose fake frames carry a faint bright square (learnable, not trivial)."""

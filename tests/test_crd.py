@@ -247,6 +247,7 @@ def _trainer(data, run_dir):
     return trainer, learner
 
 
+@pytest.mark.slow
 def test_a_resumed_training_run_continues_exactly(tiny_data, tmp_path):
     trainer, learner = _trainer(tiny_data, tmp_path / "a")
     full = trainer.fit()

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.api import _cross_test_rest
 from kdbench.cli import main
 from kdbench.data.datasets import open_dataset
-from kdbench.launch.commands import RunArgs
+from kdbench.request import RunRequest
+from kdbench.running import cross_test_rest as _cross_test_rest
 from kdbench.train.store import run_lock
 from tests.conftest import write_prepared
 
@@ -35,11 +35,11 @@ def data(tmp_path):
 
 
 def test_job_commands_carry_the_cross_dataset():
-    args = RunArgs(["vanilla"], "ff_c40", None, None, ["rgb"], [0], "quick", "R",
-                   cross_dataset="celebdf", cross_data_root="/d/cd")
-    assert shlex.join(args.argv()).endswith("--cross-dataset celebdf --cross-data-root /d/cd")
-    assert "--cross" not in " ".join(RunArgs(["v"], "ff_c40", None, None, ["rgb"], [0], "quick",
-                                             "R").argv())
+    args = RunRequest.make("run", methods="vanilla", dataset="ff_c40", modes="rgb",
+                           preset="quick", cross_dataset="celebdf", cross_data_root="/d/cd")
+    assert shlex.join(args.job("a").to_argv()).endswith(
+        "--cross-dataset celebdf --cross-data-root /d/cd --only a")
+    assert "--cross" not in " ".join(RunRequest.make("run", methods="v").to_argv())
 
 
 @pytest.mark.slow

@@ -48,6 +48,7 @@ def trained(tmp_path_factory):
     return videos, prepared, items, run
 
 
+@pytest.mark.slow
 def test_predict_scores_equal_the_evaluations_per_video_means(trained):
     _, _, items, run = trained
     test = [it for it in items if it.split == "test"]
@@ -62,6 +63,7 @@ def test_predict_scores_equal_the_evaluations_per_video_means(trained):
         assert score.label == ("fake" if score.score > student.threshold else "real")
 
 
+@pytest.mark.slow
 def test_predict_cli_videos_and_a_folder_of_images(trained, tmp_path, capsys):
     videos, _, items, run = trained
     real = next(it.path for it in items if it.label == 0)
@@ -83,6 +85,7 @@ def test_predict_cli_videos_and_a_folder_of_images(trained, tmp_path, capsys):
     assert len(pd.read_csv(out_csv)) == 4
 
 
+@pytest.mark.slow
 def test_corrupt_and_faceless_files_are_reported_not_fatal(trained, tmp_path, capsys):
     from skimage.data import astronaut
 
@@ -100,6 +103,7 @@ def test_corrupt_and_faceless_files_are_reported_not_fatal(trained, tmp_path, ca
     assert "no file could be scored" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_without_a_threshold_uses_half_with_a_note(trained, tmp_path):
     _, _, _, run = trained
     old = tmp_path / "old"
@@ -113,6 +117,7 @@ def test_a_run_without_a_threshold_uses_half_with_a_note(trained, tmp_path):
     assert student.detector == "dlib" and student.crop_size == 16  # the defaults
 
 
+@pytest.mark.slow
 def test_export_matches_pytorch_with_a_dynamic_batch(trained):
     import onnx
     import torch
@@ -146,6 +151,7 @@ def test_export_matches_pytorch_with_a_dynamic_batch(trained):
     assert [s.score for s in scores] == pytest.approx([s.score for s in direct], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_quantize_int8_table_and_plot(trained, capsys):
     _, prepared, _, run = trained
     record = api.quantize(run, calib=32, data_root=prepared, threads=1, repeats=FAST)
@@ -163,6 +169,7 @@ def test_quantize_int8_table_and_plot(trained, capsys):
     assert (results / "deploy.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_export_without_the_deploy_extra_names_it(trained, monkeypatch, capsys):
     _, _, _, run = trained
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
@@ -172,6 +179,27 @@ def test_export_without_the_deploy_extra_names_it(trained, monkeypatch, capsys):
         assert len(err) == 1 and 'pip install "kdbench[deploy]"' in err[0]
 
 
+def test_inputs_are_recognised_by_extension(tmp_path):
+    from kdbench.deploy.inputs import media_files, media_kind
+
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    for name in ("b.FLV", "a.wmv", "notes.txt", "sub/c.TIFF", "sub/d.jpeg", "README"):
+        (folder / name).write_bytes(b"x")
+    # a folder: its videos and images, others skipped silently
+    assert [p.name for p in media_files([folder])] == ["a.wmv", "b.FLV", "c.TIFF", "d.jpeg"]
+    assert [media_kind(p) for p in media_files([folder])] == ["video", "video", "image",
+                                                              "image"]
+    assert media_files([folder / "a.wmv"]) == [folder / "a.wmv"]
+    for named in ("notes.txt", "README"):  # a file named explicitly: a one-line error
+        with pytest.raises(KdbenchError) as info:
+            media_files([folder / "a.wmv", folder / named])
+        assert str(info.value).startswith(f"input {folder / named} is not a video or image "
+                                          "file by its extension; give files ending in .mp4")
+        assert ".tiff" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
 def test_bad_predict_inputs_are_one_line_errors(trained, tmp_path):
     _, _, items, run = trained
     video = items[0].path

@@ -144,6 +144,7 @@ def _collectives(out: Path, device: torch.device) -> dict:
     return got
 
 
+@pytest.mark.slow
 def test_collectives_on_two_ranks(tmp_path):
     got = _on_two_ranks("_collectives", tmp_path)
     assert [g["main"] for g in got] == [True, False] and got[1]["size"] == 2
@@ -219,6 +220,7 @@ def _fit_on_ranks(out: Path, device: torch.device) -> dict:
     return {"state": learner.state_dict(), "result": result, "writes": writes}
 
 
+@pytest.mark.slow
 def test_two_ranks_train_the_same_model_as_one_process_and_only_rank_0_writes(tmp_path):
     torch.set_num_threads(1)
     one, single = _fit(tmp_path / "one")
@@ -261,6 +263,7 @@ def _tokd_steps(out: Path, device: torch.device | None) -> dict:
         "student": m.student.state_dict()}
 
 
+@pytest.mark.slow
 def test_tokd_keeps_the_same_rotation_on_every_rank_and_that_of_one_process(tmp_path):
     torch.set_num_threads(1)
     one = _tokd_steps(tmp_path, None)

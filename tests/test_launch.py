@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from kdbench.cli import main
-from kdbench.launch.commands import RunArgs, plan_jobs
+from kdbench.launch.jobs import plan_jobs
 from kdbench.launch.local import log_path, slots
+from kdbench.plan import plan
+from kdbench.request import RunRequest
 from tests.conftest import write_prepared
 
 RUNS = ["resnet18_thin/vanilla/none/seed0", "resnet18_thin/at/rgb/seed0",
@@ -40,24 +42,27 @@ def data(tmp_path):
     return write_prepared(tmp_path / "prep", dataset="ff_c40")
 
 
-def test_plan_jobs_put_the_teacher_first_and_name_each_run(tmp_path):
-    args = RunArgs(["vanilla", "at"], "ff_c40", None, None, ["rgb"], [0], "quick", "R",
-                   settings=["train.lr=0.01"])
-    jobs = plan_jobs(args, [("a/vanilla/none/seed0", tmp_path / "v", False),
-                            ("a/at/rgb/seed0", tmp_path / "a", True)])
-    assert [j.name for j in jobs] == ["teacher", "a/vanilla/none/seed0", "a/at/rgb/seed0"]
-    assert jobs[2].argv[-2:] == ["--only", "a/at/rgb/seed0"]
-    assert "--set train.lr=0.01" in jobs[1].shell()
+def test_plan_jobs_put_the_teacher_first_and_name_each_run(data, tmp_path):
+    request = RunRequest.make("run", methods="vanilla,at", dataset="ff_c40", data_root=data,
+                              modes="rgb", preset="quick", results=tmp_path / "R",
+                              settings=["train.lr=0.01"])
+    jobs = plan_jobs(plan(request))
+    assert [j.name for j in jobs] == ["teacher", *RUNS[:2]]
+    assert jobs[2].argv()[-2:] == ["--only", RUNS[1]]
+    assert "--set train.lr=0.01" in jobs[1].shell() and "--device cpu" in jobs[1].shell()
+    assert RunRequest.from_json(jobs[1].request.to_json()) == jobs[1].request
     # without a distillation run there is no teacher job
-    assert [j.name for j in plan_jobs(args, [("v", tmp_path / "v", False)])] == ["v"]
+    alone = plan(RunRequest.make("run", methods="vanilla", dataset="ff_c40", data_root=data,
+                                 preset="quick", results=tmp_path / "R"))
+    assert [j.name for j in plan_jobs(alone)] == [RUNS[0]]
 
 
 def test_slots_share_the_cores_or_take_the_gpus_in_turn():
     assert [s.gpu for s in slots(3, ["0", "1"])] == ["0", "1", "0"]
     assert all(s.threads >= 1 and s.gpu is None for s in slots(2, []))
-    assert slots(1, [])[0].argv() == ["--threads", str(slots(1, [])[0].threads)]
 
 
+@pytest.mark.slow
 def test_print_lists_one_command_per_run_and_running_them_gives_the_same_store(
         capsys, data, tmp_path):
     assert main(_argv(data, tmp_path / "P", "--launcher", "print")) == 0
@@ -177,7 +182,7 @@ class Slow(Vanilla):
 @pytest.mark.slow
 def test_a_requeued_slurm_job_resumes_from_last_pt(data, tmp_path):
     from kdbench.api import run
-    from kdbench.launch.commands import Job
+    from kdbench.launch.jobs import Job
     from kdbench.launch.slurm import SlurmLauncher, SlurmOptions
 
     (tmp_path / "slow_kd.py").write_text(SLOW_KD)
@@ -190,11 +195,11 @@ def test_a_requeued_slurm_job_resumes_from_last_pt(data, tmp_path):
 
     out = tmp_path / "J"
     name = "resnet18_thin/slow/none/seed0"
-    argv = ["run", "--methods", "slow", "--modes", "rgb", "--dataset", "ff_c40", "--data-root",
-            str(data), "--preset", "quick", "--registry", str(reg), "--results", str(out),
-            "--threads", "1", "--only", name] + [x for s in settings for x in ("--set", s)]
+    request = RunRequest.make("run", methods="slow", modes="rgb", dataset="ff_c40",
+                              data_root=data, preset="quick", registry=[reg], results=out,
+                              threads=1, only=name, settings=settings, device="cpu")
     launcher = SlurmLauncher(SlurmOptions(cluster="local"), out)
-    job = launcher.submit(Job(name, argv))
+    job = launcher.submit(Job(name, request))
     history = out / "runs/ff_c40" / name / "history.jsonl"
     deadline = time.time() + 120
     while not (history.is_file() and history.read_text().count("\n") >= 1):

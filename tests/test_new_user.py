@@ -41,9 +41,13 @@ def test_the_readme_lr_override_trains_into_the_user_results_folder(tmp_path, mo
 
 def test_every_default_results_folder_is_the_user_one():
     from kdbench.cli import build_parser
+    from kdbench.request import RunRequest, request_options
 
     parser = build_parser()
-    for argv in (["run"], ["reproduce"], ["table"], ["plot", "curves"]):
+    for argv in (["run"], ["reproduce"]):  # a request's defaults are filled by the request
+        request = RunRequest.make(argv[0], **request_options(parser.parse_args(argv)))
+        assert request.results == Path("kdbench-results").resolve(), argv
+    for argv in (["table"], ["plot", "curves"]):
         assert parser.parse_args(argv).results == "kdbench-results", argv
 
 
@@ -62,17 +66,28 @@ ERRORS_BEFORE_TORCH = [
     ["run", "--registry", "/nonexistent.yaml"],
     ["plot", "curves", "--out", "x.txt"],
     ["eval", "/nonexistent/run", "--dataset", "ff_c40"],
+    # the paths of predict, export and quantize (issue 11, item 11): checked before torch
+    ["predict", "nope.mp4", "--run", "nothere"],
+    ["predict", "notes.txt", "--run", "nothere"],  # a file that is no video or image
+    ["predict", "clips", "--run", "nothere"],
+    ["predict", "clips", "--checkpoint", "gone.pt", "--student", "resnet18_thin"],
+    ["export", "nothere"],
+    ["quantize", "nothere", "--int8"],
 ]
+TAKES_RESULTS = ("run", "plot")
 
 
 def test_argument_errors_come_before_torch_is_imported(tmp_path):
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"a video")
     script = textwrap.dedent(f"""
         import json, sys
         from kdbench.cli import main
         out = []
         for argv in {ERRORS_BEFORE_TORCH!r}:
-            code = main(argv + ["--results", {str(tmp_path / "R")!r}] if argv[0] != "eval"
-                        else argv)
+            code = main(argv + ["--results", {str(tmp_path / "R")!r}]
+                        if argv[0] in {TAKES_RESULTS!r} else argv)
             out.append([code, "torch" in sys.modules, "timm" in sys.modules])
         print(json.dumps(out))
     """)
@@ -84,8 +99,12 @@ def test_argument_errors_come_before_torch_is_imported(tmp_path):
     for argv, (code, torch_loaded, timm_loaded) in zip(ERRORS_BEFORE_TORCH, results):
         assert code == 2, argv
         assert not torch_loaded and not timm_loaded, argv
-    assert len([ln for ln in proc.stderr.splitlines() if ln.startswith("kdbench: error:")]) \
-        == len(ERRORS_BEFORE_TORCH)
+    errors = proc.stderr.splitlines()  # one line each, and nothing else
+    assert len(errors) == len(ERRORS_BEFORE_TORCH), proc.stderr
+    assert all(line.startswith("kdbench: error:") for line in errors), proc.stderr
+    assert "nope.mp4 does not exist" in errors[-6] and "notes.txt is not a video" in errors[-5]
+    assert "run folder nothere not found" in errors[-4] and "gone.pt not found" in errors[-3]
+    assert all("run folder nothere not found" in line for line in errors[-2:])
     assert not (tmp_path / "R").exists()  # nothing created for a refused command
 
 

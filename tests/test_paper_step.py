@@ -9,8 +9,8 @@ import torch
 from kdbench.config import for_device, resolve_config
 from kdbench.data.loader import FrameSplit
 from kdbench.registry import load_registry
-from kdbench.train.runner import build_teacher
 from kdbench.train.teacher_cache import ensure
+from kdbench.train.teachers import build_teacher
 from kdbench.train.trainer import Trainer, seed_everything
 
 

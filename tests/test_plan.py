@@ -4,8 +4,8 @@ import pytest
 
 from kdbench.config import RunSpec, variant_tag
 from kdbench.errors import KdbenchError
-from kdbench.plan import default_plan_labels, parse_sweep, plan_runs
 from kdbench.registry import load_registry
+from kdbench.variants import default_plan_labels, parse_sweep, plan_runs
 
 
 def _plan(names, modes=("rgb", "both"), overrides=None, sweeps=()):

@@ -91,6 +91,30 @@ def test_select_methods():
         select_methods(reg, "vanilla,nope")
 
 
+def test_every_unknown_method_is_named_with_its_suggestion():
+    reg = load_registry()
+    with pytest.raises(KdbenchError) as info:
+        select_methods(reg, "atx,vanilla,pkk,atx")
+    message = str(info.value)
+    assert message.startswith("unknown methods 'atx' (did you mean 'at'?), 'pkk' (did you "
+                              "mean 'pkt'?); known: vanilla,")
+    assert "\n" not in message
+
+
+def test_a_misspelt_setting_or_hyper_parameter_suggests_its_full_dotted_key():
+    from kdbench.config import resolve_config
+
+    with pytest.raises(KdbenchError, match=r"unknown setting train\.lrr \(did you mean "
+                       r"'train\.lr'\?\); known: train\.epochs"):
+        resolve_config("quick", "synthetic", {"train": {"lrr": 0.1}})
+    with pytest.raises(KdbenchError, match=r"unknown hyper-parameter tokd\.alpah1 \(did you "
+                       r"mean 'tokd\.alpha1'\?\); known: tokd\.alpha1"):
+        load_registry()["tokd"].hparams("synthetic", {"alpah1": 3})
+    with pytest.raises(KdbenchError) as info:  # nothing close: no suggestion
+        resolve_config("quick", "synthetic", {"data": {"zzz": 1}})
+    assert "did you mean" not in str(info.value)
+
+
 def test_malformed_variants_and_aliases_are_one_line_errors(tmp_path):
     bad = tmp_path / "r.yaml"
     bad.write_text("m:\n  entry: kdbench.methods.vanilla:Vanilla\n  defaults: {w: 1}\n"

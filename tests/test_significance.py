@@ -117,6 +117,7 @@ def test_the_comparison_marks_follow_the_intervals(tmp_path):
     assert plain.rows[0][3].mark == "↑" and plain.rows[0][3].interval == ""
 
 
+@pytest.mark.slow
 def test_a_run_keeps_its_predictions_and_ap_and_the_cli_compares_and_logs(tmp_path):
     data = write_prepared(tmp_path / "prep", dataset="ff_c40")
     results = tmp_path / "R"

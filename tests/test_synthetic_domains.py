@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import kdbench.data.synthetic.domains as domains
-from kdbench.api import _cross_dataset
 from kdbench.cli import main
 from kdbench.data.datasets import DATASETS, check_dataset, open_dataset
 from kdbench.data.synthetic import SynthConfig, generate, real_path, synthesize
 from kdbench.data.video import read_frames
+from kdbench.plan import cross_name as _cross_dataset
 from tests.conftest import write_prepared
 
 C23 = domains.EMBEDDED["synthetic_c23"]

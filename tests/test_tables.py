@@ -316,3 +316,60 @@ def test_runs_distilled_from_other_teacher_weights_are_marked(tmp_path):
     assert OTHER_TEACHER_NOTE in report.notes
     clean = build("comparison", runs[runs["mode"] == "rgb"], {})
     assert OTHER_TEACHER_NOTE not in clean.notes
+
+
+def test_every_table_states_the_majority_rate_of_its_test_frames(tmp_path):
+    from kdbench.registry import load_registry
+    from kdbench.report.tables import build
+    from kdbench.train.predictions import save_predictions
+
+    base = "runs/{}/resnet18_thin/{}/{}/seed0"
+    for dataset, fraction in (("synthetic", 0.8), ("celebdf", 0.35)):
+        for method, mode in (("vanilla", "none"), ("tokd", "both")):
+            run = tmp_path / base.format(dataset, method, mode)
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({"status": "finished", "test": {
+                "acc": 0.8, "auc": 0.9, "fake_fraction": fraction}}))
+    # a run made before the fraction was recorded: its stored predictions' labels count
+    old = tmp_path / base.format("ff_c40", "vanilla", "none")
+    old.mkdir(parents=True)
+    (old / "metrics.json").write_text(json.dumps({"status": "finished", "test": {"acc": 0.7}}))
+    save_predictions(old / "predictions.npz", [0.5] * 4, [1, 1, 1, 0], ["v"] * 4)
+    cross = tmp_path / base.format("synthetic", "vanilla", "none") / "cross"
+    cross.mkdir()
+    (cross / "synthetic_c23.json").write_text(json.dumps({
+        "test_dataset": "synthetic_c23", "test": {"auc": 0.8, "eer": 0.2, "fake_fraction": 0.9}}))
+    runs, reg = collect_runs(tmp_path), load_registry()
+    mixed = ("Majority rate of the test frames (always answering the larger class): "
+             "65.0 % real (celebdf), 75.0 % fake (ff_c40), 80.0 % fake (synthetic).")
+    for kind in ("comparison", "ablation", "rotation", "teacher"):
+        assert mixed in build(kind, runs, reg).notes, kind
+    one = build("comparison", runs[runs["dataset"] == "synthetic"], reg)
+    assert one.notes[1] == ("Majority rate of the test frames (always answering fake): "
+                            "80.0 % (synthetic).")
+    assert ("Majority rate of the test frames (always answering fake): 90.0 % "
+            "(synthetic_c23).") in build("cross", runs, reg).notes
+    assert "- Majority rate of the test frames" in one.markdown()
+    assert "% Majority rate of the test frames" in one.latex()
+
+
+def test_a_table_of_two_metrics_shows_both_in_each_cell(tmp_path, capsys):
+    from kdbench.report.tables import build
+
+    runs = collect_runs(_store(tmp_path / "R"))
+    report = build("comparison", runs, {}, "acc,auc")
+    assert report.title == "Comparison (Table 3): test acc / auc"
+    assert report.notes[0].startswith("acc / auc in %")
+    cells = dict(zip(report.columns, report.text_rows()[0]))
+    assert cells["vanilla"] == "82.00 ± 2.00 / 90.00 ± 0.00 (3)"
+    vanilla = report.rows[0][report.columns.index("vanilla")]
+    assert vanilla.mean == pytest.approx(0.82) and vanilla.n == 3  # the first metric's
+    csv = report.csv().splitlines()
+    assert csv[0] == "dataset,student,column,metric,mean,std,n,mark" and len(csv) == 1 + 10
+    assert "synthetic,resnet18_thin,vanilla,auc,0.9," in report.csv()
+    assert main(["table", "--kind", "comparison", "--results", str(tmp_path / "R"),
+                 "--metric", "acc,auc"]) == 0
+    assert "| 82.00 ± 2.00 / 90.00 ± 0.00 (3) |" in capsys.readouterr().out
+    assert main(["table", "--kind", "comparison", "--results", str(tmp_path / "R"),
+                 "--metric", "acc,aucc"]) == 2
+    assert "unknown metric 'aucc' (did you mean 'auc'?)" in capsys.readouterr().err

@@ -173,12 +173,14 @@ def test_cached_training_resumes_exactly_and_tracks_the_live_teacher(tiny_data, 
     assert (cache / "rgb" / "done.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
     live = _fit(tiny_data, tmp_path / "c", teacher, 0.0, cache)
     assert live["teacher_outputs"] == "live"
+    assert live["teacher_targets"] == full["teacher_targets"] == "fp16"
     for a, b in zip(full["history"], live["history"]):
         assert a["train_loss_kd_freq"] == pytest.approx(b["train_loss_kd_freq"], rel=1e-2)
 
 
 def test_speed_settings_do_not_change_the_teacher_identity(tiny_data, tmp_path):
-    from kdbench.train.runner import Context, teacher_dir
+    from kdbench.train.runner import Context
+    from kdbench.train.teachers import teacher_dir
 
     def tdir(overrides, preset="quick"):
         cfg = for_device(resolve_config(preset, "synthetic", overrides), "cpu")
@@ -246,3 +248,75 @@ def test_a_whole_plan_builds_the_cache_once(capsys, tmp_path):
     assert all(f in built[0] for f in ("freq,", "freq_proj", "logits", "rgb,", "rgb_proj"))
     # at rgb/both, tokd rgb/both and the rotation=false variant its report needs: one builds
     assert err.count("teacher outputs from the cache") == 4, err
+
+
+def _quick_kd(data, results, settings):
+    """A one-thread quick kd run on the tiny prepared ``data`` (16 px, 2 epochs): its
+    metrics.json and test predictions."""
+    import json
+
+    from kdbench import api
+    from kdbench.train.predictions import load_predictions
+
+    api.run(methods=["kd"], dataset="ff_c40", data_root=data, preset="quick",
+            students=["resnet18_thin"], modes=["rgb"], seeds=[0], results=results, threads=1,
+            settings={"data.size": 16, "train.epochs": 2, **settings}, progress=False)
+    run = results / "runs/ff_c40/resnet18_thin/kd/rgb/seed0"
+    return json.loads((run / "metrics.json").read_text()), load_predictions(
+        run / "predictions.npz").prob
+
+
+@pytest.mark.slow
+def test_the_cache_changes_no_number(tmp_path):
+    """With and without the teacher cache, one thread: equal test metrics (tested on a quick
+    run), both from fp16-rounded teacher targets."""
+    from tests.conftest import write_prepared
+
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")  # a prepared folder, as is
+    cached, cached_probs = _quick_kd(data, tmp_path / "cached", {})
+    live, live_probs = _quick_kd(data, tmp_path / "live", {"train.teacher_cache_gb": 0})
+    assert (cached["teacher_outputs"], live["teacher_outputs"]) == ("cache", "live")
+    assert cached["teacher_targets"] == live["teacher_targets"] == "fp16"
+    assert cached["teacher_sha256"] == live["teacher_sha256"]  # one teacher, trained twice
+    assert cached["test"] == live["test"]
+    np.testing.assert_array_equal(cached_probs, live_probs)
+
+
+def test_a_teacher_output_beyond_fp16_gives_fp32_targets_with_and_without_the_cache(
+        split, teacher, tmp_path):
+    with torch.no_grad():
+        teacher.fc.bias.fill_(1e6)  # fused logits far outside fp16's range
+    folder = tmp_path / "c"
+    got = ensure(teacher, {"rgb_proj"}, split, SIZE, CPU, 8, folder, GB)
+    assert got.cache is None and "fp16" in got.reason
+    # the build's finding is kept: the live run does not pass over the split again
+    assert teacher_cache.known_range(folder) == {"logits": False}
+    assert not teacher_cache.targets_fit_fp16(teacher, {"rgb_proj"}, split, SIZE, CPU, 8,
+                                              folder)
+    # no cache folder: one pass finds it too; live targets then stay fp32 (not inf)
+    assert not teacher_cache.targets_fit_fp16(teacher, {"rgb_proj"}, split, SIZE, CPU, 8, None)
+    images = to_model_input(split[(np.arange(3), np.zeros(3, bool))], CPU, SIZE)["image"]
+    live = teacher_cache.LiveTargets(teacher, ["logits", "rgb_proj"], False, fp16=False)(images)
+    assert torch.isfinite(live["teacher.logits"]).all()
+    assert live["teacher.logits"].abs().max() > teacher_cache.FP16_MAX
+    with torch.no_grad():
+        want = flatten(teacher(images, needs={"rgb_proj"}))
+    assert sorted(live) == sorted("teacher." + k for k in want)
+
+
+def test_live_targets_are_the_cached_values(split, teacher, tmp_path):
+    folder = tmp_path / "c"
+    assert teacher_cache.targets_fit_fp16(teacher, {"rgb"}, split, SIZE, CPU, 8, folder)
+    assert teacher_cache.known_range(folder) == {"logits": True, "rgb": True}
+    got = ensure(teacher, {"rgb"}, split, SIZE, CPU, 8, folder, GB)
+    pos, flips = np.array([5, 1, 2, 7]), np.array([False, True, True, False])
+    batch = split[(pos, flips)]
+    batch.update(got.cache.read(batch["key"].numpy()))
+    b = to_model_input(batch, CPU, SIZE)
+    live = teacher_cache.LiveTargets(teacher, ["logits", "rgb"], False, fp16=True)(b["image"])
+    cached = {k: v for k, v in b.items() if k.startswith("teacher.")}
+    assert sorted(live) == sorted(cached)
+    for k, v in cached.items():
+        assert live[k].dtype == v.dtype == torch.float32 and live[k].is_contiguous()
+        torch.testing.assert_close(live[k], v, atol=0, rtol=0)
+

@@ -1,4 +1,5 @@
-"""Each kdbench process takes its share of the free cores (kdbench.threads)."""
+"""Each kdbench process takes its share of the free cores once (kdbench.threads); a run says
+what it ran on (kdbench.provenance) and when it continues on another thread count."""
 
 import subprocess
 import sys
@@ -102,11 +103,11 @@ def test_bad_thread_counts_are_refused_before_work(tmp_path):
             k.run(methods="vanilla", results=tmp_path / "R", threads=bad)
 
 
-
 def test_a_process_waiting_for_a_lock_leaves_its_share_to_the_holder(restore_threads, idle,
                                                                      tmp_path, monkeypatch):
     """While a kdbench process waits for another's lock (store.wait_for_lock) it is no worker
-    (its file is gone, so the holder's re-count gives it the cores); it is one again after."""
+    (its file is gone, so a process starting meanwhile counts without it); it is one again
+    after, with the thread count it started with."""
     import os
     import threading
     import time
@@ -131,3 +132,91 @@ def test_a_process_waiting_for_a_lock_leaves_its_share_to_the_holder(restore_thr
             seen["waiting"] = mine.is_file()
         t.join(timeout=10)
         assert seen == {"waiting": False, "after": True}
+        assert mine.read_text() == "4"  # it announces the count it keeps
+
+
+def test_the_share_is_fixed_when_the_block_starts_and_kept_when_the_load_changes(
+        restore_threads, idle, monkeypatch, tmp_path, tiny_data):
+    """The default share is counted once: more load, another worker, an epoch start or a wait
+    for a lock later leave the thread count as it was."""
+    from tests.test_trainer import _trainer
+
+    monkeypatch.setenv("KDBENCH_WORKERS_DIR", str(tmp_path / "w"))
+    counted = []
+    real_busy = threads.busy_elsewhere
+
+    def busy(*args, **kwargs):
+        counted.append(1)
+        return real_busy(*args, **kwargs) + 2 * (len(counted) - 1)  # busier at every count
+
+    monkeypatch.setattr(threads, "busy_elsewhere", busy)
+    before = torch.get_num_threads()
+    with threads.take_share("auto") as share:
+        assert share.threads == 4 and torch.get_num_threads() == 4  # 4 idle cores
+        idle.write_text("3.0 3.0 3.0 4/100 123\n")
+        monkeypatch.setattr(CpuShare, "others", lambda self: [1, 1])
+        _trainer(tiny_data, tmp_path / "run", epochs=2).fit()
+        with threads.idle():
+            pass
+        assert torch.get_num_threads() == 4 and len(counted) == 1
+    assert torch.get_num_threads() == before  # restored
+
+
+def test_take_share_accepts_a_count_or_auto_only(restore_threads, monkeypatch, tmp_path):
+    from kdbench.errors import KdbenchError
+
+    monkeypatch.setenv("KDBENCH_WORKERS_DIR", str(tmp_path / "w"))
+    with threads.take_share(2) as share:
+        assert share.threads == 2 and torch.get_num_threads() == 2
+    for bad in (0, -1, 1.5, True, "many"):
+        with pytest.raises(KdbenchError, match="threads"), threads.take_share(bad):
+            pass
+    assert not hasattr(threads, "rebalance_if_shared")
+
+
+def test_versions_name_the_cpu_and_the_thread_count(restore_threads, monkeypatch, tmp_path):
+    from kdbench import provenance
+    from kdbench.train.runner import versions
+
+    torch.set_num_threads(2)
+    found = versions()
+    assert found["torch"] == torch.__version__ and found["torch_threads"] == 2
+    assert found["cuda"] == torch.version.cuda and found["cpu_model"]
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000 @ 3GHz\n")
+    monkeypatch.setattr(provenance, "CPUINFO", cpuinfo)
+    assert versions()["cpu_model"] == "Test CPU 9000 @ 3GHz"
+    monkeypatch.setattr(provenance, "CPUINFO", tmp_path / "none")
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "")
+    monkeypatch.setattr(provenance.platform, "machine", lambda: "riscv64")
+    assert versions()["cpu_model"] == "riscv64"
+
+
+def test_a_run_continued_on_another_thread_count_says_so(restore_threads, tiny_data, tmp_path,
+                                                         capsys):
+    from kdbench.files import atomic_torch_save
+    from kdbench.train.trainer import load_checkpoint
+    from tests.test_trainer import _trainer
+
+    def lines():
+        return [line for line in capsys.readouterr().err.splitlines() if "continues on" in line]
+
+    run = tmp_path / "run"
+    torch.set_num_threads(1)
+    assert _trainer(tiny_data, run, epochs=4).fit(stop_after=1) is None
+    assert load_checkpoint(run / "last.pt")["torch_threads"] == 1
+    lines()
+    torch.set_num_threads(2)
+    assert _trainer(tiny_data, run, epochs=4).fit(resume=True, stop_after=2) is None
+    assert lines() == ["train: continues on 2 threads; epochs 1-1 ran on 1 (CPU results depend "
+                       "on the thread count)"]
+    state = load_checkpoint(run / "last.pt")
+    assert state["torch_threads"] == 2
+    torch.set_num_threads(1)
+    assert _trainer(tiny_data, run, epochs=4).fit(resume=True, stop_after=3) is None
+    assert lines() == ["train: continues on 1 threads; epochs 2-2 ran on 2 (CPU results depend "
+                       "on the thread count)"]
+    del state["torch_threads"]  # a checkpoint of an older kdbench: nothing to say
+    atomic_torch_save(run / "last.pt", state)
+    assert _trainer(tiny_data, run, epochs=4).fit(resume=True, stop_after=3) is None
+    assert lines() == []

@@ -1,10 +1,11 @@
-"""Write README's "Reference results" section from the committed result store.
+"""Write results/README.md, the reference results, from the committed result store.
 
-Every number in that section is read from ``results/`` through the code behind `kdbench table`
-and `kdbench plot gradsim`, or copied from the files `kdbench reproduce` wrote there;
-``tests/test_readme_results.py`` fails when README and store disagree.
+Every number in it is read from ``results/`` through the code behind `kdbench table` and
+`kdbench plot gradsim`, or copied from the files `kdbench reproduce` wrote there;
+``tests/test_readme_results.py`` fails when a number of results/README.md and the store
+disagree.
 
-    python tools/readme_results.py          # rewrite the section in README.md
+    python tools/readme_results.py          # rewrite results/README.md
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from kdbench.report.listing import collect_runs
 from kdbench.report.traces import trace_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "## Reference results", "## Tests and benchmarks"
+OUT = Path("results") / "README.md"  # relative to ROOT
 COMMAND = ("kdbench reproduce --preset cpu --seeds 0,1,2 --results results --launcher local "
            "--workers 2")
 TABLES = ("ablation", "rotation", "alpha", "teacher")
@@ -166,6 +167,32 @@ def _threads(runs: pd.DataFrame) -> str:
                      for n, c in sorted(counts.items()))
 
 
+def _predates_note(runs: pd.DataFrame) -> str:
+    """Why a store made before kdbench 0.3.0 still stands for it: said only when every run was
+    made by an earlier kdbench, every student run records one thread and every distillation
+    run read the teacher cache's fp16 targets (0.3.0 rounds the live teacher's targets the
+    same way)."""
+    versions, threads, outputs = set(), set(), set()
+    for r in runs.itertuples():
+        m = read_json(Path(r.path) / "metrics.json")
+        versions.add(str(m.get("versions", {}).get("kdbench", "")))
+        if r.method == "teacher":
+            continue
+        threads.add(m.get("versions", {}).get("torch_threads"))
+        if r.mode != "none":
+            outputs.add(m.get("teacher_outputs"))
+
+    def release(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split(".")[:3] if x.isdigit())
+
+    if (versions and all(v and release(v) < (0, 3, 0) for v in versions)
+            and threads == {1} and outputs == {"cache"}):
+        return ("The store predates kdbench 0.3.0; its numbers remain valid for it: runs record "
+                "their thread count (one each) and used the teacher cache's fp16 targets, which "
+                "0.3.0 gives every run.")
+    return ""
+
+
 def _gradsim_lines(results: Path, registry: dict) -> list[str]:
     """The mean gradient cosine of each curve of `kdbench plot gradsim`."""
     df = trace_summary(results, "gradsim", registry)
@@ -237,7 +264,8 @@ def _cross_lines(runs: pd.DataFrame) -> str:
 
 
 def build_section(results: Path) -> str:
-    """The README section, every figure read from ``results``."""
+    """The reference results (results/README.md below its title), every figure read from
+    ``results``."""
     registry = load_registry()
     runs = collect_runs(results)
     unfinished = runs[runs["status"] != "finished"]["path"].tolist()
@@ -262,9 +290,9 @@ def build_section(results: Path) -> str:
     gradsim = "\n".join(f"- {line}" for line in _gradsim_lines(results, registry))
     gaps_acc = ";\n".join(_both_vs_rgb(acc_ci))
     gaps_auc = ";\n".join(_both_vs_rgb(auc_ci))
-    return f"""{START}
-
-`results/` holds the metrics, histories, traces and per-frame test predictions (no
+    predates = _predates_note(runs)
+    predates = f"\n{predates}\n" if predates else ""
+    return f"""`results/` holds the metrics, histories, traces and per-frame test predictions (no
 checkpoints) of every run the paper's tables need on the embedded synthetic dataset, made on
 this project's CPU machine (see the wall times below): {_setting(results)}; seeds
 {", ".join(map(str, seeds))}. One command makes them, skipping the runs already finished,
@@ -274,7 +302,7 @@ table to `results/tables/*.md` and the plots `results/{{gradsim,alpha,rotation,c
 ```bash
 {COMMAND}
 ```
-
+{predates}
 **Wall time.** The {len(students)} student runs and the teacher recorded {hours:.1f} h of
 training in all (`wall_time_s` in their `metrics.json`), shared out between the processes that
 ran side by side (the command's two workers, each run claimed by a lock; {_threads(runs)}).
@@ -313,16 +341,16 @@ Test AUC:
 {tokd}
 {others}
 **Cross-dataset (Table 7)**: every run trained on `synthetic` tested on `synthetic_c23`
-(other identities, lighter compression, a Deepfakes up-sampler unseen in training; see [the
-embedded synthetic dataset](#the-embedded-synthetic-dataset)), `kdbench table --kind cross
---results results`. {_cross_lines(runs)}
+(other identities, lighter compression, a Deepfakes up-sampler unseen in training; see
+[the embedded synthetic dataset](../docs/datasets.md#the-embedded-synthetic-dataset)),
+`kdbench table --kind cross --results results`. {_cross_lines(runs)}
 
 {cross}
 {cost}
 **Gradient cosine (Fig. 4)**, `kdbench plot gradsim --results results` (the default plan's
 runs; `--all-runs` adds the sweep variants):
 
-![gradient cosine between the RGB and frequency distillation gradients](results/gradsim.png)
+![gradient cosine between the RGB and frequency distillation gradients](gradsim.png)
 
 {gradsim}
 
@@ -331,18 +359,18 @@ runs; `--all-runs` adds the sweep variants):
 """
 
 
-def readme_section(text: str) -> str:
-    """The Reference results section of README text (up to the next section)."""
-    return text[text.index(START):text.index(END)]
+def build_readme(results: Path) -> str:
+    """The whole of results/README.md: a title, where it comes from, the reference results."""
+    return ("# Reference results\n\n"
+            "Generated by `python tools/readme_results.py` from the store that the command below "
+            f"wrote (`{COMMAND}`); change the tool, not this file.\n\n"
+            + build_section(results))
 
 
 def main() -> int:
     os.chdir(ROOT)  # run folders are named relative to the repository, as `kdbench table` does
-    readme = Path("README.md")
-    text = readme.read_text()
-    section = build_section(Path("results")) + "\n"
-    readme.write_text(text.replace(readme_section(text), section))
-    print(f"wrote the {START[3:]!r} section of {readme}", file=sys.stderr)
+    OUT.write_text(build_readme(Path("results")))
+    print(f"wrote {OUT}", file=sys.stderr)
     return 0
 
 

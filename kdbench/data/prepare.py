@@ -22,7 +22,7 @@ from kdbench.data.detectors import Detector, fill_boxes, make_detector, square_c
 from kdbench.data.video import read_frames, read_image
 from kdbench.errors import DataError, KdbenchError
 from kdbench.files import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
-from kdbench.progress import progress_bar
+from kdbench.progress import keeping, progress_bar
 
 log = logging.getLogger(__name__)
 FF_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -74,8 +74,8 @@ def ffpp_items(
     items: list[VideoItem] = []
     for split in SPLITS:
         for a, b in _read_split(splits_dir / f"{split}.json"):
-            for vid in (a, b):
-                items.append(VideoItem(str(real_dir / f"{vid}.mp4"), vid, 0, "real", split))
+            for video in (a, b):
+                items.append(VideoItem(str(real_dir / f"{video}.mp4"), video, 0, "real", split))
             for method in methods:
                 fake_dir = root / "manipulated_sequences" / method / compression / "videos"
                 for t, s in ((a, b), (b, a)):
@@ -191,7 +191,9 @@ def prepare_items(
     if any(item.frames for item in items):
         counts["missing_frames"] = 0
     failures: list[str] = []
-    with progress_bar(progress) as bar:
+    with progress_bar(progress) as bar, keeping(
+            "the videos prepared so far are kept - run the same command again to prepare the "
+            "rest"):
         task = bar.add_task(f"prepare {dataset}", total=len(jobs))
         pool = ProcessPoolExecutor(workers) if workers > 1 else None
         try:

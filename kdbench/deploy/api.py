@@ -4,12 +4,15 @@ torch is imported; bad input raises :class:`kdbench.errors.KdbenchError`."""
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdbench.errors import KdbenchError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from kdbench.deploy.predict import FileScore
@@ -42,9 +45,11 @@ def predict(inputs: PathLike | Sequence[PathLike], *, run: PathLike | None = Non
     frames' fake probabilities, called fake above the run's validation threshold. A file that
     cannot be decoded or shows no face gets an ``error`` instead of a score."""
     from kdbench.data.detectors import DETECTORS
-    from kdbench.deploy.predict import AGGREGATES, media_files
+    from kdbench.deploy.inputs import AGGREGATES, check_source, media_files
 
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    files = media_files(map(Path, paths))  # the paths first: each is checked before torch
+    check_source(run, checkpoint, student)
     if agg not in AGGREGATES:
         raise KdbenchError(f"unknown --agg {agg!r}; choose one of {', '.join(AGGREGATES)}")
     if detector is not None and detector not in DETECTORS:
@@ -52,7 +57,6 @@ def predict(inputs: PathLike | Sequence[PathLike], *, run: PathLike | None = Non
                            f"{', '.join(DETECTORS)}")
     if frames is not None and frames < 1:
         raise KdbenchError(f"--frames must be at least 1, got {frames}")
-    files = media_files(map(Path, paths))
     from kdbench.data.detectors import make_detector
     from kdbench.deploy.predict import predict_files
     from kdbench.deploy.student_file import load_deployed
@@ -88,7 +92,7 @@ def _teacher_entry(deployed: DeployedStudent, threads: int,
     (both branches and the fusion head), and its recorded test metrics."""
     from kdbench.deploy.measure import latencies, state_mb, torch_predictor
     from kdbench.models.cost import _LogitsOnly, count_params
-    from kdbench.train.runner import build_teacher
+    from kdbench.train.teachers import build_teacher
 
     metrics = deployed.metrics
     if metrics.get("mode") == "none" or not metrics.get("teacher_test"):
@@ -113,6 +117,9 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
     ONNX fp32 and (``teacher``) the teacher on this CPU with ``threads`` threads: latency,
     size, parameters and test metrics, into ``<run>/deploy/deploy.json``. Returns that
     record."""
+    from kdbench.deploy.inputs import check_run
+
+    check_run(Path(run_dir))  # before torch is imported
     if format not in EXPORT_FORMATS:
         raise KdbenchError(f"unknown --format {format!r}; choose one of "
                            f"{', '.join(EXPORT_FORMATS)}")
@@ -127,7 +134,6 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
     from kdbench.deploy.student_file import STUDENT_FILE, from_run
     from kdbench.files import atomic_torch_save
     from kdbench.models.cost import count_params
-    from kdbench.progress import console
 
     deployed = from_run(Path(run_dir))
     test = _open_run_data(deployed, data_root, ("test",))["test"]
@@ -138,9 +144,9 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
         atomic_torch_save(out / STUDENT_FILE, deployed.model.state_dict())
         exporter = export_onnx(model, frames[:2], out / ONNX_FILE)
         diff = verify(out / ONNX_FILE, model, frames, threads)
-        console.print(f"exported {out / ONNX_FILE} ({measure.file_mb(out / ONNX_FILE):.2f} MB, "
-                      f"{exporter} exporter); onnxruntime vs PyTorch on {len(frames)} test "
-                      f"frames: max |diff| of the probabilities {diff:.2e}", highlight=False)
+        log.info(f"exported {out / ONNX_FILE} ({measure.file_mb(out / ONNX_FILE):.2f} MB, "
+                 f"{exporter} exporter); onnxruntime vs PyTorch on {len(frames)} test "
+                 f"frames: max |diff| of the probabilities {diff:.2e}")
         sess = session(out / ONNX_FILE, threads)
         with torch.no_grad():
             torch_probs = measure.split_probabilities(lambda x: model(x).numpy(), test,
@@ -174,6 +180,9 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
     per-channel int8 weights, uint8 activations) calibrated on ``calib`` evenly spaced training
     frames, to ``<run>/deploy/student.int8.onnx``; then tested on the run's test split and
     timed like the fp32 model, into ``deploy.json``. Returns that record."""
+    from kdbench.deploy.inputs import check_run
+
+    check_run(Path(run_dir))  # before torch is imported
     if calib < 1:
         raise KdbenchError(f"--calib must be at least 1 frame, got {calib}")
     from kdbench.deploy.onnx_files import require_deploy_extra
@@ -184,7 +193,6 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
     from kdbench.deploy.onnx_files import onnx_probabilities, quantize_int8, session
     from kdbench.deploy.student_file import from_run
     from kdbench.models.cost import count_params
-    from kdbench.progress import console
 
     deployed = from_run(Path(run_dir))
     out = deployed.run_dir / measure.DEPLOY_DIR
@@ -206,16 +214,15 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
         "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
         "size": deployed.size, **measure.machine(threads, repeats)})
     t = entry["test"]
-    console.print(f"wrote {out / INT8_FILE}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer "
-                  f"{t['eer']:.4f} video-auc {t['video_auc']:.4f}", highlight=False)
+    log.info(f"wrote {out / INT8_FILE}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer "
+             f"{t['eer']:.4f} video-auc {t['video_auc']:.4f}")
     fp32 = record["formats"].get("onnx_fp32", {})
     if fp32:
         plural = "s" * (threads != 1)
-        console.print(
+        log.info(
             f"int8 against ONNX fp32: {fp32['file_mb'] / entry['file_mb']:.2f}x smaller, "
             f"{fp32['latency_ms_b32'] / entry['latency_ms_b32']:.2f}x faster at batch 32 "
-            f"({threads} thread{plural}); test AUC change {t['auc'] - fp32['test']['auc']:+.4f}",
-            highlight=False)
+            f"({threads} thread{plural}); test AUC change {t['auc'] - fp32['test']['auc']:+.4f}")
     _print_record(record)
     return record
 

@@ -3,7 +3,6 @@ face crops and the input made exactly as `kdbench prepare` and the evaluation ma
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,12 +10,10 @@ import numpy as np
 import torch
 
 from kdbench.data.detectors import Detector
-from kdbench.data.video import IMAGE_SUFFIXES, read_frames, read_image
+from kdbench.data.video import read_frames, read_image
+from kdbench.deploy.inputs import media_kind
 from kdbench.deploy.student_file import DeployedStudent, model_input
 from kdbench.errors import KdbenchError
-
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-AGGREGATES = ("mean", "max")
 
 
 @dataclass
@@ -36,26 +33,6 @@ class FileScore:
         return asdict(self)
 
 
-def media_files(inputs: Iterable[Path]) -> list[Path]:
-    """The video and image files among ``inputs``: files as given, folders searched
-    recursively (sorted); a path that does not exist is a one-line error."""
-    files: list[Path] = []
-    suffixes = VIDEO_SUFFIXES + IMAGE_SUFFIXES
-    for path in map(Path, inputs):
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in suffixes)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise KdbenchError(f"input {path} does not exist; give video or image files, or "
-                               "folders holding them")
-    if not files:
-        raise KdbenchError(f"no video or image file in {', '.join(map(str, inputs))} (looked "
-                           f"for {', '.join(suffixes)})")
-    return files
-
-
 @torch.no_grad()
 def fake_probabilities(student: DeployedStudent, crops: np.ndarray, device: torch.device,
                        batch_size: int = 64) -> np.ndarray:
@@ -73,7 +50,7 @@ def score_file(path: Path, student: DeployedStudent, detector: Detector, frames:
     frame's box), the student's probability per frame, aggregated by ``agg``."""
     from kdbench.data.prepare import crop_faces
 
-    kind = "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
+    kind = media_kind(path) or "video"  # the inputs are checked by kdbench.deploy.inputs
     result = FileScore(str(path), kind)
     try:
         video = read_image(path)[None] if kind == "image" else read_frames(path, frames)

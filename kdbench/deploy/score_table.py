@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from kdbench.deploy.predict import FileScore
-from kdbench.deploy.student_file import DeployedStudent
 from kdbench.files import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # both import torch: `kdbench predict` checks its arguments first
+    from kdbench.deploy.predict import FileScore
+    from kdbench.deploy.student_file import DeployedStudent
 
 
 def _source(student: DeployedStudent) -> str:

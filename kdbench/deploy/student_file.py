@@ -126,13 +126,11 @@ def from_checkpoint(path: Path, backbone: str, size: int | None = None) -> Deplo
 def load_deployed(run_dir: Path | None = None, checkpoint: Path | None = None,
                   student: str | None = None, size: int | None = None) -> DeployedStudent:
     """A run's student (``run_dir``), or a checkpoint's (``checkpoint`` with ``student``)."""
-    if (run_dir is None) == (checkpoint is None):
-        raise KdbenchError("give a run folder (--run RUN_DIR) or a checkpoint (--checkpoint "
-                           "FILE --student NAME), one of the two")
+    from kdbench.deploy.inputs import check_source
+
+    check_source(run_dir, checkpoint, student)
     if run_dir is not None:
         return from_run(Path(run_dir))
-    if student is None:
-        raise KdbenchError(f"--checkpoint needs --student, one of {', '.join(BACKBONES)}")
     return from_checkpoint(Path(checkpoint), student, size)
 
 

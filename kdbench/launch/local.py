@@ -6,47 +6,29 @@ processes (:mod:`kdbench.launch.worker`: Python and torch load once per worker) 
 longest first, each worker pinned to one GPU (``CUDA_VISIBLE_DEVICES``) or, on the CPU, given
 its share of the cores (``--threads``). Each run logs to ``<results>/logs/<run>.log``; a failed
 run is reported with its log and the others go on (a worker that died is replaced). The
-workers die with the launcher (Linux: the parent-death signal); a re-launch skips the runs that
-finished and continues the others from their ``last.pt``.
+workers die with the launcher (Linux: the parent-death signal, which each worker sets); a
+re-launch skips the runs that finished and continues the others from their ``last.pt``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
+import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from kdbench.launch.commands import TEACHER, Job, split_todo
+from kdbench.launch.jobs import Job, plan_jobs, split_todo
+from kdbench.plan import TEACHER, Plan
+from kdbench.summary import RunSummary
+from kdbench.threads import usable_cores
+from kdbench.train.inprocess import finish_plan, teacher_of
 
-
-@dataclass
-class LaunchSummary:
-    """What a launcher did: runs it trained, found finished, or that failed (with their log);
-    the wall time; for a launcher that only submits, the submitted job ids."""
-
-    results: Path
-    trained: int = 0
-    finished_before: int = 0
-    failed: list[tuple[str, Path]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # not run: the teacher failed
-    job_ids: list[str] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.skipped
-
-    def counts(self) -> dict[str, int]:
-        """The counts by name (as :meth:`kdbench.api.RunSummary.counts`, plus failed)."""
-        return {"trained": self.trained, "finished_before": self.finished_before,
-                "left_to_another_process": 0, "failed": len(self.failed)}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,16 +44,6 @@ class Slot:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         return env
 
-    def argv(self) -> list[str]:
-        return ["--threads", str(self.threads)] if self.threads else []
-
-
-def usable_cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def slots(workers: int, gpus: list[str]) -> list[Slot]:
@@ -86,15 +58,6 @@ def log_path(results: Path, name: str) -> Path:
     return results / "logs" / f"{name.replace('/', '__')}.log"
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGTERM this process when the launcher dies (the child's run keeps its last
-    finished epoch, the launcher run again continues from it)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class Worker:
     """A worker process (:mod:`kdbench.launch.worker`) on one slot, running one job at a
     time."""
@@ -105,18 +68,20 @@ class Worker:
         self.log: Path | None = None
         self.started = 0.0
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kdbench.launch.worker"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=slot.env(),
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+            [sys.executable, "-m", "kdbench.launch.worker", str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env=slot.env())
 
     def start(self, job: Job) -> None:
         """Hand ``job`` to the worker (its output goes to the run's log)."""
         self.job, self.log = job, log_path(self.results, job.name)
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        count = job.request.threads or self.slot.threads  # --threads N holds in every job
+        threads = f" --threads {count}" if count and not job.request.threads else ""
         with open(self.log, "a", encoding="utf-8") as f:
-            f.write(f"$ {job.shell()} {' '.join(self.slot.argv())}\n")
+            f.write(f"$ {job.shell()}{threads}\n")
         self.started = time.perf_counter()
-        line = json.dumps({"argv": [*job.argv, *self.slot.argv(), "--no-progress"],
+        line = json.dumps({"request": job.request.to_json(), "threads": count,
                            "log": str(self.log)})
         assert self.proc.stdin is not None
         self.proc.stdin.write(f"{line}\n".encode())
@@ -147,19 +112,21 @@ def order(jobs: list[Job]) -> list[Job]:
     return sorted(jobs, key=lambda j: rank.get(j.name.split("/")[-2], 2))
 
 
-def launch_local(jobs: list[Job], results: Path, workers: int, gpus: list[str],
-                 progress: bool = True) -> LaunchSummary:
-    """Run ``jobs`` (teacher first) on ``workers`` worker processes; see the module doc."""
-    from kdbench.progress import console, progress_bar
+def launch_local(plan: Plan) -> RunSummary:
+    """Run the plan's jobs (teacher first) on worker processes; see the module doc."""
+    from kdbench.progress import progress_bar
 
+    r = plan.request
+    results, gpus, progress = r.results, list(r.gpus), r.progress
+    workers = r.workers or len(gpus) or min(usable_cores(), 8)
+    jobs = plan_jobs(plan)
     t0 = time.perf_counter()
-    summary = LaunchSummary(results)
+    summary = RunSummary(results, runs=[run.run_dir for run in plan.runs])
     summary.finished_before, teacher, students = split_todo(jobs)
     where = (f"GPU{'s' * (len(gpus) > 1)} {','.join(gpus)}" if gpus else
              f"{slots(workers, [])[0].threads} thread(s) each")
-    console.print(f"launcher local: {len(students)} run(s) to do, {summary.finished_before} "
-                  f"finished, {workers} worker(s), {where}; logs in {results / 'logs'}",
-                  highlight=False)
+    log.info(f"launcher local: {len(students)} run(s) to do, {summary.finished_before} "
+             f"finished, {workers} worker(s), {where}; logs in {results / 'logs'}")
     workers_: list[Worker] = []
     try:
         with progress_bar(progress) as bar:
@@ -169,13 +136,13 @@ def launch_local(jobs: list[Job], results: Path, workers: int, gpus: list[str],
                                results)
                 workers_.append(whole)
                 whole.start(teacher[0])
-                failed = not _finish(whole, summary, bar, task, console)
+                failed = not _finish(whole, summary, bar, task)
                 whole.stop()
                 workers_.remove(whole)
                 if failed and students:
                     summary.skipped = [j.name for j in students if j.needs_teacher]
-                    console.print(f"[red]the teacher failed: {len(summary.skipped)} "
-                                  "distillation run(s) not started[/]", highlight=False)
+                    log.error(f"the teacher failed: {len(summary.skipped)} "
+                              "distillation run(s) not started")
                     students = [j for j in students if not j.needs_teacher]
             queue = order(students)
             workers_ += [Worker(slot, results) for slot in slots(min(workers, len(queue)), gpus)]
@@ -186,7 +153,7 @@ def launch_local(jobs: list[Job], results: Path, workers: int, gpus: list[str],
                 ready, _, _ = select.select(list(busy), [], [])
                 for pipe in ready:
                     w = busy[pipe]
-                    if not _finish(w, summary, bar, task, console) and w.proc.poll() is not None:
+                    if not _finish(w, summary, bar, task) and w.proc.poll() is not None:
                         workers_[workers_.index(w)] = w = Worker(w.slot, results)  # it died
                     if queue:
                         w.start(queue.pop(0))
@@ -194,10 +161,12 @@ def launch_local(jobs: list[Job], results: Path, workers: int, gpus: list[str],
         for w in workers_:
             w.stop()
     summary.wall_s = time.perf_counter() - t0
+    if summary.ok:
+        finish_plan(plan, summary, teacher_of(plan))
     return summary
 
 
-def _finish(w: Worker, summary: LaunchSummary, bar, task, console) -> bool:
+def _finish(w: Worker, summary: RunSummary, bar, task) -> bool:
     """Wait for the worker's job and report it; whether it succeeded."""
     code = w.result()
     job, w.job = w.job, None
@@ -206,8 +175,8 @@ def _finish(w: Worker, summary: LaunchSummary, bar, task, console) -> bool:
     bar.update(task, advance=1)
     if code == 0:
         summary.trained += job.name != TEACHER
-        console.print(f"done {job.name} ({secs:.0f} s)", highlight=False)
+        log.info(f"done {job.name} ({secs:.0f} s)")
         return True
     summary.failed.append((job.name, w.log))
-    console.print(f"[red]failed {job.name} (exit {code}); see {w.log}[/]", highlight=False)
+    log.error(f"failed {job.name} (exit {code}); see {w.log}")
     return False

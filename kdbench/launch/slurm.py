@@ -9,6 +9,7 @@ path on this machine, waiting for the teacher's job before it submits the studen
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,10 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
-from kdbench.launch.commands import Job, split_todo
-from kdbench.launch.local import LaunchSummary
+from kdbench.launch.jobs import Job, plan_jobs, split_todo
+from kdbench.plan import Plan
+from kdbench.request import SLURM_CLUSTERS as CLUSTERS
+from kdbench.request import RunRequest
+from kdbench.summary import RunSummary
+from kdbench.train.inprocess import finish_plan, teacher_of
 
-CLUSTERS = ("slurm", "local", "debug")
+log = logging.getLogger(__name__)
 
 
 def _submitit():
@@ -44,6 +49,12 @@ class SlurmOptions:
     cluster: str = "slurm"
     cpus_per_job: int | None = None
 
+    @classmethod
+    def of(cls, r: RunRequest) -> SlurmOptions:
+        """The ``--slurm-*`` fields of a request."""
+        return cls(r.slurm_partition, r.slurm_gpus_per_job, r.slurm_time, r.slurm_max_parallel,
+                   None if r.slurm_folder is None else str(r.slurm_folder), r.slurm_cluster)
+
     def check(self) -> None:
         if self.cluster not in CLUSTERS:
             raise KdbenchError(f"--slurm-cluster {self.cluster!r}; use one of "
@@ -59,18 +70,20 @@ class SlurmOptions:
 
 
 class RunJob:
-    """One kdbench command as a submitit job: requeued on preemption or timeout (the run
-    continues from its last finished epoch)."""
+    """One job of a plan as a submitit job (its request as JSON, run in process): requeued on
+    preemption or timeout (the run continues from its last finished epoch)."""
 
-    def __init__(self, argv: list[str]) -> None:
-        self.argv = list(argv)
+    def __init__(self, request: RunRequest | str) -> None:
+        self.request = request if isinstance(request, str) else request.to_json()
 
     def __call__(self) -> str:
-        from kdbench.cli import main
+        from kdbench.launch.jobs import run_job
+        from kdbench.logs import to_stderr
 
-        code = main([*self.argv, "--no-progress"])
-        if code != 0:
-            raise RuntimeError(f"kdbench {' '.join(self.argv)} exited with status {code}")
+        to_stderr()
+        request = RunRequest.from_json(self.request)
+        if run_job(request) != 0:
+            raise RuntimeError(f"{request.only}: bad input (see the error above)")
         return "ok"
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -103,7 +116,7 @@ class SlurmLauncher:
         if after is not None and self.options.cluster == "slurm":
             self.executor.update_parameters(
                 slurm_additional_parameters={"dependency": f"afterok:{after.job_id}"})
-        return self.executor.submit(RunJob(job.argv))
+        return self.executor.submit(RunJob(job.request))
 
     def submit_array(self, jobs: list[Job], after: Any = None) -> list[Any]:
         """The student runs as one job array (after ``after`` succeeded, on SLURM)."""
@@ -111,27 +124,24 @@ class SlurmLauncher:
             self.executor.update_parameters(
                 slurm_additional_parameters={"dependency": f"afterok:{after.job_id}"})
         with self.executor.batch():
-            return [self.executor.submit(RunJob(j.argv)) for j in jobs]
+            return [self.executor.submit(RunJob(j.request)) for j in jobs]
 
-    def launch(self, jobs: list[Job]) -> LaunchSummary:
-        """Submit ``jobs``; on a local cluster run them (teacher first, then at most
+    def launch(self, plan: Plan) -> RunSummary:
+        """Submit the plan's jobs; on a local cluster run them (teacher first, then at most
         ``max_parallel`` at once) and wait."""
-        from kdbench.progress import console
-
+        jobs = plan_jobs(plan)
         t0 = time.perf_counter()
-        summary = LaunchSummary(self.results)
+        summary = RunSummary(self.results, runs=[run.run_dir for run in plan.runs])
         summary.finished_before, teacher, students = split_todo(jobs)
-        console.print(f"launcher slurm ({self.options.cluster}): {len(students)} run(s) to do, "
-                      f"{summary.finished_before} finished; logs in {self.folder}",
-                      highlight=False)
+        log.info(f"launcher slurm ({self.options.cluster}): {len(students)} run(s) to do, "
+                 f"{summary.finished_before} finished; logs in {self.folder}")
         first = self.submit(teacher[0]) if teacher else None
         if self.options.cluster == "slurm":
             array = self.submit_array(students, after=first) if students else []
             summary.job_ids = [j.job_id for j in ([first] if first else []) + array]
-            console.print(f"submitted {len(summary.job_ids)} job(s): "
-                          f"{', '.join(summary.job_ids[:3])}{' ...' * (len(array) > 2)}; "
-                          "`squeue --me` shows them, `kdbench table` lists the finished runs",
-                          highlight=False)
+            log.info(f"submitted {len(summary.job_ids)} job(s): "
+                     f"{', '.join(summary.job_ids[:3])}{' ...' * (len(array) > 2)}; "
+                     "`squeue --me` shows them, `kdbench table` lists the finished runs")
         else:
             if first is not None and not self._finished(first, teacher[0], summary):
                 summary.skipped = [j.name for j in students if j.needs_teacher]
@@ -146,19 +156,19 @@ class SlurmLauncher:
                     summary.trained += self._finished(*item, summary)
                 time.sleep(0.2)
         summary.wall_s = time.perf_counter() - t0
+        if self.options.cluster != "slurm" and summary.ok:
+            finish_plan(plan, summary, teacher_of(plan))
         return summary
 
     @staticmethod
-    def _finished(sub: Any, job: Job, summary: LaunchSummary) -> bool:
+    def _finished(sub: Any, job: Job, summary: RunSummary) -> bool:
         """Wait for a submitted job; whether it succeeded (a failure is recorded)."""
-        from kdbench.progress import console
-
         try:
             sub.result()
         except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's error
             summary.failed.append((job.name, Path(sub.paths.stderr)))
-            console.print(f"[red]failed {job.name}: {str(exc).splitlines()[0][:200]}; see "
-                          f"{sub.paths.stderr}[/]", highlight=False)
+            log.error(f"failed {job.name}: {str(exc).splitlines()[0][:200]}; see "
+                      f"{sub.paths.stderr}")
             return False
-        console.print(f"done {job.name}", highlight=False)
+        log.info(f"done {job.name}")
         return True

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import timm
-import torch
-from timm.models.resnet import BasicBlock, ResNet
-from torch import Tensor, nn
+from kdbench.compat import checked_torch_pair
 
-from kdbench.errors import KdbenchError
+checked_torch_pair()  # before timm imports torchvision: a mismatched pair is one line
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+from timm.models.resnet import BasicBlock, ResNet  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from kdbench.errors import KdbenchError  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 
 class StagedBackbone(nn.Module):
@@ -20,8 +27,8 @@ class StagedBackbone(nn.Module):
 
     ``final_relus[i]``: the ReLU that ends stage i (None: the stage ends without one, its output
     is pre-activation already); ``preact_bns[i]``: the BatchNorm feeding that pre-activation
-    (OFD's margin comes from its statistics). :meth:`capture_preact` records the stage maps
-    before their final ReLU."""
+    (a distiller's margin may come from its statistics). :meth:`capture_preact` records the
+    stage maps before their final ReLU."""
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int],
                  final_relus: list[nn.Module | None] | None = None,
@@ -165,9 +172,8 @@ def load_local_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
             f"(is it this backbone in timm's naming? the file has e.g. {file_key!r}, the "
             f"backbone {own_key!r})")
     model.load_state_dict(usable, strict=False)
-    from kdbench.progress import console
 
-    console.print(f"loaded {path}: {summary}", highlight=False)
+    log.info(f"loaded {path}: {summary}")
     return counts
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.plan import in_default_plan
 from kdbench.registry import report_specs
 from kdbench.report.listing import read_or_skip
 from kdbench.report.tables import Cell, sweep, sweep_command
+from kdbench.variants import in_default_plan
 
 
 def _pyplot():

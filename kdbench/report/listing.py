@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from kdbench.config import METRIC_NAMES
 from kdbench.files import StoreError, read_json, read_jsonl
-from kdbench.progress import console
+
+log = logging.getLogger(__name__)
 
 
 def read_or_skip(path: Path, lines: bool = False) -> dict | list | None:
@@ -17,13 +19,13 @@ def read_or_skip(path: Path, lines: bool = False) -> dict | list | None:
     try:
         return read_jsonl(path) if lines else read_json(path)
     except StoreError as exc:
-        console.print(f"kdbench: warning: skipped: {exc}", highlight=False, markup=False)
+        log.warning(f"skipped: {exc}")
         return None
 
 COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
            "ap", "eer", "video_auc", "wall_s"]
 EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path", "teacher_sha256",
-         "other_teacher"]
+         "other_teacher", "fake_fraction"]  # fake_fraction: of the test frames
 
 
 def collect_runs(results: Path) -> pd.DataFrame:
@@ -67,4 +69,5 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
             **{k: test.get(k) for k in METRIC_NAMES},
             "wall_s": m.get("wall_time_s"), "params": m.get("params"), "gflops": m.get("gflops"),
             "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),
-            "path": str(folder), "teacher_sha256": sha, "teacher_path": teacher_path}
+            "path": str(folder), "teacher_sha256": sha, "teacher_path": teacher_path,
+            "fake_fraction": test.get("fake_fraction")}

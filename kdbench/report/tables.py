@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,28 +17,39 @@ import pandas as pd
 
 from kdbench.config import METRIC_NAMES, variant_tag
 from kdbench.registry import report_specs
+from kdbench.report.majority import fraction_from_predictions, majority_notes, split_fractions
 from kdbench.report.paired import Interval, paired_bootstrap
 from kdbench.train.predictions import PREDICTIONS, Predictions, load_predictions
 
 METRICS = METRIC_NAMES
+Metrics = str | Sequence[str]  # one metric, or several shown side by side ("acc,auc")
 
 
 @dataclass
 class Cell:
-    """mean +- std over ``n`` seeds (std is NaN for one seed), plus an optional mark."""
+    """mean +- std over ``n`` seeds (std is NaN for one seed), plus an optional mark; with
+    ``parts``, one cell per metric shown side by side (``acc / auc``), its numbers the
+    first's."""
 
     mean: float
     std: float
     n: int
     mark: str = ""
     interval: str = ""  # a paired difference and its interval, shown after the cell
+    parts: list[Cell] = field(default_factory=list)
+    metric: str = ""  # a part's metric
 
-    def text(self, scale: float = 100.0) -> str:
+    def text(self, scale: float = 100.0, count: bool = True) -> str:
+        if self.parts:  # the number of seeds once when the metrics share it
+            same = len({p.n for p in self.parts}) == 1
+            values = " / ".join(p.text(scale, count=not same) for p in self.parts)
+            return values + self.mark + (f" ({self.n})" if same and self.n else "")
         if self.n == 0 or math.isnan(self.mean):
             return "-"
         spread = "" if math.isnan(self.std) else f" ± {self.std * scale:.2f}"
         extra = f" {self.interval}" if self.interval else ""
-        return f"{self.mean * scale:.2f}{spread}{self.mark} ({self.n}){extra}"
+        n = f" ({self.n})" if count else ""
+        return f"{self.mean * scale:.2f}{spread}{self.mark}{n}{extra}"
 
 
 @dataclass
@@ -81,9 +93,13 @@ class Report:
         for row in self.rows:
             keys = [c for c in row if not isinstance(c, Cell)]
             for col, c in zip(self.columns, row):
-                if isinstance(c, Cell):
-                    records.append({**dict(zip(self.columns, keys)), "column": col,
-                                    "mean": c.mean, "std": c.std, "n": c.n, "mark": c.mark})
+                if not isinstance(c, Cell):
+                    continue
+                for part in c.parts or [c]:  # a row per metric of a cell of several
+                    metric = {"metric": part.metric} if c.parts else {}
+                    records.append({**dict(zip(self.columns, keys)), "column": col, **metric,
+                                    "mean": part.mean, "std": part.std, "n": part.n,
+                                    "mark": part.mark + (c.mark if c.parts else "")})
         return pd.DataFrame(records).to_csv(index=False)
 
     def render(self, fmt: str) -> str:
@@ -101,6 +117,27 @@ def cell(values: pd.Series) -> Cell:
     v = values.dropna().astype(float)
     return Cell(float(v.mean()) if len(v) else math.nan,
                 float(v.std(ddof=1)) if len(v) > 1 else math.nan, len(v))
+
+
+def metric_names(metric: Metrics) -> list[str]:
+    """``"acc"``, ``"acc,auc"`` or ``["acc", "auc"]`` -> the metric names, in order."""
+    items = metric.split(",") if isinstance(metric, str) else list(metric)
+    return list(dict.fromkeys(m.strip() for m in items if m.strip()))
+
+
+def metric_cell(sel: pd.DataFrame, metric: Metrics) -> Cell:
+    """The cell of ``metric`` over the runs of ``sel``; of several metrics, a cell of parts."""
+    names = metric_names(metric)
+    if len(names) == 1:
+        return cell(sel[names[0]])
+    parts = [cell(sel[m]) for m in names]
+    for m, part in zip(names, parts):
+        part.metric = m
+    return Cell(parts[0].mean, parts[0].std, parts[0].n, parts=parts)
+
+
+def _label(metric: Metrics) -> str:
+    return " / ".join(metric_names(metric))
 
 
 def seed_predictions(sel: pd.DataFrame) -> dict[int, Predictions] | None:
@@ -135,7 +172,7 @@ def incomplete_notes(runs: pd.DataFrame) -> list[str]:
     return [f"not finished: {r.path} ({r.status})" for r in bad.itertuples()]
 
 
-def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc",
+def comparison(runs: pd.DataFrame, methods: list[str], metric: Metrics = "acc",
                ci: bool = False) -> Report:
     """Table 3: rows dataset x student; one column per method and mode the store holds (a
     teacher-free method's mode ``none`` is named by the method alone).
@@ -159,22 +196,25 @@ def comparison(runs: pd.DataFrame, methods: list[str], metric: str = "acc",
         cells, sels = {}, {}
         for m, mode in pairs:
             sels[(m, mode)] = group[(group["method"] == m) & (group["mode"] == mode)]
-            cells[(m, mode)] = other_teacher_mark(cell(sels[(m, mode)][metric]),
+            cells[(m, mode)] = other_teacher_mark(metric_cell(sels[(m, mode)], metric),
                                                   sels[(m, mode)])
         for m, mode in pairs:
             if mode == "both" and (m, "rgb") in cells:
-                interval = paired(sels[(m, mode)], sels[(m, "rgb")], metric)
-                cells[(m, mode)].mark = mark(interval) + cells[(m, mode)].mark
-                if ci and interval is not None:
-                    cells[(m, mode)].interval = "[" + interval.text().replace(" [", "; ")
+                for name, part in zip(metric_names(metric), cells[(m, mode)].parts
+                                      or [cells[(m, mode)]]):
+                    interval = paired(sels[(m, mode)], sels[(m, "rgb")], name)
+                    part.mark = mark(interval) + part.mark
+                    if ci and interval is not None:
+                        part.interval = "[" + interval.text().replace(" [", "; ")
         rows.append([dataset, student, *[cells[p] for p in pairs]])
-    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); ↑/↓: the 95 % "
+    notes = [f"{_label(metric)} in %, mean ± std over seeds (number of seeds); ↑/↓: the 95 % "
              "paired-bootstrap interval of both - rgb (test videos resampled, runs paired by "
              "seed) excludes 0; runs without stored predictions are not marked."]
+    notes += majority_notes(split_fractions(finished))
     if ci:
         notes.append("[d; lo, hi]: both - rgb in points, and its 95 % interval.")
     notes += incomplete_notes(students)
-    return Report(f"Comparison (Table 3): test {metric}", columns, rows, notes)
+    return Report(f"Comparison (Table 3): test {_label(metric)}", columns, rows, notes)
 
 
 # ---------------------------------------------------------------- tables from registry specs
@@ -197,9 +237,14 @@ def _select(runs: pd.DataFrame, dataset: str, student: str, method: str, mode: s
              & (r["mode"] == mode) & (r["variant"].fillna("") == variant)]
 
 
-def _finished_cell(sel: pd.DataFrame, metric: str) -> Cell:
+def _finished_cell(sel: pd.DataFrame, metric: Metrics) -> Cell:
     done = sel[sel["status"] == "finished"]
-    return other_teacher_mark(cell(done[metric]), done)
+    return other_teacher_mark(metric_cell(done, metric), done)
+
+
+def _majority(runs: pd.DataFrame, groups: list[tuple[str, str]]) -> list[str]:
+    """The majority-rate note of the datasets of ``groups``."""
+    return majority_notes(split_fractions(runs[runs["dataset"].isin({d for d, _ in groups})]))
 
 
 OTHER_TEACHER_NOTE = ("†: a run of this cell distilled from other teacher weights than the "
@@ -232,7 +277,7 @@ def _baselines(registry: dict) -> list:
     return [e for e in registry.values() if e.modes == ["none"]]
 
 
-def ablation(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
+def ablation(runs: pd.DataFrame, registry: dict, metric: Metrics = "acc") -> Report:
     """Table 6: one row per ablation setting a method's registry ``reports.ablation`` lists,
     after the teacher-free baseline; one column per (dataset, student)."""
     groups = _groups(runs)
@@ -251,10 +296,11 @@ def ablation(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
                 used.append(sel)
                 cells.append(_finished_cell(sel, metric))
             rows.append([f"{spec['label']} ({entry.name} {spec['mode']})", *cells])
-    notes = [f"{metric} in %, mean ± std over seeds (number of seeds)."]
+    notes = [f"{_label(metric)} in %, mean ± std over seeds (number of seeds).",
+             *_majority(runs, groups)]
     if used:
         notes += incomplete_notes(pd.concat(used))
-    return Report(f"Ablation (Table 6): test {metric}", columns, rows, notes)
+    return Report(f"Ablation (Table 6): test {_label(metric)}", columns, rows, notes)
 
 
 def sweep_flags(spec: dict) -> list[str]:
@@ -268,7 +314,7 @@ def sweep_command(entry, spec: dict) -> str:
             + " ".join(sweep_flags(spec)))
 
 
-def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") -> Report:
+def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: Metrics = "acc") -> Report:
     """The sweep table ``kind`` a method's registry declares (``reports.sweeps.<kind>``), e.g.
     Table 5 or Fig. 3 as a table: one row per value (combination) of the swept
     hyper-parameters."""
@@ -287,15 +333,16 @@ def sweep(runs: pd.DataFrame, registry: dict, kind: str, metric: str = "acc") ->
             rows.append([f"{entry.name} {spec['mode']}",
                          *[_value_used(k, changes[k], sels) if k in changes else ""
                            for k in keys], *[_finished_cell(sel, metric) for sel in sels]])
-    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); run with "
-             + " ".join(f"`{flag}`" for _, spec in declared for flag in sweep_flags(spec))]
+    notes = [f"{_label(metric)} in %, mean ± std over seeds (number of seeds); run with "
+             + " ".join(f"`{flag}`" for _, spec in declared for flag in sweep_flags(spec)),
+             *_majority(runs, groups)]
     if any("used)" in row[1 + i] for row in rows for i in range(len(keys))):
         notes.append("`v (u used)`: the method could not use v here and used u "
                      "(`run_info.<name>_effective` in the runs' metrics.json).")
     if used:
         notes += incomplete_notes(pd.concat(used))
     title = next((spec.get("title") for _, spec in declared if spec.get("title")), kind)
-    return Report(f"{title}: test {metric}", columns, rows, notes)
+    return Report(f"{title}: test {_label(metric)}", columns, rows, notes)
 
 
 def _value_used(key: str, value: Any, selections: list[pd.DataFrame]) -> str:
@@ -306,7 +353,8 @@ def _value_used(key: str, value: Any, selections: list[pd.DataFrame]) -> str:
     return f"{value} ({', '.join(used)} used)" if used else str(value)
 
 
-def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") -> Report:
+def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: Metrics = "acc"
+                       ) -> Report:
     """Table 4: the teacher-free student, the dual-branch teacher and the distilled student
     (each method with ``reports.teacher``), one column per (dataset, student)."""
     groups = _groups(runs)
@@ -315,22 +363,24 @@ def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: str = "acc") 
     rows = [[f"{b.name} student", *[_finished_cell(_select(runs, d, s, b.name, "none", ""),
                                                    metric) for d, s in groups]]
             for b in _baselines(registry)]
-    rows.append(["teacher (dual-branch)", *[cell(teachers[teachers["dataset"] == d][metric])
-                                            for d, _ in groups]])
+    rows.append(["teacher (dual-branch)", *[metric_cell(teachers[teachers["dataset"] == d],
+                                                        metric) for d, _ in groups]])
     for entry in _entries_with(registry, "teacher"):
         mode = entry.reports["teacher"]["mode"]
         rows.append([f"{entry.name} {mode} student", *[
             _finished_cell(_select(runs, d, s, entry.name, mode, ""), metric)
             for d, s in groups]])
-    notes = [f"{metric} in %, mean ± std over seeds (number of seeds); the teacher row counts "
-             "the teachers trained for the dataset (one per teacher config)."]
-    return Report(f"Teacher vs student (Table 4): test {metric}", columns, rows, notes)
+    notes = [f"{_label(metric)} in %, mean ± std over seeds (number of seeds); the teacher row "
+             "counts the teachers trained for the dataset (one per teacher config).",
+             *_majority(runs, groups)]
+    return Report(f"Teacher vs student (Table 4): test {_label(metric)}", columns, rows, notes)
 
 
-def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc",
+def build(kind: str, runs: pd.DataFrame, registry: dict, metric: Metrics = "acc",
           ci: bool = False) -> Report:
     """The table ``kind`` (comparison, ablation, teacher, cross, or a sweep the registry
-    declares) from the run listing; ``ci``: the comparison's paired intervals in its cells.
+    declares) from the run listing; ``metric``: one, or several shown as ``acc / auc`` in each
+    cell (``"acc,auc"``); ``ci``: the comparison's paired intervals in its cells.
     A cell holding a run distilled from other teacher weights than the stored ones is marked †."""
     report = _build(kind, runs, registry, metric, ci)
     if any("†" in c.mark for row in report.rows for c in row if isinstance(c, Cell)):
@@ -338,7 +388,8 @@ def build(kind: str, runs: pd.DataFrame, registry: dict, metric: str = "acc",
     return report
 
 
-def _build(kind: str, runs: pd.DataFrame, registry: dict, metric: str, ci: bool) -> Report:
+def _build(kind: str, runs: pd.DataFrame, registry: dict, metric: Metrics,
+           ci: bool) -> Report:
     if kind == "comparison":
         order = list(registry) + sorted(set(runs["method"]) - set(registry) - {"teacher"})
         return comparison(runs, order, metric, ci)
@@ -390,12 +441,16 @@ def cross(runs: pd.DataFrame) -> Report:
 
     from kdbench.report.listing import read_or_skip
 
-    records = []
+    records, fractions = [], {}
     for r in _students(runs).itertuples():
         for path in sorted((Path(r.path) / "cross").glob("*.json")):
             rec = read_or_skip(path)
             if rec is None:
                 continue
+            fraction = rec["test"].get("fake_fraction")  # else the labels of its predictions
+            if fraction is None:
+                fraction = fraction_from_predictions([path.with_suffix(".npz")])
+            fractions.setdefault(rec["test_dataset"], []).append(fraction)
             records.append({"train": r.dataset, "student": r.student,
                             "method": r.method + (f"@{r.variant}" if r.variant else ""),
                             "mode": r.mode, "seed": r.seed, "test_on": rec["test_dataset"],
@@ -414,5 +469,5 @@ def cross(runs: pd.DataFrame) -> Report:
                 cells += [other_teacher_mark(cell(sel[m]), sel) for m in ("auc", "eer")]
             rows.append([*key, *cells])
     notes = ["AUC and EER in %, mean ± std over seeds (number of seeds); add a column with "
-             "`kdbench eval <runs folder> --dataset <name>`."]
+             "`kdbench eval <runs folder> --dataset <name>`.", *majority_notes(fractions)]
     return Report("Cross-dataset (Table 7)", columns, rows, notes)

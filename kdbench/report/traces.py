@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 
 from kdbench.errors import KdbenchError
-from kdbench.plan import in_default_plan
 from kdbench.registry import report_specs
 from kdbench.report.figures import save_figure
 from kdbench.report.listing import read_or_skip
+from kdbench.variants import in_default_plan
 
 
 def _spec(registry: dict, name: str) -> tuple[dict, list]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import platform
+import logging
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +24,19 @@ from kdbench.config import (
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
 from kdbench.errors import KdbenchError
-from kdbench.files import atomic_write_json, read_json, store_time
+from kdbench.files import atomic_write_json, read_json, store_time, utc_now
 from kdbench.models.cost import count_params, gflops
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
-from kdbench.progress import console
+from kdbench.provenance import versions
 from kdbench.registry import MethodEntry
 from kdbench.train.evaluate import CROSS_DIR, evaluate_run
 from kdbench.train.predictions import PREDICTIONS, save_predictions
-from kdbench.train.store import claim, wait_for_lock
-from kdbench.train.teacher_cache import cache_key, file_sha256
-from kdbench.train.teacher_task import TeacherTask
-from kdbench.train.trainer import Trainer, load_checkpoint, seed_everything
+from kdbench.train.store import claim
+from kdbench.train.teacher_cache import cache_key
+from kdbench.train.trainer import Trainer, seed_everything
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -73,22 +74,6 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def utc_now() -> str:
-    """The current UTC time, ISO 8601 to the second."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def versions() -> dict[str, str]:
-    import timm
-
-    import kdbench
-
-    return {"kdbench": kdbench.__version__, "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__,
-            # CPU results depend on the thread count (the order of float reductions)
-            "torch_threads": torch.get_num_threads()}
-
-
 @dataclass
 class Context:
     """What every run of one `kdbench run` invocation shares."""
@@ -110,6 +95,8 @@ class Context:
     # is here, so the result outlives checkpoints that are pruned or never committed
     cross: tuple[str, Path | None] | None = None
     _cross_data: PreparedData | None = None
+    # after each epoch of a student run: (epochs left in it, seconds of the epoch)
+    on_epoch: Callable[[int, float], None] | None = None
 
     def __post_init__(self) -> None:
         self.started = store_time(self.results)
@@ -125,6 +112,8 @@ class Context:
         """Where the shared cache of the loaded teacher's outputs lives (None before)."""
         if self.teacher_sha256 is None:
             return None
+        from kdbench.train.teachers import teacher_dir
+
         key = cache_key(self.teacher_sha256, config_hash(self.data.meta, 16),
                         self.splits["train"], self.config["data"]["size"])
         return teacher_dir(self) / "cache" / key
@@ -144,9 +133,12 @@ class Context:
         return self._cross_data
 
     def trainer(self, learner, run_dir: Path, seed: int, label: str) -> Trainer:
-        return Trainer(learner, self.splits, self.config["train"], self.config["data"]["size"],
-                       run_dir, self.device, seed, label, self.config["data"]["workers"],
-                       self.progress, self.teacher_cache_dir(), self.teacher_fields)
+        trainer = Trainer(learner, self.splits, self.config["train"],
+                          self.config["data"]["size"], run_dir, self.device, seed, label,
+                          self.config["data"]["workers"], self.progress,
+                          self.teacher_cache_dir(), self.teacher_fields)
+        trainer.on_epoch = self.on_epoch
+        return trainer
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -260,134 +252,11 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
     return metrics
 
 
-# settings that cannot change a trained teacher (eval_batch_size stays in: kdbench 0.1 and 0.2
-# named teacher folders with it, and renaming them would retrain every stored teacher)
-NOT_TEACHER_SETTINGS = (SPEED_SETTINGS - {"eval_batch_size"}) | PARALLEL_SETTINGS | OUTPUT_SETTINGS
-
-
-def teacher_dir(ctx: Context) -> Path:
-    cfg = ctx.config
-    key = config_hash({"dataset": ctx.dataset, "data": {k: v for k, v in cfg["data"].items()
-                                                        if k != "workers"},
-                       "train": {k: v for k, v in cfg["train"].items()
-                                 if k not in NOT_TEACHER_SETTINGS},
-                       "teacher": cfg["teacher"]})
-    return ctx.results / "teachers" / ctx.dataset / f"{cfg['teacher']['backbone']}-{key}"
-
-
-def build_teacher(cfg: dict[str, Any]) -> DualBranchTeacher:
-    t = cfg["teacher"]
-    return DualBranchTeacher(t["backbone"], t["proj_dim"], t["hp_cutoff"], t["pretrained"])
-
-
-def ensure_teacher(ctx: Context) -> DualBranchTeacher:
-    """Train the teacher for this dataset and config once (continuing an interrupted
-    training); later calls load it. Another process training it is waited for."""
-    run_dir = teacher_dir(ctx)
-    seed = ctx.config["teacher"]["seed"]
-    seed_everything(seed)
-    teacher = build_teacher(ctx.config)
-    while True:
-        with claim(run_dir) as mine:
-            if mine:
-                return _train_or_load_teacher(ctx, run_dir, teacher, seed)
-        console.print(f"teacher: another kdbench process is training {run_dir}; waiting for it")
-        with wait_for_lock(run_dir):  # each rank waits on the lock itself, then claims again
-            pass
-
-
-def teacher_fields(specs: list[tuple[RunSpec, MethodEntry]],
-                   teacher: DualBranchTeacher) -> set[str]:
-    """The teacher fields the distillation runs of ``specs`` read (their union), so the
-    shared cache computes them in one pass over the frames."""
-    fields: set[str] = set()
-    for spec, entry in specs:
-        if spec.mode == "none":
-            continue
-        student = create_student(spec.student)
-        fields |= set(entry.resolve()(student, teacher, spec.mode, **spec.hparams)
-                      .teacher_needs())
-    return fields
-
-
-def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
-    """Build the shared cache of ``ctx.teacher_fields`` now, as the first distillation run
-    would (the teacher's job of a launcher does this on the whole machine)."""
-    from kdbench.train import teacher_cache
-    from kdbench.train.trainer import on_device
-
-    cfg = ctx.config["train"]
-    budget = int(float(cfg.get("teacher_cache_gb", 0)) * 2**30)
-    folder = ctx.teacher_cache_dir()
-    if not ctx.teacher_fields or folder is None or budget <= 0:
-        return
-    channels_last = on_device(cfg, "channels_last", ctx.device)
-    teacher.to(ctx.device, **({"memory_format": torch.channels_last} if channels_last else {}))
-    got = teacher_cache.ensure(teacher, set(ctx.teacher_fields), ctx.splits["train"],
-                               ctx.config["data"]["size"], ctx.device, cfg["eval_batch_size"],
-                               folder, budget, channels_last, ctx.progress)
-    if got.cache is None:
-        console.print(f"teacher cache: not built ({got.reason}); the runs use the live teacher",
-                      highlight=False)
-    elif got.built:
-        console.print(f"teacher cache: built {', '.join(got.built)} for "
-                      f"{len(ctx.splits['train'])} frames x 2 flips, "
-                      f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s ({folder})",
-                      highlight=False)
-    else:
-        console.print(f"teacher cache: {', '.join(got.cache.fields)} already built ({folder})",
-                      highlight=False)
-
-
-def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
-                           seed: int) -> DualBranchTeacher:
-    # the weights a teacher retrained for a lost checkpoint must reproduce (students used them)
-    recorded = distributed.on_main(lambda: (_finished(run_dir) or {}).get("weights_sha256"))
-    done = distributed.on_main(lambda: _finished_teacher(run_dir))
-    if done is None:
-        console.print(f"[bold]teacher[/] {run_dir}", highlight=False)
-        task = TeacherTask(teacher)
-        result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=True)
-        done = distributed.on_main(lambda: _record(
-            ctx, run_dir, result, teacher,
-            {"role": "teacher", "backbone": teacher.name, "seed": seed,
-             "weights_sha256": file_sha256(run_dir / "best.pt"),
-             **({"recorded_sha256": recorded} if recorded else {})}))
-        _summary("teacher", done)
-        if recorded and recorded != done["weights_sha256"]:
-            console.print(f"[yellow]teacher: the weights trained again differ from the recorded "
-                          f"ones (sha256 {done['weights_sha256'][:12]} vs {recorded[:12]}); the "
-                          "students distilled from the recorded teacher are marked † in the "
-                          "tables[/]", highlight=False)
-    else:
-        TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
-        console.print(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
-    ctx.teacher_sha256 = file_sha256(run_dir / "best.pt")
-    return teacher.to(ctx.device).eval()
-
-
-def _finished_teacher(run_dir: Path) -> dict[str, Any] | None:
-    """The finished teacher's metrics (None if it is to be trained); a committed result store
-    keeps metrics but no checkpoints: that teacher is trained again (deterministically)."""
-    done = _finished(run_dir)
-    if done is not None and not (run_dir / "best.pt").is_file():
-        console.print(f"teacher: {run_dir} has metrics but no best.pt; training it again")
-        _clear(run_dir)
-        return None
-    return done
-
-
-def _teacher_test(ctx: Context) -> dict[str, Any] | None:
-    """The test metrics of the teacher a run distilled from (it may be retrained later)."""
-    done = _finished(teacher_dir(ctx))
-    return done["test"] if done else None
-
-
 def _summary(name: str, m: dict[str, Any]) -> None:
     t = m["test"]
-    console.print(
-        f"[green]done[/] {name}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "
-        f"video-auc {t['video_auc']:.4f} (best epoch {m['best_epoch']}, {m['wall_time_s']:.0f} s)"
+    log.info(
+   f"done {name}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "
+   f"video-auc {t['video_auc']:.4f} (best epoch {m['best_epoch']}, {m['wall_time_s']:.0f} s)"
     )
 
 
@@ -404,7 +273,7 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     done = None if ctx.restart else distributed.on_main(
         lambda: _finished_as(ctx, run_dir, spec, entry, ignored, identity))
     if done is not None:
-        console.print(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
+        log.info(f"skip {name}: finished (test acc {done['test']['acc']:.4f})")
         with claim(run_dir) as mine:  # not while another process tests or prunes it
             if mine:
                 cross_test(ctx, run_dir, name)
@@ -412,17 +281,16 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         return "finished", done
     with claim(run_dir) as mine:
         if not mine:
-            console.print(f"skip {name}: another kdbench process is training it")
+            log.info(f"skip {name}: another kdbench process is training it")
             return "busy", None
         if ctx.restart:
             discarded = distributed.on_main(lambda: _discard(run_dir, ctx.started))
             if discarded:
-                console.print(f"restart {name}: discarded {discarded} in {run_dir}",
-                              highlight=False)
+                log.info(f"restart {name}: discarded {discarded} in {run_dir}")
         done = distributed.on_main(
             lambda: _finished_as(ctx, run_dir, spec, entry, ignored, identity))
         if done is not None:  # finished by another process meanwhile
-            console.print(f"skip {name}: finished by another process")
+            log.info(f"skip {name}: finished by another process")
             return "finished", done
         return "trained", _train_one(ctx, spec, entry, teacher, run_dir, name, identity)
 
@@ -445,6 +313,8 @@ def _finished_as(ctx: Context, run_dir: Path, spec: RunSpec, entry: MethodEntry,
 def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
                teacher: DualBranchTeacher | None, run_dir: Path, name: str,
                identity: dict[str, Any]) -> dict[str, Any]:
+    from kdbench.train.teachers import teacher_dir, teacher_test
+
     if spec.mode != "none" and teacher is None:
         raise KdbenchError(f"{name} needs the teacher, but none was loaded; run again")
     started = run_dir / RUN_FILE
@@ -453,8 +323,7 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
             raise KdbenchError(f"{run_dir} holds a last.pt without its {RUN_FILE} (settings "
                                "unknown); pass --restart to discard it")
         _check_same_run(run_dir, read_json(started), identity, "an unfinished run")
-        console.print(f"continue {name}: {_progress(run_dir)} (--restart discards it)",
-                      highlight=False)
+        log.info(f"continue {name}: {_progress(run_dir)} (--restart discards it)")
     elif distributed.is_main():
         atomic_write_json(started, identity)
     cls = entry.resolve()
@@ -466,7 +335,7 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         "role": "student", "student": spec.student, "method": spec.method,
         "variant": spec.variant, "mode": spec.mode, "seed": spec.seed, "hparams": spec.hparams,
         "entry": entry.entry, "teacher": str(teacher_dir(ctx)) if teacher is not None else None,
-        "teacher_test": _teacher_test(ctx) if teacher is not None else None,
+        "teacher_test": teacher_test(ctx) if teacher is not None else None,
         "teacher_sha256": ctx.teacher_sha256 if teacher is not None else None,
         "run_info": dict(getattr(distiller, "run_info", {})),
     }))
@@ -490,12 +359,12 @@ def _cross_test(ctx: Context, run_dir: Path, name: str) -> None:
     if (run_dir / CROSS_DIR / f"{dataset}.json").is_file():
         return
     if not (run_dir / "best.pt").is_file():
-        console.print(f"[yellow]{name}: no best.pt left to test on {dataset}, so Table 7 lacks "
-                      "it; train it again with --restart to test it[/]", highlight=False)
+        log.warning(f"{name}: no best.pt left to test on {dataset}, so Table 7 lacks "
+                    "it; train it again with --restart to test it")
         return
     t = evaluate_run(run_dir, ctx.cross_data(), dataset, ctx.device)["test"]
-    console.print(f"{name}: on {dataset} acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "
-                  f"video-auc {t['video_auc']:.4f}", highlight=False)
+    log.info(f"{name}: on {dataset} acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "
+             f"video-auc {t['video_auc']:.4f}")
 
 
 def _prune(ctx: Context, run_dir: Path) -> None:

@@ -11,6 +11,21 @@ A field is built in a ``.building-*`` folder under a lock and renamed into place
 (with its ``done.json``), so a half-built field is never read; a build that was killed leaves a
 folder the next builder removes. Slot ``2 * position + flip`` of a field holds that frame's
 output, the ``key`` of the loader's batches.
+
+The cache changes no number: a run whose cache is not built (``train.teacher_cache_gb``, free
+disk) computes the teacher's outputs live (:class:`LiveTargets`), of the same fields, in fp32
+outside autocast, and rounds them through fp16 as the cache stores them; they enter the batch
+under the same keys, so a run gets the same targets with and without the cache (recorded as
+``teacher_targets``: ``"fp16"``; the fp32 outputs move by ~1e-8 with the batch a frame is in,
+which the rounding absorbs unless a value sits on an fp16 rounding boundary). fp16 rather
+than fp32 on disk: the committed results were trained on fp16 targets, and fp32 would double
+the cache (0.9 -> 1.8 GB for all fields at the cpu preset, 57 -> 114 GB for one feature-map
+field at the paper's) while a batch's read and the live rounding each cost well under 1 % of
+the teacher forward they go with. Rounding a value beyond fp16's range would give inf, so when
+a teacher output of the split exceeds it the cache refuses to build and the live run keeps fp32
+(``"fp32"``): the cached run would be live and fp32 too. Which fields fit is found once per
+cache folder, by the build or by a pass of the live run over the split
+(:func:`targets_fit_fp16`), and kept in its ``fp16_range.json``.
 """
 
 from __future__ import annotations
@@ -30,9 +45,12 @@ from kdbench.data.loader import FrameSplit, to_model_input
 from kdbench.files import atomic_write_json, read_json
 from kdbench.models.outputs import LIST_FIELDS, PREFIX, flatten, from_batch, unflatten
 
-__all__ = ["TeacherCache", "ensure", "flatten", "from_batch", "unflatten"]
+__all__ = ["LiveTargets", "TeacherCache", "ensure", "flatten", "from_batch",
+           "targets_fit_fp16", "unflatten"]
 
 FP16_MAX = float(np.finfo(np.float16).max)
+RANGE_FILE = "fp16_range.json"  # {field: whether all its outputs on the split fit fp16}
+OVERFLOW = "a teacher output exceeds the fp16 range"
 
 
 def field_of(name: str) -> str:
@@ -43,6 +61,12 @@ def field_of(name: str) -> str:
     if head == "aux_logits":
         return f"{sub}_proj"
     return head  # logits, rgb_proj, freq_proj
+
+
+def in_fp16_range(values: Tensor) -> bool:
+    """Whether every value is finite and within fp16's range (what the cache can store)."""
+    values = values.float()
+    return bool(torch.isfinite(values).all()) and float(values.abs().max()) <= FP16_MAX
 
 
 def file_sha256(path: Path) -> str:
@@ -93,6 +117,83 @@ class TeacherCache:
 
 def _file_name(name: str) -> str:
     return name.replace(".", "_")
+
+
+class LiveTargets:
+    """The teacher's outputs for a training batch computed live, as a cached batch carries
+    them: the fields the cache would store, under its keys, fp32 and NCHW-contiguous, rounded
+    through fp16 when ``fp16`` (the cache's values) and kept fp32 otherwise."""
+
+    def __init__(self, teacher: nn.Module, fields: list[str], channels_last: bool,
+                 fp16: bool) -> None:
+        self.teacher, self.fields = teacher, sorted(fields)
+        self.channels_last, self.fp16 = channels_last, fp16
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> dict[str, Tensor]:
+        with torch.autocast(images.device.type, enabled=False):  # fp32, as the cache is built
+            flat = _teacher_outputs(self.teacher, self.fields, images.float(),
+                                    self.channels_last)
+        return {PREFIX + k: (v.half().float() if self.fp16 else v.float()).contiguous()
+                for k, v in flat.items()}
+
+
+def known_range(folder: Path | None) -> dict[str, bool]:
+    """What is known of each field of ``folder``: True if its outputs fit fp16 (a built field
+    does), False if one exceeds it."""
+    if folder is None or not Path(folder).is_dir():
+        return {}
+    path = Path(folder) / RANGE_FILE
+    known = {k: bool(v) for k, v in read_json(path).items()} if path.is_file() else {}
+    known.update({f: True for f in built_fields(Path(folder))})
+    return known
+
+
+def _remember_range(folder: Path, found: dict[str, bool]) -> None:
+    """Add ``found`` to ``folder``'s record (a memo: a disk too full to take it is no error)."""
+    path = Path(folder) / RANGE_FILE
+    try:
+        atomic_write_json(path, {**(read_json(path) if path.is_file() else {}), **found})
+    except OSError:
+        pass
+
+
+def targets_fit_fp16(teacher: nn.Module, needs: set[str], split: FrameSplit, size: int,
+                     device: torch.device, batch_size: int, folder: Path | None,
+                     channels_last: bool = False, progress: bool = False) -> bool:
+    """Whether the teacher's outputs of ``needs`` (+ logits) on every (frame, flip) of
+    ``split`` fit fp16, as the cache's build checks: from ``folder``'s record where known,
+    else by one pass over the split (under the cache's lock), which the record then keeps."""
+    from kdbench.train.store import wait_for_lock
+
+    fields = sorted(set(needs) | {"logits"})
+    args = (teacher, split, size, device, batch_size, channels_last, progress)
+    if folder is None:
+        return all(_scan(fields, *args).values())
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with wait_for_lock(folder):
+        known = known_range(folder)
+        todo = [f for f in fields if f not in known]
+        if todo and all(known.get(f, True) for f in fields):
+            found = _scan(todo, *args)
+            _remember_range(folder, found)
+            known.update(found)
+    return all(known.get(f, False) for f in fields)
+
+
+@torch.no_grad()
+def _scan(fields: list[str], teacher: nn.Module, split: FrameSplit, size: int,
+          device: torch.device, batch_size: int, channels_last: bool,
+          progress: bool) -> dict[str, bool]:
+    """Whether each field fits fp16 on ``split``: all True, or the fields found out of range
+    in the first batch that has one."""
+    for _pos, _flip, flat in _passes(teacher, fields, split, size, device, batch_size,
+                                     channels_last, progress, "teacher output range"):
+        over = {field_of(k): False for k, t in flat.items() if not in_fp16_range(t)}
+        if over:
+            return over
+    return {f: True for f in fields}
 
 
 @dataclass
@@ -152,6 +253,9 @@ def _ensure(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
             return CacheResult(TeacherCache(folder, fields), [])
         for stale in folder.glob(".building-*"):  # a build that was killed
             shutil.rmtree(stale, ignore_errors=True)
+        known = known_range(folder)
+        if any(known.get(f) is False for f in missing):  # found by an earlier build or scan
+            return CacheResult(None, [], reason=OVERFLOW)
         sizes = _field_bytes(teacher, missing, split, size, device, channels_last)
         need = sum(sizes.values())
         total = sum(have.values()) + need
@@ -167,7 +271,7 @@ def _ensure(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
         ok = _build(teacher, missing, split, size, device, batch_size, folder, channels_last,
                     progress)
         if not ok:
-            return CacheResult(None, [], reason="a teacher output exceeds the fp16 range")
+            return CacheResult(None, [], reason=OVERFLOW)
         have = built_fields(folder)
         return CacheResult(TeacherCache(folder, fields), missing, time.perf_counter() - t0,
                            built_bytes=sum(have[f] for f in missing))
@@ -194,36 +298,47 @@ def _field_bytes(teacher: nn.Module, fields: list[str], split: FrameSplit, size:
 
 
 @torch.no_grad()
+def _passes(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
+            device: torch.device, batch_size: int, channels_last: bool, progress: bool,
+            label: str):
+    """(positions, flip, outputs of ``fields``) for every batch of (frame, flip) of ``split``:
+    the unflipped frames in order, then the flipped."""
+    from kdbench.progress import progress_bar
+
+    n = len(split)
+    with progress_bar(progress) as bar:
+        task = bar.add_task(label, total=2 * n)
+        for flip in (False, True):
+            for start in range(0, n, batch_size):
+                pos = np.arange(start, min(start + batch_size, n))
+                batch = to_model_input(split[(pos, np.full(len(pos), flip))], device, size)
+                yield pos, flip, _teacher_outputs(teacher, fields, batch["image"], channels_last)
+                bar.update(task, advance=len(pos))
+
+
+@torch.no_grad()
 def _build(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
            device: torch.device, batch_size: int, folder: Path, channels_last: bool,
            progress: bool) -> bool:
     """Compute ``fields`` for every (frame, flip) into ``.building-*`` folders, then rename
-    each into place; False (nothing published) if a value overflows fp16."""
-    from kdbench.progress import progress_bar
-
+    each into place; False (nothing published, the field recorded in ``fp16_range.json``) if
+    a value overflows fp16."""
     n = len(split)
     tmp = {f: folder / f".building-{f}-{time.time_ns()}" for f in fields}
     arrays: dict[str, np.ndarray] = {}
     try:
-        with progress_bar(progress) as bar:
-            task = bar.add_task("teacher cache", total=2 * n)
-            for flip in (False, True):
-                for start in range(0, n, batch_size):
-                    pos = np.arange(start, min(start + batch_size, n))
-                    batch = to_model_input(split[(pos, np.full(len(pos), flip))], device, size)
-                    flat = _teacher_outputs(teacher, fields, batch["image"], channels_last)
-                    for name, t in flat.items():
-                        if name not in arrays:
-                            path = tmp[field_of(name)] / f"{_file_name(name)}.npy"
-                            path.parent.mkdir(parents=True, exist_ok=True)
-                            arrays[name] = np.lib.format.open_memmap(
-                                path, mode="w+", dtype=np.float16, shape=(2 * n, *t.shape[1:]))
-                        values = t.float()
-                        if not bool(torch.isfinite(values).all()) or float(
-                                values.abs().max()) > FP16_MAX:
-                            return False
-                        arrays[name][2 * pos + int(flip)] = values.half().cpu().numpy()
-                    bar.update(task, advance=len(pos))
+        for pos, flip, flat in _passes(teacher, fields, split, size, device, batch_size,
+                                       channels_last, progress, "teacher cache"):
+            for name, t in flat.items():
+                if name not in arrays:
+                    path = tmp[field_of(name)] / f"{_file_name(name)}.npy"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    arrays[name] = np.lib.format.open_memmap(
+                        path, mode="w+", dtype=np.float16, shape=(2 * n, *t.shape[1:]))
+                if not in_fp16_range(t):
+                    _remember_range(folder, {field_of(name): False})
+                    return False
+                arrays[name][2 * pos + int(flip)] = t.float().half().cpu().numpy()
         for arr in arrays.values():
             arr.flush()
         for f in fields:

@@ -4,6 +4,7 @@ a resumable checkpoint every epoch."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import pickle
 import random
@@ -16,18 +17,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdbench import distributed, threads
+from kdbench import distributed
 from kdbench.config import AUTO_SETTINGS
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
 from kdbench.files import atomic_torch_save, atomic_write_jsonl, plain
-from kdbench.progress import console, progress_bar
+from kdbench.progress import progress_bar
 from kdbench.train import teacher_cache
 from kdbench.train.events import EventLog
 from kdbench.train.metrics import best_threshold, detection_metrics
 from kdbench.train.predictions import Predictions
 
+log = logging.getLogger(__name__)
+
 CHECK_EVERY = 20  # steps between finiteness checks of the loss (each check syncs the device)
+HEARTBEAT_S = 60.0  # a log (no live bar) gets a progress line inside an epoch at least this often
 
 
 class Learner(Protocol):
@@ -116,6 +120,21 @@ def _better(val: dict[str, float], best: dict[str, Any] | None, key: str) -> boo
     return best is None or score(val) > score(best["val"])
 
 
+def _resumed_threads(label: str, ckpt: dict[str, Any], start: int) -> int:
+    """The first epoch of the stretch this process's thread count continues: ``last.pt``'s when
+    it was saved on this count, else the next epoch, and one line says so (an old checkpoint
+    without its ``torch_threads`` says nothing)."""
+    now, saved = torch.get_num_threads(), ckpt.get("torch_threads")
+    if saved is None:
+        return start + 1
+    since = ckpt.get("torch_threads_from", 1)
+    if saved == now:
+        return since
+    log.info(f"{label}: continues on {now} threads; epochs {since}-{start} ran on {saved} "
+             "(CPU results depend on the thread count)")
+    return start + 1
+
+
 class Trainer:
     """Train ``learner`` on ``splits['train']``, select on ``val``, report ``test``.
 
@@ -149,6 +168,11 @@ class Trainer:
         self.teacher_fields = set(teacher_fields or ())  # the plan's: built in one pass
         self.lookup: Callable[[np.ndarray], dict[str, Tensor]] | None = None
         self.teacher_outputs: str | None = None  # "cache" | "live" once fit has started
+        # called after each epoch with (epochs left, seconds the epoch took): plan estimates
+        self.on_epoch: Callable[[int, float], None] | None = None
+        # "fp16" | "fp32": the teacher's targets, the same with and without the cache
+        self.teacher_targets: str | None = None
+        self.live_targets: teacher_cache.LiveTargets | None = None  # when not from the cache
         self.sync_bn = bool(train_cfg.get("sync_bn", False))
         self._forward: Callable[[dict[str, Tensor]], Any] | None = None  # DDP's, once fitting
         self.last_probs: np.ndarray | None = None  # of the last evaluate()
@@ -208,13 +232,15 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         extras: dict[str, Any] = {}
         correct, seen, steps = torch.zeros((), device=self.device), 0, 0
-        t0 = time.perf_counter()
+        t0 = beat = time.perf_counter()
         pending: list[Tensor] = []
         step_base = epoch * (len(data) // self.cfg["batch_size"] or 1)
         losses: dict[str, Tensor] = {}
         ranks = distributed.size()
         for step, b in enumerate(self._batches("train", self.cfg["batch_size"], shuffle=True,
                                                epoch=epoch, lookup=self.lookup)):
+            if self.live_targets is not None:  # where the cached outputs enter a batch
+                b.update(self.live_targets(b["image"]))
             logits, losses, extra = self.train_step(b, opt, step_base + step)
             for k, v in extra.items():
                 value = v.detach().float() if isinstance(v, Tensor) else float(v)
@@ -225,6 +251,10 @@ class Trainer:
             correct += (logits.detach().argmax(1) == b["label"]).sum()
             seen += len(b["label"]) * ranks  # the global batch: equal slices on every rank
             steps += 1
+            if time.perf_counter() - beat >= HEARTBEAT_S and not bar.live.is_started:
+                beat = time.perf_counter()  # a log file hears from a long epoch every minute
+                log.info(f"{self.label} epoch {epoch + 1}/{self.cfg['epochs']}: {seen}/"
+                         f"{len(data)} images, {seen / (beat - t0):.0f} img/s")
             if steps % CHECK_EVERY == 0 or seen == len(data):  # the only reads of the device
                 self._check_finite(pending, losses, epoch, step)
                 pending.clear()
@@ -259,34 +289,42 @@ class Trainer:
     def _attach_teacher_cache(self) -> None:
         """Batches of a distiller with a teacher carry the teacher's outputs from the shared
         on-disk cache (built here by the first run that needs them; see
-        :mod:`kdbench.train.teacher_cache`), unless ``train.teacher_cache_gb`` is too small."""
+        :mod:`kdbench.train.teacher_cache`), unless ``train.teacher_cache_gb`` is too small:
+        then computed live, rounded as the cache stores them (fp16, or fp32 for both when an
+        output exceeds fp16's range), so the cache changes no number."""
         teacher = getattr(self.learner, "teacher", None)
         needs = getattr(self.learner, "teacher_needs", None)
         if teacher is None or needs is None:
             return
-        self.teacher_outputs = "live"
+        self.teacher_outputs, self.lookup, self.live_targets = "live", None, None
+        fields = sorted(set(needs()) | {"logits"})
         budget = int(float(self.cfg.get("teacher_cache_gb", 0)) * 2**30)
-        if self.teacher_cache_dir is None or budget <= 0:
-            return
-        got = teacher_cache.ensure(
-            teacher, needs(), self.splits["train"], self.size, self.device,
-            self.cfg["eval_batch_size"], self.teacher_cache_dir, budget, self.channels_last,
-            self.progress, also=self.teacher_fields)
-        fields = ", ".join(sorted(set(needs()) | {"logits"}))
-        if got.cache is None:
-            console.print(f"{self.label}: teacher outputs computed live ({got.reason})",
-                          highlight=False)
+        train, bs = self.splits["train"], self.cfg["eval_batch_size"]
+        got = None
+        if self.teacher_cache_dir is not None and budget > 0:
+            got = teacher_cache.ensure(
+                teacher, needs(), train, self.size, self.device, bs, self.teacher_cache_dir,
+                budget, self.channels_last, self.progress, also=self.teacher_fields)
+        if got is None or got.cache is None:
+            fp16 = teacher_cache.targets_fit_fp16(
+                teacher, needs(), train, self.size, self.device, bs, self.teacher_cache_dir,
+                self.channels_last, self.progress)
+            self.live_targets = teacher_cache.LiveTargets(teacher, fields, self.channels_last,
+                                                          fp16)
+            self.teacher_targets = "fp16" if fp16 else "fp32"
+            if got is not None:
+                log.info(f"{self.label}: teacher outputs computed live ({got.reason}), "
+                         f"{self.teacher_targets} targets")
             return
         if got.built:
-            console.print(f"teacher cache: built {', '.join(got.built)} for "
-                          f"{len(self.splits['train'])} frames x 2 flips, "
-                          f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s "
-                          f"({self.teacher_cache_dir})", highlight=False)
+            log.info(f"teacher cache: built {', '.join(got.built)} for "
+                     f"{len(train)} frames x 2 flips, "
+                     f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s "
+                     f"({self.teacher_cache_dir})")
         else:
-            console.print(f"{self.label}: teacher outputs from the cache ({fields})",
-                          highlight=False)
+            log.info(f"{self.label}: teacher outputs from the cache ({', '.join(fields)})")
         self.lookup = got.cache.read
-        self.teacher_outputs = "cache"
+        self.teacher_outputs, self.teacher_targets = "cache", "fp16"
 
     def _prepare_models(self) -> None:
         """The learner told the training frames' labels (``on_train_data``, before its
@@ -329,6 +367,7 @@ class Trainer:
             raise KdbenchError(f"{self.label}: a method trace may not be named {reserved[0]!r} "
                                "(the trainer writes history.jsonl); rename it")
         last = self.run_dir / "last.pt"
+        threads_from = 1  # the first epoch run on the current thread count
         if resume and last.is_file():
             ckpt = load_checkpoint(last)  # the optimizer and model move it to the device
             self.learner.load_state_dict(ckpt["learner"])
@@ -338,12 +377,12 @@ class Trainer:
             sched.load_state_dict(ckpt["scheduler"])
             _set_rng_state(ckpt["rng"])
             start, history, best, wall = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["wall"]
+            threads_from = _resumed_threads(self.label, ckpt, start)
         self._attach_teacher_cache()
         self.events = EventLog(self.run_dir, bool(cfg.get("tensorboard")) and distributed.is_main())
         n = len(self.splits["train"])
         with progress_bar(self.progress) as bar:
             for epoch in range(start, cfg["epochs"]):
-                threads.rebalance_if_shared()
                 t0 = time.perf_counter()
                 task = bar.add_task(f"{self.label} {epoch + 1}/{cfg['epochs']}", total=n)
                 row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
@@ -362,8 +401,11 @@ class Trainer:
                 summary = (f"loss {row['train_loss']:.4f}  val acc {val['acc']:.4f} "
                            f"auc {val['auc']:.4f}  {row['train_images_per_s']:.0f} img/s")
                 bar.update(task, info=summary)
-                console.print(f"{self.label} epoch {epoch + 1}/{cfg['epochs']}: {summary}",
-                              highlight=False)
+                left = (time.perf_counter() - t0) * (cfg["epochs"] - epoch - 1)
+                log.info(f"{self.label} epoch {epoch + 1}/{cfg['epochs']}: {summary}"
+                         + (f"  (about {left / 60:.0f} min left)" if left >= 60 else ""))
+                if self.on_epoch is not None:
+                    self.on_epoch(cfg["epochs"] - epoch - 1, time.perf_counter() - t0)
                 self.events.scalars({k: v for k, v in row.items() if k != "epoch"}, epoch + 1,
                                     "epoch/")
                 self.events.traces(traces)
@@ -373,6 +415,8 @@ class Trainer:
                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "rng": _rng_state(), "best": plain(best), "history": plain(history),
                         "wall": wall, "traces": plain(traces),
+                        "torch_threads": torch.get_num_threads(),
+                        "torch_threads_from": threads_from,
                     })
                     atomic_write_jsonl(self.run_dir / "history.jsonl", history)
                     for name, rows in traces.items():
@@ -393,7 +437,8 @@ class Trainer:
         return {"best_epoch": best["epoch"], "val": best["val"], "test": test,
                 "threshold": threshold, "predictions": predictions,
                 "history": history, "wall_time_s": wall + time.perf_counter() - t0,
-                "teacher_outputs": self.teacher_outputs, **ranks}
+                "teacher_outputs": self.teacher_outputs,
+                "teacher_targets": self.teacher_targets, **ranks}
 
     def _ranks_record(self) -> dict[str, Any]:
         """``world_size``, and under torchrun each rank's sha256 of the trained learner's state
@@ -402,8 +447,8 @@ class Trainer:
             return {"world_size": 1}
         digests = distributed.gather_objects(distributed.state_digest(self.learner))
         if len(set(digests)) > 1:
-            console.print(f"[yellow]{self.label}: the ranks' trained states differ "
-                          f"({len(set(digests))} distinct); rank 0's is kept[/]", highlight=False)
+            log.warning(f"{self.label}: the ranks' trained states differ "
+                        f"({len(set(digests))} distinct); rank 0's is kept")
         return {"world_size": distributed.size(),
                 "data_parallel": {"backend": distributed.backend(), "sync_bn": self.sync_bn,
                                   "state_sha256_by_rank": digests}}

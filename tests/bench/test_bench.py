@@ -6,6 +6,7 @@ Run: ``pytest tests/bench --benchmark-only -s``; the full measurement is ``kdben
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,33 +17,39 @@ from kdbench.registry import load_registry
 from tests.conftest import write_prepared
 
 
-@pytest.fixture(scope="module")
-def figures(tmp_path_factory):
-    root = write_prepared(tmp_path_factory.mktemp("p") / "p", videos_per_split=(16, 2, 2),
-                          frames=4, size=32)
+@pytest.mark.slow
+def test_bench_reports_every_figure(benchmark, tmp_path):
+    root = write_prepared(tmp_path / "p", videos_per_split=(16, 2, 2), frames=4, size=32)
     reg = load_registry()
     entries = [reg["vanilla"], reg["pkt"], reg["tokd"]]
-    return run_bench("quick", "resnet18_thin", torch.device("cpu"), entries, reg, steps=1,
-                     rounds=1, threads_check=False, progress=False,
-                     data=load_prepared(root, "synthetic"))
-
-
-def test_bench_reports_every_figure(benchmark, figures):
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    figures = benchmark.pedantic(  # the benchmark: one quick `kdbench bench` of three methods
+        run_bench, args=("quick", "resnet18_thin", torch.device("cpu"), entries, reg),
+        kwargs={"steps": 1, "rounds": 1, "threads_check": False, "progress": False,
+                "data": load_prepared(root, "synthetic")}, rounds=1, iterations=1)
     benchmark.extra_info.update(json.loads(json.dumps(figures)))
     assert figures["device"].startswith("cpu") and figures["preset"] == "quick"
+    assert (figures["steps"], figures["rounds"], figures["student"]) == (1, 1, "resnet18_thin")
     assert figures["amp"] is False and figures["channels_last"] is True  # auto, on the CPU
     for key in ("loader_images_per_s", "bare_images_per_s", "loop_images_per_s",
                 "loop_over_bare", "peak_memory_mb", "cache_build_s"):
-        assert figures[key] > 0
+        assert math.isfinite(figures[key]) and figures[key] > 0, key
+    assert figures["loop_over_bare"] == pytest.approx(
+        figures["loop_images_per_s"] / figures["bare_images_per_s"])
+    assert "processes" not in figures  # threads_check=False: no side-by-side processes
+    # vanilla is the teacher-free baseline; every teacher mode of the others is timed against it
     assert set(figures["kd_over_vanilla"]) == {"pkt/rgb", "pkt/both", "tokd/rgb", "tokd/both"}
-    assert all(r["live"] > 0 and r["cached"] > 0 for r in figures["kd_over_vanilla"].values())
+    assert all(math.isfinite(r["live"]) and math.isfinite(r["cached"])
+               for r in figures["kd_over_vanilla"].values())
     rot = figures["rotation_over_none"]  # declared by tokd's registry entry
     assert set(rot) == {"1024", "2048", "size"} and rot["size"] == 96
-    json.dumps(figures)  # the --json file's content
-    assert bench_table(figures).row_count >= 10
+    table = bench_table(figures)
+    assert table.row_count >= 10
+    labels = list(table.columns[0].cells)
+    assert "tokd/both over the baseline (live / cached)" in labels
+    assert "rotation_over_none 2048 (96 px)" in labels
 
 
+@pytest.mark.slow
 def test_side_by_side_processes_take_their_share_of_the_cores():
     from kdbench.bench import side_by_side
     from kdbench.threads import busy_elsewhere

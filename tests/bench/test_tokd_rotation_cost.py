@@ -18,6 +18,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from kdbench.methods import Distiller
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.registry import load_registry
@@ -37,9 +38,10 @@ def setup():
     return teacher, batch, fixed
 
 
-def _tokd_step(teacher, batch, fixed, hp: dict) -> Callable[[], float]:
+def _tokd_step(teacher, batch, fixed, hp: dict) -> tuple[Callable[[], float], Distiller]:
     """One training step of a fresh TOKD (both) as the trainer takes it: forward, backward,
-    ``after_backward`` (the rotation step), Adam; returns a function timing one more."""
+    ``after_backward`` (the rotation step), Adam; returns a function timing one more, and the
+    method."""
     entry = load_registry()["tokd"]
     torch.manual_seed(0)
     method = entry.resolve()(create_student("resnet18_thin"), teacher, "both",
@@ -60,13 +62,14 @@ def _tokd_step(teacher, batch, fixed, hp: dict) -> Callable[[], float]:
         return time.perf_counter() - t0
 
     step()  # warm-up
-    return step
+    return step, method
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("d", [1024, 2048])
 def test_tokd_rotation_step_over_no_rotation(benchmark, setup, d):
-    rotated = _tokd_step(*setup, {"d": d})
-    plain = _tokd_step(*setup, {"d": d, "rotation": False})
+    rotated, with_r = _tokd_step(*setup, {"d": d})
+    plain, without_r = _tokd_step(*setup, {"d": d, "rotation": False})
 
     def interleaved() -> tuple[float, float]:  # alternated, so drift hits both alike
         times = [(rotated(), plain()) for _ in range(ROUNDS)]
@@ -77,4 +80,10 @@ def test_tokd_rotation_step_over_no_rotation(benchmark, setup, d):
                                  "rotation_over_off": t / off})
     print(f"\ntokd both, d={d}: rotation {t * 1000:.0f} ms/step, rotation=false "
           f"{off * 1000:.0f} ms, {t / off:.2f}x")
-    assert t > 0 and off > 0
+    # what was timed: steps that move each R in SO(d) off the identity, against no rotation
+    assert set(with_r.rotations) == {"rgb", "freq"} and len(without_r.rotations) == 0
+    for rotation in with_r.rotations.values():
+        r = rotation.matrix().double()
+        assert r.shape == (d, d)
+        assert (r - torch.eye(d, dtype=r.dtype)).abs().max() > 1e-6  # it moved
+        assert (r.T @ r - torch.eye(d, dtype=r.dtype)).abs().max() < 1e-4  # and is orthogonal

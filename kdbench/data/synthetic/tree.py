@@ -170,7 +170,11 @@ def generate(
         for p in pairs
         for a, b in (p, p[::-1])
     ]
-    _run(jobs, workers, progress)
+    from kdbench.progress import keeping
+
+    with keeping("the videos generated so far are kept - run the same command again to "
+                 "generate the rest"):
+        _run(jobs, workers, progress)
     counts = {"real": len(jobs), **{m: len(jobs) for m in MANIPULATIONS}}
     _write_json(marker, {**want, "videos": counts})
     partial.unlink(missing_ok=True)

@@ -1,0 +1,157 @@
+"""The teacher of a plan: its folder, trained once per (dataset, teacher config) or loaded, and
+the shared cache of the outputs the plan's runs read."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdbench import distributed
+from kdbench.config import (
+    OUTPUT_SETTINGS,
+    PARALLEL_SETTINGS,
+    SPEED_SETTINGS,
+    RunSpec,
+    config_hash,
+)
+from kdbench.models.students import create_student
+from kdbench.models.teacher import DualBranchTeacher
+from kdbench.registry import MethodEntry
+from kdbench.train.runner import Context, _clear, _finished, _progress, _record, _summary
+from kdbench.train.store import claim, wait_for_lock
+from kdbench.train.teacher_cache import file_sha256
+from kdbench.train.teacher_task import TeacherTask
+from kdbench.train.trainer import load_checkpoint, seed_everything
+
+log = logging.getLogger(__name__)
+
+# settings that cannot change a trained teacher (eval_batch_size stays in: kdbench 0.1 and 0.2
+# named teacher folders with it, and renaming them would retrain every stored teacher)
+NOT_TEACHER_SETTINGS = (SPEED_SETTINGS - {"eval_batch_size"}) | PARALLEL_SETTINGS | OUTPUT_SETTINGS
+
+
+def teacher_folder(results: Path, dataset: str, cfg: dict[str, Any]) -> Path:
+    """``<results>/teachers/<dataset>/<backbone>-<hash of the settings that shape it>``."""
+    key = config_hash({"dataset": dataset, "data": {k: v for k, v in cfg["data"].items()
+                                                    if k != "workers"},
+                       "train": {k: v for k, v in cfg["train"].items()
+                                 if k not in NOT_TEACHER_SETTINGS},
+                       "teacher": cfg["teacher"]})
+    return Path(results) / "teachers" / dataset / f"{cfg['teacher']['backbone']}-{key}"
+
+
+def teacher_dir(ctx: Context) -> Path:
+    """The folder of ``ctx``'s teacher."""
+    return teacher_folder(ctx.results, ctx.dataset, ctx.config)
+
+
+def build_teacher(cfg: dict[str, Any]) -> DualBranchTeacher:
+    """The (untrained) teacher of the settings ``cfg``."""
+    t = cfg["teacher"]
+    return DualBranchTeacher(t["backbone"], t["proj_dim"], t["hp_cutoff"], t["pretrained"])
+
+
+def ensure_teacher(ctx: Context) -> DualBranchTeacher:
+    """Train the teacher for this dataset and config once (continuing an interrupted
+    training); later calls load it. Another process training it is waited for."""
+    run_dir = teacher_dir(ctx)
+    seed = ctx.config["teacher"]["seed"]
+    seed_everything(seed)
+    teacher = build_teacher(ctx.config)
+    while True:
+        with claim(run_dir) as mine:
+            if mine:
+                return _train_or_load_teacher(ctx, run_dir, teacher, seed)
+        log.info(f"teacher: another kdbench process is training {run_dir}; waiting for it")
+        with wait_for_lock(run_dir):  # each rank waits on the lock itself, then claims again
+            pass
+
+
+def teacher_fields(specs: list[tuple[RunSpec, MethodEntry]],
+                   teacher: DualBranchTeacher) -> set[str]:
+    """The teacher fields the distillation runs of ``specs`` read (their union), so the
+    shared cache computes them in one pass over the frames."""
+    fields: set[str] = set()
+    for spec, entry in specs:
+        if spec.mode == "none":
+            continue
+        student = create_student(spec.student)
+        fields |= set(entry.resolve()(student, teacher, spec.mode, **spec.hparams)
+                      .teacher_needs())
+    return fields
+
+
+def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
+    """Build the shared cache of ``ctx.teacher_fields`` now, as the first distillation run
+    would (the teacher's job of a launcher does this on the whole machine)."""
+    from kdbench.train import teacher_cache
+    from kdbench.train.trainer import on_device
+
+    cfg = ctx.config["train"]
+    budget = int(float(cfg.get("teacher_cache_gb", 0)) * 2**30)
+    folder = ctx.teacher_cache_dir()
+    if not ctx.teacher_fields or folder is None or budget <= 0:
+        return
+    channels_last = on_device(cfg, "channels_last", ctx.device)
+    teacher.to(ctx.device, **({"memory_format": torch.channels_last} if channels_last else {}))
+    got = teacher_cache.ensure(teacher, set(ctx.teacher_fields), ctx.splits["train"],
+                               ctx.config["data"]["size"], ctx.device, cfg["eval_batch_size"],
+                               folder, budget, channels_last, ctx.progress)
+    if got.cache is None:
+        log.info(f"teacher cache: not built ({got.reason}); the runs use the live teacher")
+    elif got.built:
+        log.info(f"teacher cache: built {', '.join(got.built)} for "
+                      f"{len(ctx.splits['train'])} frames x 2 flips, "
+                      f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s ({folder})")
+    else:
+        log.info(f"teacher cache: {', '.join(got.cache.fields)} already built ({folder})")
+
+
+def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
+                           seed: int) -> DualBranchTeacher:
+    # the weights a teacher retrained for a lost checkpoint must reproduce (students used them)
+    recorded = distributed.on_main(lambda: (_finished(run_dir) or {}).get("weights_sha256"))
+    done = distributed.on_main(lambda: _finished_teacher(run_dir))
+    if done is None:
+        held = _progress(run_dir)  # an interrupted teacher continues, as the students do
+        log.info(f"continue teacher: {held} in {run_dir} (--restart does not discard a "
+                 "teacher)" if held else f"teacher {run_dir}")
+        task = TeacherTask(teacher)
+        result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=True)
+        done = distributed.on_main(lambda: _record(
+            ctx, run_dir, result, teacher,
+            {"role": "teacher", "backbone": teacher.name, "seed": seed,
+             "weights_sha256": file_sha256(run_dir / "best.pt"),
+             **({"recorded_sha256": recorded} if recorded else {})}))
+        _summary("teacher", done)
+        if recorded and recorded != done["weights_sha256"]:
+            log.warning(f"teacher: the weights trained again differ from the recorded "
+                          f"ones (sha256 {done['weights_sha256'][:12]} vs {recorded[:12]}); the "
+                          "students distilled from the recorded teacher are marked † in the "
+                          "tables")
+    else:
+        TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
+        log.info(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
+    ctx.teacher_sha256 = file_sha256(run_dir / "best.pt")
+    return teacher.to(ctx.device).eval()
+
+
+def _finished_teacher(run_dir: Path) -> dict[str, Any] | None:
+    """The finished teacher's metrics (None if it is to be trained); a committed result store
+    keeps metrics but no checkpoints: that teacher is trained again (deterministically)."""
+    done = _finished(run_dir)
+    if done is not None and not (run_dir / "best.pt").is_file():
+        log.info(f"teacher: {run_dir} has metrics but no best.pt; training it again")
+        _clear(run_dir)
+        return None
+    return done
+
+
+def teacher_test(ctx: Context) -> dict[str, Any] | None:
+    """The test metrics of the teacher a run distilled from (it may be retrained later)."""
+    done = _finished(teacher_dir(ctx))
+    return done["test"] if done else None
+
