@@ -164,8 +164,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from kdbench import api
 
     with keeping(EXPORT_KEPT):
-        api.export(args.run, format=args.format, data_root=args.data_root,
-                   threads=args.threads, teacher=not args.no_teacher)
+        record = api.export(args.run, format=args.format, data_root=args.data_root,
+                            threads=args.threads, teacher=not args.no_teacher)
+    return _print_deploy(record)
+
+
+def _print_deploy(record: dict) -> int:
+    """A run's deploy record as the deploy table, on stdout."""
+    from kdbench.progress import stdout_console
+    from kdbench.report.deploy import deploy_report
+
+    stdout_console().print(deploy_report([record]).markdown(), highlight=False, markup=False)
     return 0
 
 
@@ -176,8 +185,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise KdbenchError("say the precision: `kdbench quantize RUN_DIR --int8` (the only one "
                            "so far)")
     with keeping(EXPORT_KEPT):
-        api.quantize(args.run, calib=args.calib, data_root=args.data_root, threads=args.threads)
-    return 0
+        record = api.quantize(args.run, calib=args.calib, data_root=args.data_root,
+                              threads=args.threads)
+    return _print_deploy(record)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:

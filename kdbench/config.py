@@ -194,6 +194,11 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
     return cfg
 
 
+def default_preset(device: str) -> str:
+    """The preset a run gets when none is named: paper on CUDA, cpu otherwise."""
+    return "paper" if str(device).startswith("cuda") else "cpu"
+
+
 def preset_students(preset: str) -> list[str]:
     """The students a preset trains when ``--students`` is not given."""
     if preset not in PRESETS:

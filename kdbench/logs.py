@@ -22,12 +22,28 @@ def to_stderr(level: int = logging.INFO) -> None:
                                                show_path=False, show_level=False)
         handler.setFormatter(_Plain("%(message)s"))
     else:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(_Plain("%(message)s"))
     handler.kdbench = True  # type: ignore[attr-defined]
     log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+
+
+class _Stderr(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at each record (a worker's job
+    log, a test's capture), not the stream it was created with."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 class _Plain(logging.Formatter):

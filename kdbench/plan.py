@@ -8,17 +8,19 @@ names the resolved preset and device, and plans that one run again where it star
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kdbench.config import BACKBONES, RunSpec, preset_students, resolve_config
+from kdbench.config import BACKBONES, RunSpec, default_preset, preset_students, resolve_config
 from kdbench.errors import KdbenchError, did_you_mean
 from kdbench.registry import MethodEntry
 from kdbench.request import RunRequest
 
 TEACHER = "teacher"  # the --only name of the plan's teacher
+log = logging.getLogger(__name__)
 
 
 def run_name(spec: RunSpec) -> str:
@@ -72,7 +74,10 @@ def plan(request: RunRequest) -> Plan:
     _check_launch(request)
     checked = _check(request, request.preset or "cpu")
     device = _device(request)
-    preset = request.preset or ("paper" if device.startswith("cuda") else "cpu")
+    if request.launcher == "print" and request.device in (None, "auto"):
+        log.warning(f"the commands name --device {device}, as resolved on this machine; give "
+                    "--device cuda (or cpu) for the machines that will run them")
+    preset = request.preset or default_preset(device)
     if preset != (request.preset or "cpu"):  # the GPU default: check its settings, students
         checked = _check(request, preset)
     overrides, reg, students = checked
@@ -94,6 +99,9 @@ def _check_launch(r: RunRequest) -> None:
     """The launcher options fit together."""
     if r.launcher != "local" and (r.workers is not None or r.gpus):
         raise KdbenchError("--workers and --gpus go with --launcher local")
+    if r.gpus and r.device not in (None, "auto", "cuda"):
+        raise KdbenchError(f"--device {r.device} with --gpus: each worker sees its one GPU as "
+                           "cuda:0; drop --device (or give --device cuda)")
     slurm = {f: getattr(r, f) for f in ("slurm_partition", "slurm_folder")}
     defaults = RunRequest()
     changed = [f for f in ("slurm_gpus_per_job", "slurm_time", "slurm_max_parallel",
@@ -181,12 +189,14 @@ def _device(r: RunRequest) -> str:
     SLURM jobs with GPUs); else cuda when this machine has one, cpu otherwise."""
     if r.device not in (None, "auto"):
         return r.device
-    if r.gpus or (r.launcher == "slurm" and r.slurm_cluster == "slurm"
-                  and r.slurm_gpus_per_job > 0):
-        return "cuda"
+    if r.launcher == "slurm" and r.slurm_cluster == "slurm" and r.slurm_gpus_per_job > 0:
+        return "cuda"  # the login node need not have the jobs' GPUs
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if r.gpus and not torch.cuda.is_available():
+        raise KdbenchError(f"--gpus {','.join(r.gpus)}: no CUDA device is visible here; drop "
+                           "--gpus to run on the CPU")
+    return "cuda" if r.gpus or torch.cuda.is_available() else "cpu"
 
 
 def _runs(r: RunRequest, reg: dict[str, MethodEntry],

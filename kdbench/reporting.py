@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from kdbench.config import DEFAULT_RESULTS
+from kdbench.config import DEFAULT_RESULTS, default_preset
 from kdbench.errors import KdbenchError, did_you_mean
 
 if TYPE_CHECKING:
@@ -192,20 +192,18 @@ def bench(preset: str | None = None, *, student: str | None = None, device: str 
 
         check_writable(Path(json_path).resolve().parent, "the --json folder",
                        "give --json a file name in a folder")
-    import torch
-
     from kdbench.bench import run_bench
+    from kdbench.deploy.measure import torch_threads
+    from kdbench.threads import usable_cores
     from kdbench.train.runner import pick_device
 
     torch_device = pick_device(device)
-    chosen = preset or ("paper" if torch_device.type == "cuda" else "cpu")
-    preset_students(chosen)
-    from kdbench.threads import usable_cores
-
-    torch.set_num_threads(threads or usable_cores())
-    result = run_bench(chosen, student or preset_students(chosen)[0], torch_device, entries, reg,
-                       dataset=dataset, data_root=Path(data_root) if data_root else None,
-                       steps=steps, rounds=rounds, threads_check=processes, progress=progress)
+    chosen = preset or default_preset(torch_device.type)
+    with torch_threads(threads or usable_cores()):  # restored after, for a notebook
+        result = run_bench(chosen, student or preset_students(chosen)[0], torch_device, entries,
+                           reg, dataset=dataset, data_root=Path(data_root) if data_root else None,
+                           steps=steps, rounds=rounds, threads_check=processes,
+                           progress=progress)
     if json_path is not None:
         from kdbench.files import atomic_write_json
 
@@ -228,7 +226,7 @@ def _cost(preset: str | None, dataset: str | None, student: str | Sequence[str] 
     from kdbench.train.runner import pick_device
 
     torch_device = pick_device(device)
-    preset = preset or ("paper" if torch_device.type == "cuda" else "cpu")
+    preset = preset or default_preset(torch_device.type)
     config = resolve_config(preset, dataset or "synthetic", {})
     return tables.cost(chosen or preset_students(preset), config["teacher"],
                        size or config["data"]["size"], torch_device, measure=measure)

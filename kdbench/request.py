@@ -132,8 +132,8 @@ class RunRequest:
         "command per run, teacher first; local: worker processes on this machine; slurm: "
         "submitit jobs", choices=LAUNCHERS, group="launchers")
     workers: int | None = _opt(
-        None, "--workers", "local: worker processes (default: one per GPU of --gpus, or the "
-        "usable cores up to 8, each with its share of the threads)", kind="int",
+        None, "--workers", "local: worker processes (default: one per GPU of --gpus, or of a "
+        "CUDA plan; else the usable cores up to 8, each with its share of the threads)", kind="int",
         group="launchers")
     gpus: tuple[str, ...] = _opt((), "--gpus", "local: comma list of GPU ids, one worker each "
                                  "in turn (CUDA_VISIBLE_DEVICES)", kind="list", group="launchers")
@@ -149,6 +149,9 @@ class RunRequest:
     slurm_folder: Path | None = _opt(None, "--slurm-folder", "slurm: submitit's folder of job "
                                      "scripts and logs (default: <results>/slurm)", kind="path",
                                      group="launchers")
+    slurm_cpus_per_job: int | None = _opt(None, "--slurm-cpus-per-job", "slurm: CPUs per job "
+                                          "(default: the cluster's)", kind="int",
+                                          group="launchers")
     slurm_cluster: str = _opt("slurm", "--slurm-cluster", "slurm: local or debug runs the same "
                               "submitit jobs on this machine", choices=SLURM_CLUSTERS,
                               group="launchers")
@@ -167,7 +170,7 @@ class RunRequest:
             items = vars(slurm) if not isinstance(slurm, Mapping) else slurm
             renames = {"time_min": "time", "gpus_per_job": "gpus_per_job"}
             for k, v in dict(items).items():
-                if v is not None and k != "cpus_per_job":
+                if v is not None:
                     given.setdefault(f"slurm_{renames.get(k, k)}", v)
         values: dict[str, Any] = {}
         for name, value in given.items():
@@ -179,15 +182,12 @@ class RunRequest:
                 raise KdbenchError(f"{opt.flag} is not an option of kdbench {command}")
             if value is not None:
                 values[name] = _normalise(name, opt, value)
+            elif name == "cross_dataset" and command == "reproduce":
+                values[name] = "none"  # the API's cross_dataset=None: no cross test
         for name, value in COMMAND_DEFAULTS.get(command, {}).items():
             values.setdefault(name, value)
         values.setdefault("results", _path(DEFAULT_RESULTS))  # jobs start in other folders
         return cls(**values)
-
-    def given(self) -> dict[str, Any]:
-        """The fields that differ from their defaults (the run command's)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) != _default(f)}
 
     def lock_folder(self) -> Path | None:
         """``lock_dir``, else ``$KDBENCH_LOCK_DIR``, else None (locks beside the runs)."""
@@ -198,18 +198,21 @@ class RunRequest:
 
     def job(self, only: str) -> RunRequest:
         """The request of one job of this (resolved) plan: ``only`` that run, in process."""
-        launch = {f.name: _default(f) for f in fields(self)
+        launch = {f.name: f.default for f in fields(self)
                   if _opt_meta(f).group == "launchers"}
         return replace(self, only=only, restart=False, command=None, **launch)
 
     # ------------------------------------------------------------------ writing one
 
-    def to_argv(self) -> list[str]:
-        """``kdbench run`` arguments for this request (every field that is not its default)."""
-        out = ["run"]
-        for f in sorted(fields(self), key=lambda f: f.name == "only"):  # --only last
+    def to_argv(self, command: str = "run") -> list[str]:
+        """``kdbench <command>`` arguments for this request: every option of ``command`` whose
+        value is not that command's default (``--only`` last)."""
+        out = [command]
+        defaults = COMMAND_DEFAULTS.get(command, {})
+        for f in sorted(fields(self), key=lambda f: f.name == "only"):
             opt, value = _opt_meta(f), getattr(self, f.name)
-            if opt.flag is None or value == _default(f):
+            if opt.flag is None or command not in opt.commands \
+                    or value == defaults.get(f.name, f.default):
                 continue
             if opt.kind == "bool":
                 out.append(opt.flag)  # --no-progress for progress=False
@@ -240,10 +243,6 @@ class RunRequest:
         return cls(**{f.name: _normalise(f.name, _opt_meta(f), data[f.name])
                       if data.get(f.name) is not None else None
                       for f in fields(cls) if f.name in data})
-
-
-def _default(f) -> Any:
-    return f.default
 
 
 # ---------------------------------------------------------------------- normalisation
@@ -351,7 +350,7 @@ def add_arguments(parser: argparse.ArgumentParser, command: str,
         opt = _opt_meta(f)
         if opt.flag is None or command not in opt.commands:
             continue
-        default = COMMAND_DEFAULTS.get(command, {}).get(f.name, _default(f))
+        default = COMMAND_DEFAULTS.get(command, {}).get(f.name, f.default)
         help_text = opt.help
         if opt.kind != "bool" and default not in (None, ()) and "default" not in help_text:
             help_text += f" (default: {_display(default)})"

@@ -81,12 +81,12 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
 
     with open(out / REPRO_LOG, "a", encoding="utf-8") as f:  # one line per invocation
         f.write(json.dumps({
-            "command": request.command or shlex.join(["kdbench", "reproduce",
-                                                       *request.to_argv()[1:]]),
+            "command": request.command or shlex.join(["kdbench",
+                                                       *request.to_argv("reproduce")]),
             "started_at": started_at, "finished_at": utc_now(), "wall_s": round(wall, 1),
             **summary.counts(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": request.device or "auto"}, sort_keys=True) + "\n")
+            "device": p.request.device}, sort_keys=True) + "\n")
     log.info(f"reproduce finished in {wall:.0f} s: tables in {out / 'tables'}, plots in "
              f"{out}, this call logged in {out / REPRO_LOG}")
     summary.wall_s = wall

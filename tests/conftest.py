@@ -15,6 +15,15 @@ from kdbench.files import atomic_save_npy, atomic_write_json
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def kdbench_logs_on_stderr():
+    """kdbench's log lines on stderr, as the CLI sets them (library calls in a test are read
+    from capsys like the CLI's)."""
+    from kdbench.logs import to_stderr
+
+    to_stderr()
+
+
 # Options of the dev extra's plugins are set here, not in pyproject's addopts, so that a plain
 # `pytest` without them (no pytest-benchmark, no pytest-timeout) neither errors nor warns.
 def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:

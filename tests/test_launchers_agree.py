@@ -114,3 +114,77 @@ def test_every_launcher_runs_what_runs_in_process(setup, tmp_path, capsys, launc
     only = tmp_path / f"{launcher}-only"
     _run(launcher, extra, setup, only, capsys, only="/".join(name.split("/")[1:]))
     assert _store(only) == {name: want[name]}
+
+
+@pytest.mark.parametrize("command", ["run", "reproduce"])
+def test_a_request_written_as_a_command_line_parses_back_to_itself(tmp_path, command):
+    from kdbench.cli_parser import build_parser
+    from kdbench.request import request_options
+
+    extra = {"methods": "vanilla,at", "modes": "rgb", "sweeps": {"beta": [1, 2]}} \
+        if command == "run" else {}
+    request = RunRequest.make(command, dataset="ff_c40", preset="quick", seeds=[3, 4],
+                              results=tmp_path / "R", settings={"train.lr": 0.01},
+                              cross_dataset="none", threads=2, progress=False, **extra)
+    argv = request.to_argv(command)
+    assert argv[0] == command
+    parsed = RunRequest.make(command, **request_options(build_parser().parse_args(argv)))
+    assert parsed == request
+    # the API's cross_dataset=None is "none" for reproduce, not its default "auto"
+    assert RunRequest.make("reproduce", cross_dataset=None).cross_dataset == "none"
+    assert RunRequest.make("reproduce").cross_dataset == "auto"
+
+
+def _gpu_machine(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+@pytest.mark.parametrize(("launcher", "extra", "gpus_here", "device"), [
+    ("inprocess", {}, 1, "cuda"),  # a GPU here: cuda, and the paper preset
+    ("local", {}, 2, "cuda"),
+    ("local", {"gpus": "0,1"}, 2, "cuda"),
+    ("print", {}, 0, "cpu"),
+    ("slurm", {"slurm_gpus_per_job": 1}, 0, "cuda"),  # a login node without the jobs' GPUs
+    ("slurm", {"slurm_gpus_per_job": 0}, 0, "cpu"),
+])
+def test_the_plan_resolves_the_device_and_preset_once_for_every_launcher(
+        monkeypatch, tmp_path, launcher, extra, gpus_here, device):
+    _gpu_machine(monkeypatch, gpus_here)
+    p = plan(RunRequest.make("run", methods="vanilla", dataset="ff_c40",
+                             data_root=write_prepared(tmp_path / "d", dataset="ff_c40"),
+                             results=tmp_path / "R", launcher=launcher,
+                             settings={"teacher.pretrained": "none"}, **extra))  # offline
+    assert p.request.device == device
+    assert p.request.preset == ("paper" if device == "cuda" else "cpu")
+    assert all(f"--device {device} " in j.shell() and f"--preset {p.request.preset} "
+               in j.shell() for j in plan_jobs(p))
+
+
+def test_gpu_options_that_cannot_work_are_one_line_before_any_job(monkeypatch, tmp_path):
+    from kdbench.errors import KdbenchError
+
+    data = write_prepared(tmp_path / "d", dataset="ff_c40")
+    base = {"methods": "vanilla", "dataset": "ff_c40", "data_root": data, "launcher": "local",
+            "results": tmp_path / "R"}
+    _gpu_machine(monkeypatch, 0)
+    with pytest.raises(KdbenchError, match="--gpus 0: no CUDA device is visible"):
+        plan(RunRequest.make("run", gpus="0", **base))
+    _gpu_machine(monkeypatch, 2)
+    with pytest.raises(KdbenchError, match="each worker sees its one GPU as cuda:0"):
+        plan(RunRequest.make("run", gpus="0,1", device="cuda:1", **base))
+
+
+def test_a_job_leaves_no_process_wide_state_to_the_next(monkeypatch):
+    from kdbench.launch.jobs import job_state
+
+    before = (torch.get_num_threads(), torch.get_float32_matmul_precision(),
+              torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with job_state():  # what a CUDA run's trainer sets, and a thread count
+        torch.set_num_threads(before[0] + 1)
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = not before[2]
+        torch.backends.cuda.matmul.allow_tf32 = not before[3]
+    after = (torch.get_num_threads(), torch.get_float32_matmul_precision(),
+             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    assert after == before

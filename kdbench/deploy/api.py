@@ -169,7 +169,6 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
     record = measure.update_record(deployed.run_dir, entries, {
         "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
         "size": deployed.size, **measure.machine(threads, repeats)})
-    _print_record(record)
     return record
 
 
@@ -223,12 +222,4 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
             f"int8 against ONNX fp32: {fp32['file_mb'] / entry['file_mb']:.2f}x smaller, "
             f"{fp32['latency_ms_b32'] / entry['latency_ms_b32']:.2f}x faster at batch 32 "
             f"({threads} thread{plural}); test AUC change {t['auc'] - fp32['test']['auc']:+.4f}")
-    _print_record(record)
     return record
-
-
-def _print_record(record: dict[str, Any]) -> None:
-    from kdbench.progress import stdout_console
-    from kdbench.report.deploy import deploy_report
-
-    stdout_console().print(deploy_report([record]).markdown(), highlight=False, markup=False)

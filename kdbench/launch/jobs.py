@@ -78,9 +78,13 @@ def job_state() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = cuda_tf32
 
 
-def run_job(request: RunRequest, threads: int | None = None) -> int:
+COUNTS = ("trained", "finished_before", "left_to_another_process")
+
+
+def run_job(request: RunRequest, threads: int | None = None) -> tuple[int, dict[str, int]]:
     """Plan and execute one job's request here (``threads`` overrides its thread count);
-    returns its exit status: 0 done, 2 bad input (logged as one line)."""
+    returns its exit status (0 done, 2 bad input, logged as one line) and its run counts
+    (:data:`COUNTS`: trained, found finished, left to another process)."""
     from kdbench.plan import plan
     from kdbench.train.inprocess import run_plan
 
@@ -89,11 +93,17 @@ def run_job(request: RunRequest, threads: int | None = None) -> int:
     request = replace(request, progress=False)
     with job_state():
         try:
-            run_plan(plan(request))
+            summary = run_plan(plan(request))
         except KdbenchError as exc:
             log.error(f"kdbench: error: {exc}")
-            return 2
-    return 0
+            return 2, {}
+    return 0, {k: summary.counts()[k] for k in COUNTS}
+
+
+def add_counts(summary: RunSummary, counts: dict[str, int]) -> None:
+    """Add a job's run counts to the launcher's summary."""
+    for k in COUNTS:
+        setattr(summary, k, getattr(summary, k) + int(counts.get(k, 0)))
 
 
 def print_jobs(plan: Plan) -> RunSummary:

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdbench.launch.jobs import Job, plan_jobs, split_todo
-from kdbench.plan import TEACHER, Plan
+from kdbench.launch.jobs import Job, add_counts, plan_jobs, split_todo
+from kdbench.plan import Plan
 from kdbench.summary import RunSummary
 from kdbench.threads import usable_cores
 from kdbench.train.inprocess import finish_plan, teacher_of
@@ -43,7 +43,6 @@ class Slot:
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
         return env
-
 
 
 def slots(workers: int, gpus: list[str]) -> list[Slot]:
@@ -87,13 +86,15 @@ class Worker:
         self.proc.stdin.write(f"{line}\n".encode())
         self.proc.stdin.flush()
 
-    def result(self) -> int:
-        """The finished job's exit status (the worker's, if it died: it is then replaced)."""
+    def result(self) -> tuple[int, dict[str, int]]:
+        """The finished job's exit status and run counts (the worker's status, if it died: it
+        is then replaced)."""
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip():
-            return int(line)
-        return self.proc.wait() or 1
+            answer = json.loads(line)
+            return int(answer["code"]), dict(answer["counts"])
+        return self.proc.wait() or 1, {}
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -118,6 +119,10 @@ def launch_local(plan: Plan) -> RunSummary:
 
     r = plan.request
     results, gpus, progress = r.results, list(r.gpus), r.progress
+    if not gpus and str(r.device).startswith("cuda"):  # a CUDA plan: one worker per GPU
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
     workers = r.workers or len(gpus) or min(usable_cores(), 8)
     jobs = plan_jobs(plan)
     t0 = time.perf_counter()
@@ -168,13 +173,13 @@ def launch_local(plan: Plan) -> RunSummary:
 
 def _finish(w: Worker, summary: RunSummary, bar, task) -> bool:
     """Wait for the worker's job and report it; whether it succeeded."""
-    code = w.result()
+    code, counts = w.result()
     job, w.job = w.job, None
     assert job is not None
     secs = time.perf_counter() - w.started
     bar.update(task, advance=1)
     if code == 0:
-        summary.trained += job.name != TEACHER
+        add_counts(summary, counts)
         log.info(f"done {job.name} ({secs:.0f} s)")
         return True
     summary.failed.append((job.name, w.log))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.errors import KdbenchError
-from kdbench.launch.jobs import Job, plan_jobs, split_todo
+from kdbench.launch.jobs import Job, add_counts, plan_jobs, split_todo
 from kdbench.plan import Plan
 from kdbench.request import SLURM_CLUSTERS as CLUSTERS
 from kdbench.request import RunRequest
@@ -53,7 +53,8 @@ class SlurmOptions:
     def of(cls, r: RunRequest) -> SlurmOptions:
         """The ``--slurm-*`` fields of a request."""
         return cls(r.slurm_partition, r.slurm_gpus_per_job, r.slurm_time, r.slurm_max_parallel,
-                   None if r.slurm_folder is None else str(r.slurm_folder), r.slurm_cluster)
+                   None if r.slurm_folder is None else str(r.slurm_folder), r.slurm_cluster,
+                   r.slurm_cpus_per_job)
 
     def check(self) -> None:
         if self.cluster not in CLUSTERS:
@@ -76,15 +77,17 @@ class RunJob:
     def __init__(self, request: RunRequest | str) -> None:
         self.request = request if isinstance(request, str) else request.to_json()
 
-    def __call__(self) -> str:
+    def __call__(self) -> dict[str, int]:
+        """Run the job; its run counts (trained, found finished, left to another process)."""
         from kdbench.launch.jobs import run_job
         from kdbench.logs import to_stderr
 
         to_stderr()
         request = RunRequest.from_json(self.request)
-        if run_job(request) != 0:
+        code, counts = run_job(request)
+        if code != 0:
             raise RuntimeError(f"{request.only}: bad input (see the error above)")
-        return "ok"
+        return counts
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit calls this on preemption / timeout: requeue the same command."""
@@ -153,7 +156,7 @@ class SlurmLauncher:
                     running.append((self.submit(job), job))
                 for item in [r for r in running if r[0].done()]:
                     running.remove(item)
-                    summary.trained += self._finished(*item, summary)
+                    self._finished(*item, summary)
                 time.sleep(0.2)
         summary.wall_s = time.perf_counter() - t0
         if self.options.cluster != "slurm" and summary.ok:
@@ -164,7 +167,7 @@ class SlurmLauncher:
     def _finished(sub: Any, job: Job, summary: RunSummary) -> bool:
         """Wait for a submitted job; whether it succeeded (a failure is recorded)."""
         try:
-            sub.result()
+            add_counts(summary, sub.result() or {})
         except Exception as exc:  # noqa: BLE001 - submitit re-raises the job's error
             summary.failed.append((job.name, Path(sub.paths.stderr)))
             log.error(f"failed {job.name}: {str(exc).splitlines()[0][:200]}; see "

@@ -4,8 +4,9 @@ them over, so Python, torch and the data are loaded once per worker, not once pe
 Protocol: one JSON line per job on stdin, ``{"request": <RunRequest JSON>, "threads": n,
 "log": "<file>"}``; the worker runs the job in process (:func:`kdbench.launch.jobs.run_job`)
 with its stdout and stderr (file descriptors 1 and 2, so C-level output too) appended to the
-log, then writes the exit status as one line on its original stdout. It dies with the launcher
-(Linux: the parent-death signal, set here rather than in a fork of the launcher).
+log, then writes its exit status and run counts as one JSON line on its original stdout. It
+dies with the launcher (Linux: the parent-death signal, set here rather than in a fork of the
+launcher).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def serve() -> None:
         log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        counts: dict[str, int] = {}
         try:
-            code = run_job(RunRequest.from_json(job["request"]), job.get("threads"))
+            code, counts = run_job(RunRequest.from_json(job["request"]), job.get("threads"))
         except BaseException:  # noqa: BLE001 - reported in the log and as a status
             traceback.print_exc()
             code = 1
@@ -57,7 +59,7 @@ def serve() -> None:
             os.dup2(quiet, 1)
             os.dup2(quiet, 2)
             os.close(log)
-        os.write(channel, f"{int(code)}\n".encode())
+        os.write(channel, (json.dumps({"code": int(code), "counts": counts}) + "\n").encode())
 
 
 if __name__ == "__main__":

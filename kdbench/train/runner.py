@@ -266,7 +266,9 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     ("trained" | "finished" | "busy", its metrics), "busy" (no metrics) when another process
     is training it."""
     run_dir = ctx.results / spec.relpath
-    name = f"{spec.student}/{spec.label}/{spec.mode}/seed{spec.seed}"
+    from kdbench.plan import run_name
+
+    name = run_name(spec)
     ignored = entry.resolve().ignored_hparams(spec.mode)
     identity = _identity(ctx, spec, ignored)
     # under torchrun rank 0 decides (files, lock) and every rank follows

@@ -18,13 +18,13 @@ from typing import IO, Any
 
 from kdbench.errors import KdbenchError, LockUnsupportedError
 from kdbench.files import read_json
+from kdbench.request import LOCK_DIR_ENV
 
 try:
     import fcntl
 except ImportError:  # no advisory locks (Windows): one process per result store
     fcntl = None  # type: ignore[assignment]
 
-LOCK_DIR_ENV = "KDBENCH_LOCK_DIR"
 # what flock answers when another process holds the lock (EACCES: some systems' EWOULDBLOCK)
 _BUSY = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
 _lock_dir: Path | None = None  # set by locks_in
@@ -34,7 +34,7 @@ def lock_dir() -> Path | None:
     """The folder the run locks live in (:func:`locks_in`, else ``KDBENCH_LOCK_DIR``); None:
     each lock beside its run, ``<run_dir>/run.lock``."""
     folder = _lock_dir or os.environ.get(LOCK_DIR_ENV)
-    return Path(folder).expanduser().absolute() if folder else None
+    return Path(folder).expanduser().resolve() if folder else None
 
 
 @contextmanager

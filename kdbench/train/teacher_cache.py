@@ -33,6 +33,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,10 +281,27 @@ def _ensure(teacher: nn.Module, fields: list[str], split: FrameSplit, size: int,
 
 def _teacher_outputs(teacher: nn.Module, fields: list[str], images: Tensor,
                      channels_last: bool) -> dict[str, Tensor]:
+    """The teacher's ``fields`` for ``images`` in full fp32: TF32 off whatever the process set
+    (the trainer turns it on for CUDA), so cached and live targets are computed alike."""
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    flat = flatten(teacher(images, needs=set(fields)))
+    with _full_fp32():
+        flat = flatten(teacher(images, needs=set(fields)))
     return {k: v for k, v in flat.items() if field_of(k) in fields}
+
+
+@contextmanager
+def _full_fp32() -> Iterator[None]:
+    """fp32 matmuls and convolutions without TF32 within the block (no-op on the CPU)."""
+    precision = torch.get_float32_matmul_precision()
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
 
 
 @torch.no_grad()

@@ -104,8 +104,8 @@ def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
         log.info(f"teacher cache: not built ({got.reason}); the runs use the live teacher")
     elif got.built:
         log.info(f"teacher cache: built {', '.join(got.built)} for "
-                      f"{len(ctx.splits['train'])} frames x 2 flips, "
-                      f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s ({folder})")
+                 f"{len(ctx.splits['train'])} frames x 2 flips, "
+                 f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s ({folder})")
     else:
         log.info(f"teacher cache: {', '.join(got.cache.fields)} already built ({folder})")
 
@@ -129,9 +129,9 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
         _summary("teacher", done)
         if recorded and recorded != done["weights_sha256"]:
             log.warning(f"teacher: the weights trained again differ from the recorded "
-                          f"ones (sha256 {done['weights_sha256'][:12]} vs {recorded[:12]}); the "
-                          "students distilled from the recorded teacher are marked † in the "
-                          "tables")
+                        f"ones (sha256 {done['weights_sha256'][:12]} vs {recorded[:12]}); the "
+                        "students distilled from the recorded teacher are marked † in the "
+                        "tables")
     else:
         TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
         log.info(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")

@@ -377,7 +377,8 @@ class Trainer:
             sched.load_state_dict(ckpt["scheduler"])
             _set_rng_state(ckpt["rng"])
             start, history, best, wall = ckpt["epoch"], ckpt["history"], ckpt["best"], ckpt["wall"]
-            threads_from = _resumed_threads(self.label, ckpt, start)
+            if self.device.type == "cpu":  # the CPU's thread count shapes the numbers
+                threads_from = _resumed_threads(self.label, ckpt, start)
         self._attach_teacher_cache()
         self.events = EventLog(self.run_dir, bool(cfg.get("tensorboard")) and distributed.is_main())
         n = len(self.splits["train"])
@@ -385,7 +386,8 @@ class Trainer:
             for epoch in range(start, cfg["epochs"]):
                 t0 = time.perf_counter()
                 task = bar.add_task(f"{self.label} {epoch + 1}/{cfg['epochs']}", total=n)
-                row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
+                row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                       "torch_threads": torch.get_num_threads()}  # CPU sums depend on it
                 row.update(self._train_epoch(epoch, opt, bar, task))
                 sched.step()
                 distributed.average_bn_stats(self.learner)  # per-rank BatchNorm: one model
@@ -438,6 +440,8 @@ class Trainer:
                 "threshold": threshold, "predictions": predictions,
                 "history": history, "wall_time_s": wall + time.perf_counter() - t0,
                 "teacher_outputs": self.teacher_outputs,
+                # the first epoch run on this thread count (1: the whole run on it)
+                "torch_threads_since_epoch": threads_from,
                 "teacher_targets": self.teacher_targets, **ranks}
 
     def _ranks_record(self) -> dict[str, Any]:
