@@ -266,7 +266,6 @@ def _quick_kd(data, results, settings):
         run / "predictions.npz").prob
 
 
-@pytest.mark.slow
 def test_the_cache_changes_no_number(tmp_path):
     """With and without the teacher cache, one thread: equal test metrics (tested on a quick
     run), both from fp16-rounded teacher targets."""
