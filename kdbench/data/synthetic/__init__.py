@@ -7,7 +7,9 @@ manipulation leaves its own kind of trace. Every video is encoded with H.264 at 
 QP 40 (FF++ "c40"). All trace strengths live in :class:`Traces` (a field of
 :class:`SynthConfig`), so difficulty is changed in one place and recorded in ``synth.json``.
 
-* :mod:`~kdbench.data.synthetic.faces`: the procedural talking-head renderer;
+* :mod:`~kdbench.data.synthetic.faces`: the procedural talking-head renderer, drawing the
+  :mod:`~kdbench.data.synthetic.identities` over :mod:`~kdbench.data.synthetic.backgrounds`
+  with :mod:`~kdbench.data.synthetic.imageops`;
 * :mod:`~kdbench.data.synthetic.manipulations`: the four manipulations and their
   :class:`Traces` (a real video and its fakes, in memory);
 * :mod:`~kdbench.data.synthetic.tree`: :class:`SynthConfig`, the splits and the FF++ video

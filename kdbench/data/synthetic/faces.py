@@ -18,323 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
-from functools import cache, lru_cache
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-F32 = np.float32
-Color = tuple[float, float, float]
-
-# Bundled scikit-image pictures used as backgrounds (all ship inside the wheel; any that
-# fail to load, e.g. because a future release fetches them over the network, are skipped).
-BACKGROUND_IMAGES = (
-    "brick",
-    "grass",
-    "gravel",
-    "camera",
-    "coffee",
-    "chelsea",
-    "rocket",
-    "coins",
-    "moon",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "clock",
-    "cell",
-    "page",
-    "text",
-)
-_TEXTURE_SIDE = 256  # backgrounds are pre-shrunk so their longer side is about this
-
-_SKIN_DARK = np.array([0.30, 0.18, 0.12])
-_SKIN_LIGHT = np.array([0.97, 0.82, 0.70])
-_HAIR = np.array(
-    [
-        [0.06, 0.05, 0.04],
-        [0.20, 0.12, 0.07],
-        [0.38, 0.24, 0.13],
-        [0.78, 0.63, 0.40],
-        [0.55, 0.24, 0.10],
-        [0.62, 0.61, 0.60],
-    ]
-)
-_IRIS = np.array(
-    [
-        [0.30, 0.18, 0.08],
-        [0.16, 0.09, 0.05],
-        [0.25, 0.45, 0.70],
-        [0.30, 0.50, 0.30],
-        [0.45, 0.50, 0.55],
-    ]
-)
-
-
-# --------------------------------------------------------------------------- identity
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Appearance of one synthetic person (face-local units, colours in [0, 1])."""
-
-    face_w: float  # face ellipse half-width (half-height is ``face_h``)
-    face_h: float
-    jaw: float  # narrowing of the lower face
-    skin: Color
-    tex_freq: tuple[tuple[float, float], ...]  # skin texture: sinusoid frequencies (u, v)
-    tex_phase: tuple[float, ...]
-    tex_amp: tuple[float, ...]
-    blush: float
-    eye_dx: float  # half distance between the eyes
-    eye_y: float
-    eye_rx: float
-    eye_ry: float
-    iris: Color
-    iris_r: float
-    brow_dy: float  # brow height above the eye centre
-    brow_len: float
-    brow_th: float
-    brow_tilt: float
-    brow_arch: float
-    nose_len: float
-    nose_w: float
-    nose_shade: float
-    mouth_y: float
-    mouth_w: float
-    lip_th: float
-    lip: Color
-    hair: Color
-    hairline: float  # v of the hairline at the centre (fringe above it)
-    hairline_curve: float
-    hair_volume: float  # hair ellipse size relative to the face
-    hair_len: float  # v down to which long hair falls behind the face (< 0: short hair)
-    beard: float  # stubble darkness (0 for most)
-    cloth: Color
-    specular: float
-
-
-def sample_identity(rng: np.random.Generator) -> Identity:
-    """Draw a random identity (face shape, skin, eyes, brows, nose, mouth, hair, clothes)."""
-    u = rng.uniform
-    skin = _SKIN_DARK + (_SKIN_LIGHT - _SKIN_DARK) * u(0.0, 1.0) ** 0.7
-    skin = np.clip(skin * (1 + rng.normal(0, 0.04, 3)), 0, 1)
-    hair = np.clip(_HAIR[rng.integers(len(_HAIR))] * (1 + rng.normal(0, 0.12, 3)), 0, 1)
-    iris = np.clip(_IRIS[rng.integers(len(_IRIS))] * (1 + rng.normal(0, 0.1, 3)), 0, 1)
-    lip = np.clip(skin + (np.array([0.72, 0.28, 0.30]) - skin) * u(0.3, 0.65), 0, 1)
-    n_tex = 10
-    angle = u(0, 2 * math.pi, n_tex)
-    radius = u(1.5, 8.0, n_tex)  # cycles per face unit
-    tex_amp = u(0.2, 1.0, n_tex) / radius**0.5
-    tex_amp = tex_amp / np.sqrt((tex_amp**2).sum()) * u(0.01, 0.035)
-    return Identity(
-        face_w=u(0.68, 0.82),
-        face_h=u(0.96, 1.04),
-        jaw=u(0.08, 0.3),
-        skin=_c(skin),
-        tex_freq=tuple(
-            (float(r * math.cos(a)), float(r * math.sin(a)))
-            for r, a in zip(radius, angle, strict=True)
-        ),
-        tex_phase=tuple(float(p) for p in u(0, 2 * math.pi, n_tex)),
-        tex_amp=tuple(float(a) for a in tex_amp),
-        blush=u(0.0, 0.12),
-        eye_dx=u(0.28, 0.36),
-        eye_y=u(-0.14, -0.02),
-        eye_rx=u(0.12, 0.16),
-        eye_ry=u(0.05, 0.075),
-        iris=_c(iris),
-        iris_r=u(0.045, 0.06),
-        brow_dy=u(0.13, 0.2),
-        brow_len=u(0.14, 0.2),
-        brow_th=u(0.022, 0.045),
-        brow_tilt=u(-0.2, 0.15),
-        brow_arch=u(0.0, 0.05),
-        nose_len=u(0.26, 0.4),
-        nose_w=u(0.08, 0.12),
-        nose_shade=u(0.08, 0.2),
-        mouth_y=u(0.5, 0.62),
-        mouth_w=u(0.17, 0.26),
-        lip_th=u(0.03, 0.055),
-        lip=_c(lip),
-        hair=_c(hair),
-        hairline=u(-0.8, -0.5),
-        hairline_curve=u(0.0, 0.35),
-        hair_volume=u(1.05, 1.22),
-        hair_len=float(rng.choice([u(-0.6, -0.2), u(0.4, 1.5)])),
-        beard=u(0.15, 0.4) if u() < 0.2 else 0.0,
-        cloth=_c(u(0.05, 0.9, 3)),
-        specular=u(0.0, 0.12),
-    )
-
-
-def _c(x: np.ndarray) -> Color:
-    return (float(x[0]), float(x[1]), float(x[2]))
-
-
-# ----------------------------------------------------------------------------- motion
-
-
-@dataclass(frozen=True)
-class Pose:
-    """Head pose, expression and lighting of one frame.
-
-    ``cx, cy``: face centre in normalised frame coordinates ([-1, 1], y down);
-    ``scale``: face half-height in the same units; ``angle``: in-plane rotation
-    (radians); ``yaw``: sideways turn (shifts the inner features); ``blink``: eye
-    openness (1 open, 0 closed); ``mouth``: mouth opening (0 closed, 1 wide);
-    ``light_az``/``light_el``: light direction; ``ambient``: unlit fraction.
-    """
-
-    cx: float
-    cy: float
-    scale: float
-    angle: float
-    yaw: float
-    blink: float
-    mouth: float
-    light_az: float
-    light_el: float
-    ambient: float
-
-
-@dataclass(frozen=True)
-class Motion:
-    """Per-frame pose tracks (each a float array of length ``frames``)."""
-
-    cx: np.ndarray
-    cy: np.ndarray
-    scale: np.ndarray
-    angle: np.ndarray
-    yaw: np.ndarray
-    blink: np.ndarray
-    mouth: np.ndarray
-    light_az: np.ndarray
-    light_el: np.ndarray
-    ambient: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.cx)
-
-    def pose(self, i: int) -> Pose:
-        """The pose of frame ``i``."""
-        return Pose(**{f.name: float(getattr(self, f.name)[i]) for f in fields(self)})
-
-    def driven_by(self, other: Motion, *names: str) -> Motion:
-        """A copy whose tracks ``names`` (e.g. ``"mouth"``) come from ``other``."""
-        return replace(self, **{n: getattr(other, n)[: len(self)] for n in names})
-
-
-def sample_motion(rng: np.random.Generator, frames: int, fps: int = 25) -> Motion:
-    """Draw a smooth random head trajectory with blinks, talking and moving light."""
-    t = np.arange(frames) / fps
-    u = rng.uniform
-    move = u(0.01, 0.05)
-    cx = _track(rng, t, u(-0.08, 0.08), move)
-    cy = _track(rng, t, u(-0.1, 0.04), move * 0.7)
-    scale = _track(rng, t, u(0.38, 0.5), u(0.005, 0.025))
-    angle = _track(rng, t, u(-0.12, 0.12), u(0.01, 0.07))
-    yaw = _track(rng, t, u(-0.15, 0.15), u(0.01, 0.08))
-    light_az = _track(rng, t, u(-1.0, 1.0), u(0.02, 0.12), fmax=0.3)
-    light_el = _track(rng, t, u(0.0, 0.6), u(0.01, 0.05), fmax=0.3)
-    ambient = np.full(frames, u(0.4, 0.65))
-    duration = frames / fps
-    blink = np.ones(frames)
-    for tb in u(-0.2, duration + 0.2, rng.poisson(0.5 * (duration + 0.4))):
-        blink *= 1 - np.exp(-(((t - tb) / u(0.04, 0.07)) ** 2))
-    talk = np.zeros(frames)
-    for _ in range(3):  # syllable-rate oscillation
-        talk += rng.normal() * np.sin(2 * math.pi * u(2.0, 6.0) * t + u(0, 2 * math.pi))
-    mouth = u(0.3, 1.0) * np.clip(0.35 + 0.35 * talk, 0, 1)
-    return Motion(cx, cy, scale, angle, yaw, blink, mouth, light_az, light_el, ambient)
-
-
-def _track(
-    rng: np.random.Generator, t: np.ndarray, base: float, amp: float, fmax: float = 1.2
-) -> np.ndarray:
-    """``base`` plus a smooth random wiggle (three sinusoids) of about ``amp``."""
-    k = 3
-    freq = rng.uniform(0.1, fmax, k)
-    phase = rng.uniform(0, 2 * math.pi, k)
-    weight = rng.normal(size=k)
-    weight /= np.linalg.norm(weight) + 1e-9
-    wiggle = (weight[:, None] * np.sin(2 * math.pi * freq[:, None] * t + phase[:, None])).sum(0)
-    return base + amp * math.sqrt(2) * wiggle
-
-
-# ------------------------------------------------------------------------ backgrounds
-
-
-@cache
-def _texture(name: str) -> np.ndarray | None:
-    """A bundled scikit-image picture as float32 [3,h,w], longer side about 256 (or None)."""
-    try:
-        import skimage.data
-
-        img = np.asarray(getattr(skimage.data, name)())
-    except Exception:  # noqa: BLE001 - a missing/unfetchable picture is simply skipped
-        return None
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    img = img[..., :3].astype(F32) / (255.0 if img.dtype == np.uint8 else 1.0)
-    f = max(1, round(max(img.shape[:2]) / _TEXTURE_SIDE))
-    h, w = img.shape[0] // f * f, img.shape[1] // f * f
-    img = img[:h, :w].reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3))
-    return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=F32)
-
-
-@lru_cache(maxsize=1)
-def available_backgrounds() -> tuple[str, ...]:
-    """Names of the bundled pictures that load on this machine (no network used)."""
-    return tuple(n for n in BACKGROUND_IMAGES if _texture(n) is not None)
-
-
-def _procedural_texture(rng: np.random.Generator) -> np.ndarray:
-    """Fallback background: coloured multi-scale noise."""
-    img = np.zeros((3, _TEXTURE_SIDE, _TEXTURE_SIDE), F32)
-    for sigma in (16.0, 6.0, 2.0):
-        noise = rng.normal(size=(3, _TEXTURE_SIDE, _TEXTURE_SIDE)).astype(F32)
-        img += gaussian_blur(noise, sigma) * (sigma**0.5)
-    img = (img - img.min()) / (np.ptp(img) + 1e-6)
-    return img
-
-
-def sample_background(rng: np.random.Generator, size: int, frames: int) -> np.ndarray:
-    """Draw a background clip float32 [frames, 3, size, size] in [0, 1].
-
-    A random crop (random scale, flip, tint, defocus) of a bundled natural picture,
-    drifting slightly from frame to frame (camera motion).
-    """
-    names = available_backgrounds()
-    if names:
-        img = _texture(names[rng.integers(len(names))])
-    else:
-        img = _procedural_texture(rng)
-    if rng.uniform() < 0.5:
-        img = img[:, :, ::-1]
-    tint = rng.uniform(0.6, 1.15, (3, 1, 1)).astype(F32)
-    if np.allclose(img[0], img[1]):  # grey picture: colour it more
-        tint = rng.uniform(0.4, 1.2, (3, 1, 1)).astype(F32)
-    img = np.clip((img - 0.5) * rng.uniform(0.5, 1.0) + rng.uniform(0.35, 0.6), 0, 1) * tint
-    h, w = img.shape[1:]
-    crop = rng.uniform(0.35, 0.85) * min(h, w)  # texture pixels seen by the frame
-    step = crop / size
-    sigma = max(rng.uniform(0.0, 1.5), 0.5) * max(step, 1.0)  # defocus and anti-alias
-    img = gaussian_blur(img, sigma)
-    drift = rng.uniform(-0.6, 0.6, 2) * step  # texture px per frame
-    span = crop + np.abs(drift) * frames + 2  # texture px covered over the clip (y, x)
-    oy = rng.uniform(0, max(h - span[0], 0)) + max(-drift[0] * frames, 0)
-    ox = rng.uniform(0, max(w - span[1], 0)) + max(-drift[1] * frames, 0)
-    grid = (np.arange(size, dtype=F32) + 0.5) * step
-    out = np.empty((frames, 3, size, size), F32)
-    for i in range(frames):
-        jy, jx = rng.normal(0, 0.15, 2) * step
-        out[i] = _sample_separable(
-            img, oy + drift[0] * i + jy + grid, ox + drift[1] * i + jx + grid
-        )
-    return out
-
-
-# -------------------------------------------------------------------------- rendering
+from kdbench.data.synthetic.identities import Identity, Motion, Pose
+from kdbench.data.synthetic.imageops import F32, over
 
 
 @dataclass(frozen=True)
@@ -451,7 +141,7 @@ def render(ident: Identity, pose: Pose, size: int, background: np.ndarray | None
     light = _light(pose)
 
     def paint(mask: np.ndarray, colour: np.ndarray | tuple, roi: tuple = ()) -> None:
-        _over(img[(slice(None), *roi)], mask, colour)
+        over(img[(slice(None), *roi)], mask, colour)
         a = alpha[roi]
         a += mask * (1 - a)
 
@@ -610,14 +300,14 @@ def _features(
     ey = ident.eye_y
     for side in (-1.0, 1.0):
         ex = side * ident.eye_dx
-        _over(
+        over(
             col,
             F32(ident.blush) * ellipse_mask(uf, v, ex * 1.3, 0.28, 0.16, 0.12, px, 5.0),
             (0.85, 0.35, 0.35),
         )
         w = ident.eye_rx * 1.5 + 0.05
         c, fu, fv = part(ex - w, ex + w, ey - ident.brow_dy - 0.1, ey + ident.eye_ry * 2.2 + 0.05)
-        _over(
+        over(
             c,
             F32(0.25)
             * ellipse_mask(fu, fv, ex, ey - 0.02, ident.eye_rx * 1.5, ident.eye_ry * 2.2, px, 2.0),
@@ -632,14 +322,14 @@ def _features(
     side_shadow = ellipse_mask(
         fu, fv, away * ident.nose_w * 0.9, (ey + tip) / 2 + 0.04, 0.035, ident.nose_len / 2, px, 2.0
     )
-    _over(c, F32(ident.nose_shade * (0.5 + abs(light[0]))) * side_shadow, skin * F32(0.55))
-    _over(
+    over(c, F32(ident.nose_shade * (0.5 + abs(light[0]))) * side_shadow, skin * F32(0.55))
+    over(
         c,
         F32(0.25) * ellipse_mask(fu, fv, 0, tip, ident.nose_w, ident.nose_w * 0.7, px, 1.5),
         np.minimum(skin * F32(1.12), 1),
     )
     for side in (-1.0, 1.0):
-        _over(
+        over(
             c,
             F32(0.7)
             * ellipse_mask(
@@ -649,7 +339,7 @@ def _features(
         )
     if ident.beard > 0:
         chin = ellipse_mask(uf, v, 0, ident.mouth_y + 0.12, ident.face_w * 0.75, 0.45, px, 4.0)
-        _over(
+        over(
             col,
             F32(ident.beard) * chin * soft(tip + 0.06 - v, px, 2.0),
             np.array(ident.hair, F32) * F32(0.8),
@@ -663,18 +353,18 @@ def _paint_eye(
     col: np.ndarray, ident: Identity, eu: np.ndarray, ev: np.ndarray, pose: Pose, px: float
 ) -> None:
     ry = ident.eye_ry * max(pose.blink, 0.06)
-    _over(
+    over(
         col,
         F32(0.85) * ellipse_mask(eu, ev, 0, 0, ident.eye_rx + 0.018, ry + 0.016, px),
         (0.12, 0.08, 0.07),
     )  # lid line / lashes
     sclera = ellipse_mask(eu, ev, 0, 0, ident.eye_rx, ry, px)
-    _over(col, sclera, (0.9, 0.88, 0.85))
+    over(col, sclera, (0.9, 0.88, 0.85))
     gaze = -0.25 * pose.yaw * ident.eye_rx
     iris = ellipse_mask(eu, ev, gaze, 0, ident.iris_r, ident.iris_r, px) * sclera
-    _over(col, iris, ident.iris)
+    over(col, iris, ident.iris)
     pupil = ellipse_mask(eu, ev, gaze, 0, ident.iris_r * 0.42, ident.iris_r * 0.42, px) * sclera
-    _over(col, pupil, (0.03, 0.03, 0.03))
+    over(col, pupil, (0.03, 0.03, 0.03))
     glint = (
         ellipse_mask(
             eu,
@@ -687,7 +377,7 @@ def _paint_eye(
         )
         * sclera
     )
-    _over(col, F32(0.8) * glint, (1.0, 1.0, 1.0))
+    over(col, F32(0.8) * glint, (1.0, 1.0, 1.0))
 
 
 def _paint_brow(
@@ -698,7 +388,7 @@ def _paint_brow(
     ru, rv = c * bu + s * bv, c * bv - s * bu
     rv = rv + F32(ident.brow_arch) * (ru * F32(1 / ident.brow_len)) ** 2 * F32(3)
     brow = ellipse_mask(ru, rv, 0, 0, ident.brow_len, ident.brow_th, px, 0.5)
-    _over(col, F32(0.9) * brow, np.array(ident.hair, F32) * F32(0.75))
+    over(col, F32(0.9) * brow, np.array(ident.hair, F32) * F32(0.75))
 
 
 def _paint_mouth(
@@ -711,67 +401,11 @@ def _paint_mouth(
 ) -> None:
     gap = 0.1 * float(np.clip(opening, 0, 1))
     lips = ellipse_mask(mu, mv, 0, gap * 0.3, ident.mouth_w, ident.lip_th + gap * 0.6, px)
-    _over(col, lips, ident.lip)
+    over(col, lips, ident.lip)
     inner = ellipse_mask(mu, mv, 0, gap * 0.3, ident.mouth_w * 0.78, max(gap * 0.55, 0.006), px)
-    _over(col, F32(0.85) * inner, (0.22, 0.06, 0.07))
+    over(col, F32(0.85) * inner, (0.22, 0.06, 0.07))
     if gap > 0.01:
         teeth = inner * soft(mv - F32(gap * 0.3 - gap * 0.25), px, 0.5)
-        _over(col, F32(0.9) * teeth, (0.9, 0.87, 0.8))
+        over(col, F32(0.9) * teeth, (0.9, 0.87, 0.8))
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def _over(img: np.ndarray, mask: np.ndarray, colour: np.ndarray | tuple) -> None:
-    """In place: ``img = img * (1 - mask) + colour * mask`` (colour RGB or [3,H,W])."""
-    colour = np.asarray(colour, F32)
-    if colour.ndim == 1:
-        colour = colour[:, None, None]
-    img += mask * (colour - img)
-
-
-def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur over the last two axes (H, W); float32 result."""
-    img = np.asarray(img, F32)
-    if sigma <= 0.05:
-        return img.copy()
-    r = max(1, int(math.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k = (k / k.sum()).astype(F32)
-    out = img
-    for axis in (img.ndim - 2, img.ndim - 1):
-        n = out.shape[axis]
-        pad = [(0, 0)] * out.ndim
-        pad[axis] = (r, r)
-        padded = np.pad(out, pad, mode="symmetric")
-        acc = np.zeros_like(out)
-        for i, w in enumerate(k):
-            acc += w * np.take(padded, np.arange(i, i + n), axis=axis)
-        out = acc
-    return out
-
-
-def bilinear_sample(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Sample ``img`` [C,H,W] at float pixel positions ``ys``, ``xs`` (equal shapes;
-    pixel ``i`` sits at coordinate ``i``; positions are clamped to the image)."""
-    h, w = img.shape[1:]
-    ys = np.clip(ys, 0, h - 1.001)
-    xs = np.clip(xs, 0, w - 1.001)
-    y0, x0 = ys.astype(np.int64), xs.astype(np.int64)
-    wy, wx = (ys - y0).astype(F32), (xs - x0).astype(F32)
-    y1, x1 = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    top = img[:, y0, x0] * (1 - wx) + img[:, y0, x1] * wx
-    bottom = img[:, y1, x0] * (1 - wx) + img[:, y1, x1] * wx
-    return top * (1 - wy) + bottom * wy
-
-
-def _sample_separable(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Bilinear sample of [C,h,w] on the grid ``ys`` x ``xs`` (texture pixel centres)."""
-    h, w = img.shape[1:]
-    ys = np.clip(ys - 0.5, 0, h - 1.001)
-    xs = np.clip(xs - 0.5, 0, w - 1.001)
-    y0, x0 = ys.astype(np.int64), xs.astype(np.int64)
-    wy = (ys - y0).astype(F32)[None, :, None]
-    wx = (xs - x0).astype(F32)[None, None, :]
-    rows = img[:, y0] * (1 - wy) + img[:, y0 + 1] * wy
-    return rows[:, :, x0] * (1 - wx) + rows[:, :, x0 + 1] * wx

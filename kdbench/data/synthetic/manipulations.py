@@ -31,7 +31,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kdbench.data.synthetic import faces
-from kdbench.data.synthetic.faces import F32, Render
+from kdbench.data.synthetic.backgrounds import sample_background
+from kdbench.data.synthetic.faces import Render
+from kdbench.data.synthetic.identities import Identity, Motion, sample_identity, sample_motion
+from kdbench.data.synthetic.imageops import F32, bilinear_sample, gaussian_blur
 
 if TYPE_CHECKING:
     from kdbench.data.synthetic.tree import SynthConfig
@@ -79,20 +82,20 @@ class Traces:
 class _Scene:
     """Everything about one identity's real video except the identity itself."""
 
-    motion: faces.Motion
+    motion: Motion
     background: np.ndarray  # [T,3,H,W]
     gain: np.ndarray  # camera white balance [3,1,1]
     noise: np.ndarray  # sensor noise [T,3,H,W]
 
 
-def _identity(cfg: SynthConfig, i: int) -> faces.Identity:
-    return faces.sample_identity(np.random.default_rng([cfg.seed, _IDENTITY, i]))
+def _identity(cfg: SynthConfig, i: int) -> Identity:
+    return sample_identity(np.random.default_rng([cfg.seed, _IDENTITY, i]))
 
 
 def _scene(cfg: SynthConfig, i: int) -> _Scene:
     rng = np.random.default_rng([cfg.seed, _SCENE, i])
-    motion = faces.sample_motion(rng, cfg.frames, cfg.fps)
-    background = faces.sample_background(rng, cfg.size, cfg.frames)
+    motion = sample_motion(rng, cfg.frames, cfg.fps)
+    background = sample_background(rng, cfg.size, cfg.frames)
     gain = rng.uniform(0.9, 1.1, (3, 1, 1)).astype(F32)
     sigma = rng.uniform(0.5, 2.0) / 255
     noise = rng.normal(0, sigma, background.shape).astype(F32)
@@ -130,10 +133,10 @@ def synthesize(cfg: SynthConfig, target: int, source: int) -> dict[str, np.ndarr
 @dataclass
 class _Context:
     cfg: SynthConfig
-    t_ident: faces.Identity
-    s_ident: faces.Identity
+    t_ident: Identity
+    s_ident: Identity
     t_scene: _Scene
-    s_motion: faces.Motion
+    s_motion: Motion
     t_renders: list[Render]
     real: np.ndarray  # [T,3,H,W] float, with camera gain and noise
     _reenact: list[np.ndarray] | None = None
@@ -193,8 +196,8 @@ def _face2face(ctx: _Context, rng: np.random.Generator, s: float) -> Iterator[np
         dv = r.v - F32(ctx.t_ident.mouth_y)
         dx = amp * np.sin(F32(2 * math.pi / 0.3) * dv + F32(phase[0] + speed[0] * i))
         dy = amp * F32(0.6) * np.cos(F32(2 * math.pi / 0.35) * r.uf + F32(phase[1] + speed[1] * i))
-        warped = faces.bilinear_sample(re, yy + dy, xx + dx)
-        content = faces.gaussian_blur(warped, s * tr.face2face_blur) * tint
+        warped = bilinear_sample(re, yy + dy, xx + dx)
+        content = gaussian_blur(warped, s * tr.face2face_blur) * tint
         yield _blend(ctx.real[i], content, region)
 
 
@@ -207,7 +210,7 @@ def _faceswap(ctx: _Context, rng: np.random.Generator, s: float) -> Iterator[np.
     for i, r in enumerate(ctx.t_renders):
         pose = motion.pose(i)
         src = faces.render(ctx.s_ident, pose, ctx.cfg.size, ctx.real[i] / ctx.t_scene.gain).rgb
-        content = faces.gaussian_blur(src, 0.6) * ctx.t_scene.gain * tint + shift
+        content = gaussian_blur(src, 0.6) * ctx.t_scene.gain * tint + shift
         jitter = rng.normal(0, s * tr.faceswap_jitter, 2)
         hull = faces.hull_points(ctx.t_ident, pose.yaw) + jitter
         mask = faces.polygon_mask(r.u, r.v, hull, r.px, tr.faceswap_edge)
@@ -230,7 +233,7 @@ def _neuraltextures(ctx: _Context, rng: np.random.Generator, s: float) -> Iterat
             )
             * r.face
         )
-        content = faces.gaussian_blur(re, s * tr.neuraltextures_smooth) + texture
+        content = gaussian_blur(re, s * tr.neuraltextures_smooth) + texture
         yield _blend(ctx.real[i], content, region)
 
 
@@ -243,7 +246,7 @@ _MANIPULATE = {
 }
 
 
-def _inner_face(ident: faces.Identity, r: Render, edge_px: float) -> np.ndarray:
+def _inner_face(ident: Identity, r: Render, edge_px: float) -> np.ndarray:
     """Soft mask of the inner face (brows to chin) of a rendered target frame."""
     return faces.ellipse_mask(
         r.u, r.v, 0.0, 0.1, ident.face_w * 0.78, ident.face_h * 0.82, r.px, edge_px
