@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,11 +102,9 @@ def _check_launch(r: RunRequest) -> None:
     if r.gpus and r.device not in (None, "auto", "cuda"):
         raise KdbenchError(f"--device {r.device} with --gpus: each worker sees its one GPU as "
                            "cuda:0; drop --device (or give --device cuda)")
-    slurm = {f: getattr(r, f) for f in ("slurm_partition", "slurm_folder")}
-    defaults = RunRequest()
-    changed = [f for f in ("slurm_gpus_per_job", "slurm_time", "slurm_max_parallel",
-                           "slurm_cluster") if getattr(r, f) != getattr(defaults, f)]
-    if r.launcher != "slurm" and (any(v is not None for v in slurm.values()) or changed):
+    slurm = [f.name for f in fields(r) if f.name.startswith("slurm_")
+             and getattr(r, f.name) != f.default]
+    if r.launcher != "slurm" and slurm:
         raise KdbenchError("--slurm-* options go with --launcher slurm")
     if os.environ.get("WORLD_SIZE", "1") not in ("", "1") and r.launcher != "inprocess":
         raise KdbenchError(f"under torchrun each run is trained data-parallel by all ranks; "

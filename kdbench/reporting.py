@@ -13,6 +13,7 @@ import pandas as pd
 
 from kdbench.config import DEFAULT_RESULTS, default_preset
 from kdbench.errors import KdbenchError, did_you_mean
+from kdbench.values import comma_list
 
 if TYPE_CHECKING:
     from kdbench.report.tables import Report as tables_Report
@@ -21,13 +22,6 @@ log = logging.getLogger(__name__)
 PLOT_FORMATS = (".png", ".svg", ".pdf")
 PathLike = str | os.PathLike
 RegistryArg = PathLike | Sequence[PathLike] | None  # extra registry files
-
-
-def _names(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def _registry(registry: RegistryArg) -> dict:
@@ -124,7 +118,7 @@ def _metrics(metric: str | Sequence[str]) -> list[str]:
     """The metric names of ``metric`` (one, or a comma list), each checked."""
     from kdbench.config import METRIC_NAMES
 
-    names = list(dict.fromkeys(_names(metric)))
+    names = list(dict.fromkeys(comma_list(metric)))
     if not names:
         raise KdbenchError(f"no metric given; choose from {', '.join(METRIC_NAMES)}, or a comma "
                            "list such as acc,auc")
@@ -144,7 +138,7 @@ def compare(a: str, b: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str
     from kdbench.config import METRIC_NAMES
     from kdbench.report.compare import compare_cells
 
-    wanted = list(METRIC_NAMES) if metrics == "all" else _names(metrics)
+    wanted = list(METRIC_NAMES) if metrics == "all" else comma_list(metrics)
     for m in wanted:
         if m not in METRIC_NAMES:
             raise KdbenchError(f"unknown metric {m!r}{did_you_mean(m, METRIC_NAMES)}; "
@@ -182,7 +176,7 @@ def bench(preset: str | None = None, *, student: str | None = None, device: str 
     from kdbench.config import BACKBONES, preset_students
     from kdbench.registry import select_methods
 
-    entries = select_methods(reg, ",".join(_names(methods)) or "all")
+    entries = select_methods(reg, ",".join(comma_list(methods)) or "all")
     if student is not None and student not in BACKBONES:
         raise KdbenchError(f"unknown student {student!r}{did_you_mean(student, BACKBONES)}; "
                            f"choose one of {', '.join(BACKBONES)}")
@@ -217,7 +211,7 @@ def _cost(preset: str | None, dataset: str | None, student: str | Sequence[str] 
     from kdbench.config import BACKBONES, preset_students, resolve_config
 
     _check_device(device)
-    chosen = _names(student)
+    chosen = comma_list(student)
     for s in chosen:
         if s not in BACKBONES:
             raise KdbenchError(f"unknown student {s!r}{did_you_mean(s, BACKBONES)}; choose from "

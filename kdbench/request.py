@@ -19,6 +19,7 @@ from typing import Any
 
 from kdbench.config import DEFAULT_RESULTS
 from kdbench.errors import KdbenchError, did_you_mean
+from kdbench.values import comma_list
 
 COMMANDS = ("run", "reproduce")
 LAUNCHERS = ("inprocess", "print", "local", "slurm")
@@ -248,12 +249,6 @@ class RunRequest:
 # ---------------------------------------------------------------------- normalisation
 
 
-def _names(value: Any) -> tuple[str, ...]:
-    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(
-        value, (list, tuple, set)) else [value]
-    return tuple(str(v).strip() for v in items if str(v).strip())
-
-
 def _path(value: Any) -> Path:
     return Path(value).expanduser().resolve()
 
@@ -288,12 +283,12 @@ def _normalise(name: str, opt: Option, value: Any) -> Any:
     """One field's value in its canonical type (tuples, absolute paths, ints)."""
     kind = opt.kind
     if kind == "list":
-        out: Any = _names(value)
+        out: Any = tuple(comma_list(value))
     elif kind == "ints":
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         try:
-            out = tuple(int(s) for s in _names(value))
+            out = tuple(int(s) for s in comma_list(value))
         except ValueError:
             raise KdbenchError(f"{name} must be integers like 0,1,2, got {value!r}") from None
         if not out:
@@ -316,11 +311,10 @@ def _normalise(name: str, opt: Option, value: Any) -> Any:
     elif kind == "int":
         out = _whole(name, value, opt.low)
     elif kind == "threads":
-        out = None if value == "auto" else _whole(
-            "threads", value, 1) if not isinstance(value, str) or value.isdigit() else value
-        if isinstance(out, str):
+        if isinstance(value, str) and value != "auto" and not value.isdigit():
             raise KdbenchError(f"threads={value!r}; give a whole number >= 1, or auto for this "
                                "process's share of the cores")
+        out = None if value == "auto" else _whole("threads", value, 1)
     else:
         out = str(value)
     if opt.choices and out not in opt.choices:

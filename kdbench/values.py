@@ -19,6 +19,15 @@ _BOUNDS = {"min": (operator.ge, ">="), "max": (operator.le, "<="), "gt": (operat
            "lt": (operator.lt, "<")}
 
 
+def comma_list(value: Any) -> list[str]:
+    """``"a, b"``, ``["a", "b"]`` or a single value -> ``["a", "b"]`` (blanks dropped; None: [])."""
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(
+        value, (list, tuple, set)) else [value]
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
 def did_you_mean_key(prefix: str, key: str, known: Iterable[Any]) -> str:
     """`` (did you mean 'prefix.x'?)`` for the closest of ``known`` to the misspelt ``key`` of
     ``prefix`` (a config section or a method), named by its full dotted key; or ""."""

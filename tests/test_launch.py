@@ -92,6 +92,7 @@ def test_only_runs_one_run_and_names_the_runs_when_wrong(capsys, data, tmp_path)
     (["--launcher", "local", "--restart"], "drop --restart"),
     (["--workers", "2"], "--workers and --gpus go with --launcher local"),
     (["--launcher", "print", "--slurm-time", "5"], "--slurm-* options go with --launcher slurm"),
+    (["--slurm-cpus-per-job", "4"], "--slurm-* options go with --launcher slurm"),
     (["--launcher", "slurm"], "no SLURM here"),
 ])
 def test_launcher_bad_input_is_one_line(capsys, data, tmp_path, extra, message, monkeypatch):

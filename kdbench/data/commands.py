@@ -9,16 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kdbench.errors import KdbenchError, did_you_mean
+from kdbench.values import comma_list
 
 log = logging.getLogger(__name__)
 PathLike = str | os.PathLike
-
-
-def _names(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [str(v).strip() for v in items if str(v).strip()]
 
 
 def synth(root: PathLike | None = None, *, seed: int = 0, workers: int = 2,
@@ -105,7 +99,7 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
     frames = 32 if frames is None else frames
     if source == "ff++":
         dataset = f"ff_{compression or 'c40'}"
-        items = ffpp_items(root, compression or "c40", tuple(_names(methods)) or FF_METHODS,
+        items = ffpp_items(root, compression or "c40", tuple(comma_list(methods)) or FF_METHODS,
                            Path(splits) if splits else None)
     elif source == "celebdf":
         from kdbench.data.prepare_celebdf import celebdf_items

@@ -12,7 +12,7 @@ import numpy as np
 
 from kdbench.errors import VideoError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")  # read by Pillow
 
 
 def evenly_spaced(total: int, num: int) -> list[int]:

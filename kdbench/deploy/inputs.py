@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from kdbench.config import BACKBONES
+from kdbench.data.video import IMAGE_SUFFIXES
 from kdbench.errors import KdbenchError, did_you_mean
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                   ".wmv")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 AGGREGATES = ("mean", "max")
 RUN_FOLDER = "runs/<dataset>/<student>/<method>/<mode>/seed<k>"
 

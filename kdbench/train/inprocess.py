@@ -28,7 +28,7 @@ def announce(plan: Plan, where: str) -> None:
     r, runs = plan.request, plan.selected
     log.info(f"kdbench run: preset {r.preset}, dataset {r.dataset}, {where}, "
              f"{_plural(len(runs), 'run')}; results go to {r.results}")
-    if len(runs) > 1 or (runs and r.only is None):
+    if r.only is None:  # an --only job is named in its launcher's log already
         width = len(str(len(runs)))
         for i, run in enumerate(runs, 1):
             log.info(f"  {i:>{width}}. {run.name}")
