@@ -143,10 +143,11 @@ class Context:
 
 def is_finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a finished run."""
-    return _finished(run_dir) is not None
+    return finished_metrics(run_dir) is not None
 
 
-def _finished(run_dir: Path) -> dict[str, Any] | None:
+def finished_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of the finished run in ``run_dir`` (None if it is not finished)."""
     path = run_dir / "metrics.json"
     if path.is_file():
         metrics = read_json(path)  # a damaged file stops the plan with a one-line error
@@ -197,7 +198,7 @@ def _check_same_run(run_dir: Path, old: dict[str, Any], new: dict[str, Any], wha
 RUN_STATE = ("last.pt", "best.pt", "metrics.json", RUN_FILE, PREDICTIONS)
 
 
-def _progress(run_dir: Path) -> str | None:
+def progress_of(run_dir: Path) -> str | None:
     """What ``run_dir`` holds, in words (None if nothing): a finished run or its last epoch."""
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
@@ -216,15 +217,15 @@ def _progress(run_dir: Path) -> str | None:
 def _discard(run_dir: Path, started: float) -> str | None:
     """``--restart``: delete the progress ``run_dir`` held before this invocation ``started``
     (progress another process made since is kept); returns what was discarded."""
-    held = _progress(run_dir)
+    held = progress_of(run_dir)
     stamps = [(run_dir / n).stat().st_mtime for n in RUN_STATE if (run_dir / n).is_file()]
     if held is None or not stamps or max(stamps) >= started:
         return None
-    _clear(run_dir)
+    clear_run(run_dir)
     return held
 
 
-def _clear(run_dir: Path) -> None:
+def clear_run(run_dir: Path) -> None:
     """Delete a run's checkpoints, metrics, settings, traces and cross-dataset tests."""
     for name in RUN_STATE:
         (run_dir / name).unlink(missing_ok=True)
@@ -233,8 +234,9 @@ def _clear(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "cross", ignore_errors=True)
 
 
-def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn.Module,
-            extra: dict[str, Any]) -> dict[str, Any]:
+def record_run(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn.Module,
+               extra: dict[str, Any]) -> dict[str, Any]:
+    """Write a finished run's metrics.json (and its test predictions); returns the metrics."""
     result = dict(result)
     result.pop("history")
     test = result.pop("predictions", None)
@@ -252,7 +254,8 @@ def _record(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn
     return metrics
 
 
-def _summary(name: str, m: dict[str, Any]) -> None:
+def log_done(name: str, m: dict[str, Any]) -> None:
+    """Log a finished run's test metrics, best epoch and wall time."""
     t = m["test"]
     log.info(
    f"done {name}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer {t['eer']:.4f} "
@@ -301,7 +304,7 @@ def _finished_as(ctx: Context, run_dir: Path, spec: RunSpec, entry: MethodEntry,
                  ignored: set[str], identity: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics of the finished run in ``run_dir`` (None if unfinished); an error if it was
     made with other settings than ``identity``."""
-    done = _finished(run_dir)
+    done = finished_metrics(run_dir)
     if done is not None:
         # a hyper-parameter added to the registry later is taken to have had its default
         current = entry.hparams(spec.dataset)
@@ -325,7 +328,7 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
             raise KdbenchError(f"{run_dir} holds a last.pt without its {RUN_FILE} (settings "
                                "unknown); pass --restart to discard it")
         _check_same_run(run_dir, read_json(started), identity, "an unfinished run")
-        log.info(f"continue {name}: {_progress(run_dir)} (--restart discards it)")
+        log.info(f"continue {name}: {progress_of(run_dir)} (--restart discards it)")
     elif distributed.is_main():
         atomic_write_json(started, identity)
     cls = entry.resolve()
@@ -333,7 +336,7 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
     student = create_student(spec.student, ctx.config["student"]["pretrained"])
     distiller = cls(student, teacher if spec.mode != "none" else None, spec.mode, **spec.hparams)
     result = ctx.trainer(distiller, run_dir, spec.seed, name).fit(resume=True)
-    metrics = distributed.on_main(lambda: _record(ctx, run_dir, result, student, {
+    metrics = distributed.on_main(lambda: record_run(ctx, run_dir, result, student, {
         "role": "student", "student": spec.student, "method": spec.method,
         "variant": spec.variant, "mode": spec.mode, "seed": spec.seed, "hparams": spec.hparams,
         "entry": entry.entry, "teacher": str(teacher_dir(ctx)) if teacher is not None else None,
@@ -341,7 +344,7 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         "teacher_sha256": ctx.teacher_sha256 if teacher is not None else None,
         "run_info": dict(getattr(distiller, "run_info", {})),
     }))
-    _summary(name, metrics)
+    log_done(name, metrics)
     cross_test(ctx, run_dir, name)
     _prune(ctx, run_dir)
     return metrics

@@ -209,6 +209,11 @@ class CacheResult:
     reason: str = ""
     built_bytes: int = 0
 
+    def built_line(self, frames: int, folder: Path) -> str:
+        """The log line of a build: the fields, frames, size, time and folder."""
+        return (f"teacher cache: built {', '.join(self.built)} for {frames} frames x 2 flips, "
+                f"{self.built_bytes / 2**20:.1f} MB in {self.build_s:.1f} s ({folder})")
+
 
 def built_fields(folder: Path) -> dict[str, int]:
     """Complete fields in ``folder`` and their size in bytes."""

@@ -20,7 +20,14 @@ from kdbench.config import (
 from kdbench.models.students import create_student
 from kdbench.models.teacher import DualBranchTeacher
 from kdbench.registry import MethodEntry
-from kdbench.train.runner import Context, _clear, _finished, _progress, _record, _summary
+from kdbench.train.runner import (
+    Context,
+    clear_run,
+    finished_metrics,
+    log_done,
+    progress_of,
+    record_run,
+)
 from kdbench.train.store import claim, wait_for_lock
 from kdbench.train.teacher_cache import file_sha256
 from kdbench.train.teacher_task import TeacherTask
@@ -103,9 +110,7 @@ def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
     if got.cache is None:
         log.info(f"teacher cache: not built ({got.reason}); the runs use the live teacher")
     elif got.built:
-        log.info(f"teacher cache: built {', '.join(got.built)} for "
-                 f"{len(ctx.splits['train'])} frames x 2 flips, "
-                 f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s ({folder})")
+        log.info(got.built_line(len(ctx.splits["train"]), folder))
     else:
         log.info(f"teacher cache: {', '.join(got.cache.fields)} already built ({folder})")
 
@@ -113,20 +118,20 @@ def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
 def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
                            seed: int) -> DualBranchTeacher:
     # the weights a teacher retrained for a lost checkpoint must reproduce (students used them)
-    recorded = distributed.on_main(lambda: (_finished(run_dir) or {}).get("weights_sha256"))
+    recorded = distributed.on_main(lambda: (finished_metrics(run_dir) or {}).get("weights_sha256"))
     done = distributed.on_main(lambda: _finished_teacher(run_dir))
     if done is None:
-        held = _progress(run_dir)  # an interrupted teacher continues, as the students do
+        held = progress_of(run_dir)  # an interrupted teacher continues, as the students do
         log.info(f"continue teacher: {held} in {run_dir} (--restart does not discard a "
                  "teacher)" if held else f"teacher {run_dir}")
         task = TeacherTask(teacher)
         result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=True)
-        done = distributed.on_main(lambda: _record(
+        done = distributed.on_main(lambda: record_run(
             ctx, run_dir, result, teacher,
             {"role": "teacher", "backbone": teacher.name, "seed": seed,
              "weights_sha256": file_sha256(run_dir / "best.pt"),
              **({"recorded_sha256": recorded} if recorded else {})}))
-        _summary("teacher", done)
+        log_done("teacher", done)
         if recorded and recorded != done["weights_sha256"]:
             log.warning(f"teacher: the weights trained again differ from the recorded "
                         f"ones (sha256 {done['weights_sha256'][:12]} vs {recorded[:12]}); the "
@@ -142,16 +147,16 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
 def _finished_teacher(run_dir: Path) -> dict[str, Any] | None:
     """The finished teacher's metrics (None if it is to be trained); a committed result store
     keeps metrics but no checkpoints: that teacher is trained again (deterministically)."""
-    done = _finished(run_dir)
+    done = finished_metrics(run_dir)
     if done is not None and not (run_dir / "best.pt").is_file():
         log.info(f"teacher: {run_dir} has metrics but no best.pt; training it again")
-        _clear(run_dir)
+        clear_run(run_dir)
         return None
     return done
 
 
 def teacher_test(ctx: Context) -> dict[str, Any] | None:
     """The test metrics of the teacher a run distilled from (it may be retrained later)."""
-    done = _finished(teacher_dir(ctx))
+    done = finished_metrics(teacher_dir(ctx))
     return done["test"] if done else None
 

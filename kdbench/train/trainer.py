@@ -317,10 +317,7 @@ class Trainer:
                          f"{self.teacher_targets} targets")
             return
         if got.built:
-            log.info(f"teacher cache: built {', '.join(got.built)} for "
-                     f"{len(train)} frames x 2 flips, "
-                     f"{got.built_bytes / 2**20:.1f} MB in {got.build_s:.1f} s "
-                     f"({self.teacher_cache_dir})")
+            log.info(got.built_line(len(train), self.teacher_cache_dir))
         else:
             log.info(f"{self.label}: teacher outputs from the cache ({', '.join(fields)})")
         self.lookup = got.cache.read
