@@ -31,7 +31,7 @@ from kdbench.data.datasets import PreparedData, open_dataset
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
 from kdbench.models.students import create_student
-from kdbench.models.teacher import DualBranchTeacher
+from kdbench.models.teacher_build import build_teacher
 from kdbench.progress import progress_bar
 from kdbench.registry import MethodEntry, report_specs
 from kdbench.train import teacher_cache
@@ -69,7 +69,8 @@ class _Setup:
                                                                   steps * self.batch)])
         t = self.config["teacher"]
         seed_everything(0)
-        self.teacher = DualBranchTeacher(t["backbone"], t["proj_dim"], t["hp_cutoff"]).eval()
+        self.teacher = build_teacher(
+            {"teacher": {**t, "pretrained": None, "checkpoint": None}}).eval()
         self.tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
         self.channels_last = on_device(self.config["train"], "channels_last", device)
 

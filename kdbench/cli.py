@@ -18,7 +18,10 @@ from kdbench.request import request_options
 def cmd_run(args: argparse.Namespace) -> int:
     from kdbench import api
 
-    return _finished(api.run(**request_options(args)), args.launcher)
+    summary = api.run(**request_options(args))
+    if not summary.commands and args.only is None and summary.runs:
+        sys.stdout.write(api.plan_report(summary).render("md"))
+    return _finished(summary, args.launcher)
 
 
 def _finished(summary, launcher: str | None) -> int:

@@ -16,9 +16,10 @@ from kdbench.values import check_limits, coerce, did_you_mean_key
 
 SECTIONS = ("data", "train", "teacher", "student")
 DEFAULT_RESULTS = "kdbench-results"  # results/ holds the committed reference runs: named only
-# the backbones a student or the teacher can be (kdbench.models.backbones builds them); named
-# here so that arguments are checked before torch and timm are imported
+# kdbench's own backbones (kdbench.models.backbones builds them; any timm CNN works too, checked
+# once torch and timm are imported)
 BACKBONES = ("resnet18_thin", "resnet34_thin", "xception")
+TEACHER_KINDS = ("dual", "single")
 METRIC_NAMES = ("acc", "auc", "ap", "eer", "video_auc")
 
 _BASE: dict[str, Any] = {
@@ -48,6 +49,10 @@ _BASE: dict[str, Any] = {
         "hp_cutoff": 0.33,
         "seed": 0,
         "pretrained": None,
+        "kind": "dual",  # dual: RGB + frequency branches with RFAMs; single: one RGB classifier
+        "freq_backbone": None,  # the dual teacher's frequency branch (None: teacher.backbone)
+        "checkpoint": None,  # a trained detector's weights file: loaded, never trained
+        "key_prefix": "",  # stripped from the checkpoint's keys (e.g. backbone.)
     },
     "student": {"pretrained": None},
     # per-dataset overrides of the sections above
@@ -64,8 +69,8 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
               "channels_last": {"choices": ["auto", True, False]},
               "sync_bn": {"choices": [True, False]},
               "tensorboard": {"choices": [True, False]}},
-    "teacher": {"backbone": {"choices": list(BACKBONES)}, "proj_dim": {"min": 1},
-                "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0}},
+    "teacher": {"proj_dim": {"min": 1}, "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0},
+                "kind": {"choices": list(TEACHER_KINDS)}},
     "student": {},
 }
 
@@ -104,6 +109,16 @@ SPEED_SETTINGS = {"workers", "eval_batch_size", "channels_last", "compile", "tea
 PARALLEL_SETTINGS = {"sync_bn"}
 # settings that only add output files: they do not name a run either
 OUTPUT_SETTINGS = {"tensorboard"}
+# settings added after runs were stored (kdbench 0.4): at these values a run's identity and its
+# teacher folder's name leave them out, so the runs stored before them are still found
+ADDED_DEFAULTS = {"teacher": {"kind": "dual", "freq_backbone": None, "checkpoint": None,
+                              "key_prefix": ""}}
+
+
+def without_added_defaults(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` of ``section`` less the :data:`ADDED_DEFAULTS` at their default."""
+    added = ADDED_DEFAULTS.get(section, {})
+    return {k: v for k, v in values.items() if k not in added or added[k] != v}
 # where an "auto" setting is on: bf16 autocast on CUDA only (the CPU keeps fp32 results);
 # channels_last also on the CPU, where oneDNN's NHWC convolutions measured 20-25 % faster
 AUTO_SETTINGS = {"amp": ("cuda",), "channels_last": ("cuda", "cpu")}
@@ -187,9 +202,10 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
             value = coerce(value, cfg[section][key], name)
             values[key] = check_limits(value, LIMITS[section].get(key), name)
     cfg = deep_merge(cfg, section_overrides)
-    for section in ("teacher", "student"):  # "none" is no weights, as the default None
-        if str(cfg[section]["pretrained"]).lower() in ("none", ""):
-            cfg[section]["pretrained"] = None
+    for section, key in (("teacher", "pretrained"), ("student", "pretrained"),
+                         ("teacher", "checkpoint"), ("teacher", "freq_backbone")):
+        if str(cfg[section][key]).lower() in ("none", ""):  # "none": as the default None
+            cfg[section][key] = None
     cfg["preset"] = preset
     return cfg
 

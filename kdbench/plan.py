@@ -64,8 +64,7 @@ class Plan:
     @property
     def config(self) -> dict[str, Any]:
         """The resolved settings (not yet adapted to the device: see config.for_device)."""
-        r = self.request
-        return resolve_config(r.preset or "cpu", r.dataset, self.overrides)
+        return resolved_config(self.request, self.overrides)
 
 
 def plan(request: RunRequest) -> Plan:
@@ -80,13 +79,13 @@ def plan(request: RunRequest) -> Plan:
     preset = request.preset or default_preset(device)
     if preset != (request.preset or "cpu"):  # the GPU default: check its settings, students
         checked = _check(request, preset)
-    overrides, reg, students = checked
+    overrides, reg, students, modes = checked
     resolved = replace(request, preset=preset, device=device, students=tuple(students),
-                       lock_dir=request.lock_folder())
+                       modes=modes, lock_dir=request.lock_folder())
     cross = _cross(resolved)
     resolved = replace(resolved, cross_dataset=cross[0] if cross else None,
                        cross_data_root=cross[1] if cross else None)
-    runs = _runs(resolved, reg, overrides)
+    runs = _runs(resolved, reg, overrides, resolved_config(resolved, overrides))
     if request.only is not None and request.only != TEACHER \
             and not any(r.name == request.only for r in runs):
         names = [r.name for r in runs]
@@ -114,11 +113,12 @@ def _check_launch(r: RunRequest) -> None:
                            "drop --restart (or restart the runs with --launcher inprocess)")
 
 
-def _check(r: RunRequest, preset: str) -> tuple[dict[str, Any], dict[str, MethodEntry],
-                                                list[str]]:
+def _check(r: RunRequest, preset: str
+           ) -> tuple[dict[str, Any], dict[str, MethodEntry], list[str], tuple[str, ...]]:
     """Every check that needs no torch: registry, methods and their hyper-parameters,
     settings, students, modes, sweeps, device name, dataset, results folder and pretrained
-    weights; returns (settings overrides, registry, students)."""
+    weights (timm is imported only for a backbone not built in); returns (settings overrides,
+    registry, students, modes)."""
     from kdbench.config import check_device_name, parse_set
     from kdbench.data.datasets import check_dataset
     from kdbench.files import check_writable
@@ -155,31 +155,59 @@ def _check(r: RunRequest, preset: str) -> tuple[dict[str, Any], dict[str, Method
             raise KdbenchError(f"{section}.pretrained: weights file {weights} not found; give a "
                                "local .pth/.pt path, imagenet (timm's weights) or none")
     students = list(r.students) or preset_students(preset)
-    for s in students:
-        if s not in BACKBONES:
-            raise KdbenchError(f"unknown student {s!r}{did_you_mean(s, BACKBONES)}; choose from "
-                               f"{', '.join(BACKBONES)}")
+    t = config["teacher"]
+    if t["checkpoint"] and not Path(t["checkpoint"]).expanduser().is_file():
+        raise KdbenchError(f"teacher.checkpoint: file {t['checkpoint']} not found; give the "
+                           "trained detector's local weights file")
+    _check_backbones([("--students", s) for s in students]
+                     + [("teacher.backbone", t["backbone"])]
+                     + [("teacher.freq_backbone", t["freq_backbone"])] * bool(t["freq_backbone"]))
     bad_modes = [m for m in r.modes if m not in ("rgb", "both")]
     if bad_modes or not r.modes:
         raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; modes are rgb, both or "
                            "rgb,both")
-    pairs = [(e, m) for e in entries for m in e.modes if m == "none" or m in r.modes]
+    modes = _modes(r, t["kind"])
+    pairs = [(e, m) for e in entries for m in e.modes if m == "none" or m in modes]
     if not pairs:
         raise KdbenchError(f"no method of {','.join(r.methods)!r} runs in modes "
-                           f"{','.join(r.modes)!r}")
+                           f"{','.join(modes)!r}")
     for e, _ in pairs:  # entry points found (not imported yet)
         e.check_entry()
-    check_plan(pairs, r.dataset, overrides, [parse_sweep(s) for s in r.sweeps])
+    check_plan(pairs, r.dataset, overrides, [parse_sweep(sw) for sw in r.sweeps])
     check_dataset(r.dataset, r.data_root)
     check_writable(r.results)
-    backbones = {"teacher": [config["teacher"]["backbone"]], "student": students}
+    backbones = {"teacher": [] if t["checkpoint"] else
+                 [t["backbone"], *([t["freq_backbone"]] if t["freq_backbone"] else [])],
+                 "student": students}
     for section, names in backbones.items():  # before hours of data preparation
         if config[section]["pretrained"] == "imagenet":
             from kdbench.models.backbones import check_imagenet
 
             for name in names:
                 check_imagenet(name, f"{section}.pretrained")
-    return overrides, reg, students
+    return overrides, reg, students, modes
+
+
+def _check_backbones(named: list[tuple[str, str]]) -> None:
+    """Each (option, name) is a built-in backbone or a timm CNN with features_only (one line
+    with the closest timm names otherwise); timm is imported only for a name not built in."""
+    others = [(option, name) for option, name in named if name not in BACKBONES]
+    if others:
+        from kdbench.models.backbones import check_backbone
+
+        for option, name in others:
+            check_backbone(name, option)
+
+
+def _modes(r: RunRequest, kind: str) -> tuple[str, ...]:
+    """The distillation modes: ``--modes``; a single-branch teacher has no frequency branch, so
+    its default is rgb and an asked-for ``both`` is an error."""
+    if kind != "single" or "both" not in r.modes:
+        return tuple(r.modes)
+    if tuple(r.modes) == RunRequest.make("run").modes:  # the default: rgb,both
+        return ("rgb",)
+    raise KdbenchError("--modes both needs the frequency branch of a dual teacher; "
+                       "teacher.kind=single has none: use --modes rgb (or teacher.kind=dual)")
 
 
 def _device(r: RunRequest) -> str:
@@ -197,8 +225,13 @@ def _device(r: RunRequest) -> str:
     return "cuda" if r.gpus or torch.cuda.is_available() else "cpu"
 
 
-def _runs(r: RunRequest, reg: dict[str, MethodEntry],
-          overrides: dict[str, Any]) -> list[PlannedRun]:
+def resolved_config(r: RunRequest, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a resolved request (not yet adapted to the device)."""
+    return resolve_config(r.preset or "cpu", r.dataset, overrides)
+
+
+def _runs(r: RunRequest, reg: dict[str, MethodEntry], overrides: dict[str, Any],
+          config: dict[str, Any]) -> list[PlannedRun]:
     """Every run of the plan, in the order they run: seeds, then students, then methods."""
     from kdbench.registry import select_methods
     from kdbench.variants import merge, parse_sweep, plan_runs, report_runs
@@ -208,6 +241,8 @@ def _runs(r: RunRequest, reg: dict[str, MethodEntry],
     planned = plan_runs(pairs, r.dataset, overrides, [parse_sweep(s) for s in r.sweeps])
     if r.with_reports:
         planned = merge(planned, report_runs(entries, r.dataset, overrides))
+    if config["teacher"]["kind"] == "single":  # the report runs of both mode need two branches
+        planned = [p for p in planned if p.mode in ("none", *r.modes)]
     out = []
     for seed in r.seeds:
         for student in r.students:

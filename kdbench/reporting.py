@@ -146,6 +146,14 @@ def compare(a: str, b: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str
     return compare_cells(runs(results, dataset, student), a, b, wanted, n_boot)
 
 
+def plan_report(summary: Any) -> tables_Report:
+    """The table a run ends with: the plan's teacher (kind and backbone) and each of its
+    student runs, test accuracy and AUC over the finished seeds (``summary``: a RunSummary)."""
+    from kdbench.report.plan_table import plan_report as build
+
+    return build(Path(summary.results), list(summary.runs), summary.teacher)
+
+
 def table(kind: str = "comparison", **options: Any) -> pd.DataFrame:
     """The table ``kind`` (see :func:`report` for the options) as a DataFrame of its cells;
     ``runs`` lists the store's run folders."""

@@ -32,7 +32,7 @@ def execute(p: Plan) -> RunSummary:
     if r.launcher == "inprocess":
         from kdbench.train.inprocess import run_plan
 
-        return run_plan(p)
+        return _with_teacher(run_plan(p), p)
     from kdbench.launch.local import launch_local
     from kdbench.launch.slurm import SlurmLauncher, SlurmOptions
     from kdbench.train.inprocess import announce
@@ -42,7 +42,14 @@ def execute(p: Plan) -> RunSummary:
     with locks_in(r.lock_dir):  # one line now, not a failure in every job
         check_locking(r.results)
     announce(p, f"device {r.device}, launcher {r.launcher}")
-    return slurm.launch(p) if slurm is not None else launch_local(p)
+    return _with_teacher(slurm.launch(p) if slurm is not None else launch_local(p), p)
+
+
+def _with_teacher(summary: RunSummary, p: Plan) -> RunSummary:
+    from kdbench.train.inprocess import teacher_of
+
+    summary.teacher = teacher_of(p)
+    return summary
 
 
 def run(methods: str | Sequence[str] = "all", dataset: str = "synthetic",

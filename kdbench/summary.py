@@ -24,6 +24,7 @@ class RunSummary:
     wall_s: float = 0.0
     store_bytes: int | None = None
     commands: list[str] = field(default_factory=list)  # --launcher print: one per job
+    teacher: Path | None = None  # the plan's teacher folder (None when no run distils)
 
     @property
     def ok(self) -> bool:

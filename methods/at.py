@@ -26,6 +26,7 @@ def at_loss(fs: list[Tensor], ft: list[Tensor]) -> Tensor:
 
 class AT(FeatureKD):
     weight_key = "beta"
+    stage_maps = 4
 
     def branch_loss(self, s, t, branch):
         return at_loss(s.feats, teacher_feats(t, branch))

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdbench.errors import KdbenchError
 from kdbench.models.outputs import StudentOut, TeacherOut, from_batch
 
 MODES = ("none", "rgb", "both")
@@ -44,10 +45,21 @@ class Distiller(nn.Module):
     trainer sums the terms, calls backward once, then ``after_backward``, then steps.
     """
 
+    # the stage maps the method reads from each side (0: none; 4: every stage); a backbone
+    # that gives fewer is refused in one line
+    stage_maps = 0
+
     def __init__(self, student: nn.Module, teacher: nn.Module | None, mode: str, **hparams):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if teacher is not None and self.stage_maps:
+            for side in (student, teacher):
+                if len(side.stage_channels) < self.stage_maps:
+                    raise KdbenchError(
+                        f"{type(self).__name__.lower()} reads {self.stage_maps} stage maps, "
+                        f"but backbone {side.name} gives {len(side.stage_channels)}; pick "
+                        "another backbone, or a method that reads the pooled vector or logits")
         self.student = student
         self.mode = mode
         self.hparams = hparams

@@ -141,9 +141,10 @@ class CRD(FeatureKD):
         self.nce_k = int(hparams.get("nce_k", 16384))
         self.nce_t = float(hparams.get("nce_t", 0.07))
         self.nce_m = float(hparams.get("nce_m", 0.5))
-        ds, dt = student.stage_channels[-1], teacher.stage_channels[-1]
+        ds = student.stage_channels[-1]
         self.banks = nn.ModuleDict()
         for branch in self.branches:
+            dt = teacher.branch_channels(branch)[-1]
             self.adaptors[branch] = nn.ModuleDict(
                 {"s": Embed(ds, self.feat_dim), "t": Embed(dt, self.feat_dim)})
             self.banks[branch] = ContrastBank(self.feat_dim, self.nce_t, self.nce_m)

@@ -31,12 +31,13 @@ class ConvReg(nn.Module):
 
 class FitNet(FeatureKD):
     weight_key = "beta"
+    stage_maps = 4
 
     def __init__(self, student, teacher, mode, **hparams):
         super().__init__(student, teacher, mode, **hparams)
-        cs, ct = student.stage_channels[HINT_STAGE], teacher.stage_channels[HINT_STAGE]
+        cs = student.stage_channels[HINT_STAGE]
         for branch in self.branches:
-            self.adaptors[branch] = ConvReg(cs, ct)
+            self.adaptors[branch] = ConvReg(cs, teacher.branch_channels(branch)[HINT_STAGE])
 
     def branch_loss(self, s, t, branch):
         hint, target = match_spatial(s.feats[HINT_STAGE], teacher_feats(t, branch)[HINT_STAGE])

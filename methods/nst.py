@@ -41,6 +41,7 @@ class NST(FeatureKD):
     beta * nst_loss over the four stage maps per teacher branch (no adaptor)."""
 
     weight_key = "beta"
+    stage_maps = 4
 
     def branch_loss(self, s, t, branch):
         return nst_loss(s.feats, teacher_feats(t, branch))

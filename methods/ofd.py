@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kdbench.errors import KdbenchError
 from kdbench.methods.base import full_precision
 from kdbench.methods.feature_kd import FeatureKD, match_spatial
 from kdbench.models.outputs import StudentOut, TeacherOut
@@ -93,12 +94,18 @@ class OFD(FeatureKD):
     """
 
     weight_key = "beta"
+    stage_maps = 4
 
     def __init__(self, student, teacher, mode, **hparams):
         super().__init__(student, teacher, mode, **hparams)
-        pairs = list(zip(student.stage_channels, teacher.stage_channels, strict=True))
-        self.num_stages = len(pairs)
+        self.num_stages = len(student.stage_channels)
+        for side in (student.backbone, *(getattr(teacher, f"{b}_branch") for b in self.branches)):
+            if side.preact_problem():
+                raise KdbenchError(f"ofd reads pre-activation stage maps, which backbone "
+                                   f"{side.name} does not give ({side.preact_problem()}); pick "
+                                   "another backbone or method")
         for branch in self.branches:
+            pairs = zip(student.stage_channels, teacher.branch_channels(branch), strict=True)
             self.adaptors[branch] = nn.ModuleList(connector(cs, ct) for cs, ct in pairs)
             bns = getattr(teacher, f"{branch}_branch").preact_bns
             if len(bns) != self.num_stages:

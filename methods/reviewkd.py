@@ -136,15 +136,17 @@ class ReviewKD(FeatureKD):
     """
 
     weight_key = "beta"
+    stage_maps = 4
 
     def __init__(self, student: nn.Module, teacher: nn.Module, mode: str, **hparams) -> None:
         super().__init__(student, teacher, mode, **hparams)
         self.warmup_frac = float(hparams.get("warmup_frac", WARMUP_FRAC))
         max_mid = int(hparams.get("max_mid_channel", 512))
-        s_chans, t_chans = list(student.stage_channels), list(teacher.stage_channels)
-        in_channels, out_channels = [*s_chans, s_chans[-1]], [*t_chans, t_chans[-1]]
+        s_chans = list(student.stage_channels)
+        in_channels = [*s_chans, s_chans[-1]]
         for branch in self.branches:
-            self.adaptors[branch] = build_abfs(in_channels, out_channels, max_mid)
+            t_chans = list(teacher.branch_channels(branch))
+            self.adaptors[branch] = build_abfs(in_channels, [*t_chans, t_chans[-1]], max_mid)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.steps_per_epoch: int | None = None
         self.warmup_epochs = 0.0

@@ -42,11 +42,12 @@ class VIDRegressor(nn.Module):
 
 class VID(FeatureKD):
     weight_key = "beta"
+    stage_maps = 4
 
     def __init__(self, student, teacher, mode, **hparams):
         super().__init__(student, teacher, mode, **hparams)
-        pairs = list(zip(student.stage_channels, teacher.stage_channels))
         for branch in self.branches:
+            pairs = zip(student.stage_channels, teacher.branch_channels(branch), strict=True)
             self.adaptors[branch] = nn.ModuleList(
                 VIDRegressor(cs, ct, hparams.get("init_var", 5.0)) for cs, ct in pairs
             )

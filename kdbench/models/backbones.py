@@ -23,52 +23,66 @@ log = logging.getLogger(__name__)
 
 
 class StagedBackbone(nn.Module):
-    """A CNN as ``stem`` + four ``stages``; ``forward`` returns the four stage maps.
+    """A CNN as ``stem`` + its last four ``stages``; ``forward`` returns the stage maps.
 
-    ``final_relus[i]``: the ReLU that ends stage i (None: the stage ends without one, its output
-    is pre-activation already); ``preact_bns[i]``: the BatchNorm feeding that pre-activation
-    (a distiller's margin may come from its statistics). :meth:`capture_preact` records the
-    stage maps before their final ReLU."""
+    ``final_relus[i]``: the activation that ends stage i (None: the stage ends without one, its
+    output is pre-activation already); ``preact_bns[i]``: the BatchNorm feeding that
+    pre-activation (a distiller's margin may come from its statistics). The built-in backbones
+    name them; for a timm backbone one forward pass finds them on first use
+    (:func:`kdbench.models.timm_backbones.stage_ends`). :meth:`capture_preact` records the stage
+    maps before their final activation."""
+
+    sequential = True  # the stages can be run one at a time (the dual teacher's RFAMs)
 
     def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int],
                  final_relus: list[nn.Module | None] | None = None,
-                 preact_bns: list[nn.BatchNorm2d] | None = None) -> None:
+                 preact_bns: list[nn.BatchNorm2d] | None = None, name: str = "") -> None:
         super().__init__()
+        self.name = name
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.stage_channels = list(channels)
-        self._final_relus = list(final_relus or [None] * len(stages))  # not submodules twice
-        self._preact_bns = list(preact_bns or [])
+        # not submodules twice; None: found on first use
+        self._ends: tuple[list[nn.Module | None], list[nn.BatchNorm2d], str | None] | None = (
+            (list(final_relus or [None] * len(stages)), list(preact_bns or []), None)
+            if preact_bns is not None else None)
 
     @property
     def num_features(self) -> int:
         return self.stage_channels[-1]
 
+    def _stage_ends(self) -> tuple[list[nn.Module | None], list[nn.BatchNorm2d], str | None]:
+        if self._ends is None:
+            from kdbench.models.timm_backbones import stage_ends
+
+            was_training = self.training
+            self.eval()
+            try:
+                self._ends = stage_ends(list(self.stages), self)
+            finally:
+                self.train(was_training)
+        return self._ends
+
+    def preact_problem(self) -> str | None:
+        """Why this backbone cannot give pre-activation stage maps (None: it can)."""
+        return self._stage_ends()[2]
+
     @property
     def preact_bns(self) -> list[nn.BatchNorm2d]:
-        return self._preact_bns
+        return self._stage_ends()[1]
 
     @contextmanager
     def capture_preact(self) -> Iterator[list[Tensor]]:
-        """Within the block, each forward appends the four pre-ReLU stage maps to the list it
-        yields (copies: ReLUs work in place)."""
-        maps: list[Tensor] = []
+        """Within the block, each forward appends the pre-activation stage maps to the list it
+        yields (copies: activations work in place)."""
+        from kdbench.models.timm_backbones import preact_hooks
 
-        def before_relu(module: nn.Module, args: tuple[Tensor, ...]) -> None:
-            x = args[0]
-            maps.append(x.clone() if getattr(module, "inplace", False) else x)
-
-        def stage_output(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
-            maps.append(out.clone())  # the next stage may start with an in-place ReLU
-
-        handles = [relu.register_forward_pre_hook(before_relu) if relu is not None
-                   else stage.register_forward_hook(stage_output)
-                   for relu, stage in zip(self._final_relus, self.stages, strict=True)]
-        try:
+        finals, _, problem = self._stage_ends()
+        if problem:
+            raise KdbenchError(f"backbone {self.name} gives no pre-activation stage maps: "
+                               f"{problem}")
+        with preact_hooks(list(self.stages), finals) as maps:
             yield maps
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
@@ -77,6 +91,37 @@ class StagedBackbone(nn.Module):
             x = stage(x)
             feats.append(x)
         return feats
+
+
+class HookedBackbone(nn.Module):
+    """A timm model whose features_only maps come from hooks (its stages cannot be run one at a
+    time): ``forward`` returns its last four maps; no pre-activation maps."""
+
+    sequential = False
+
+    def __init__(self, model: nn.Module, channels: list[int], name: str) -> None:
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.stage_channels = list(channels)
+
+    @property
+    def num_features(self) -> int:
+        return self.stage_channels[-1]
+
+    def preact_problem(self) -> str | None:
+        return "its stage maps come from timm's feature hooks, not from stages run in turn"
+
+    @property
+    def preact_bns(self) -> list[nn.BatchNorm2d]:
+        return []
+
+    def capture_preact(self) -> Iterator[list[Tensor]]:
+        raise KdbenchError(f"backbone {self.name} gives no pre-activation stage maps: "
+                           f"{self.preact_problem()}")
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return list(self.model(x))[-len(self.stage_channels):]
 
 
 def _thin_resnet(layers: list[int]) -> nn.Module:
@@ -104,7 +149,8 @@ def _split_xception(m: nn.Module) -> StagedBackbone:
     # blocks 3, 7, 11 end in rep(x) + skip (no ReLU; rep's last BatchNorm), conv4 in bn4, act4
     bns = [[b for b in blocks[i].rep if isinstance(b, nn.BatchNorm2d)][-1] for i in (2, 6, 10)]
     bns.append(m.bn4)
-    return StagedBackbone(stem, stages, [728, 728, 728, 2048], [None, None, None, m.act4], bns)
+    return StagedBackbone(stem, stages, [728, 728, 728, 2048], [None, None, None, m.act4], bns,
+                          name="xception")
 
 
 _BUILDERS: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], StagedBackbone]]] = {
@@ -125,61 +171,77 @@ def _millions(n: int) -> str:
     return f"{n / 1e6:.2f} M"
 
 
-def load_local_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
-    """Load a local state dict (timm naming) into ``model`` and report the parameters matched,
-    missing (left at their initial values) and unexpected (in the file, unused: e.g. the
-    classifier); fewer than ``MIN_MATCHED`` of the backbone's parameters matched is an error.
-    Returns the three counts."""
+def read_state_dict(path: str | Path, what: str = "pretrained weights file") -> dict[str, Tensor]:
+    """The tensors of a local weight file: a state dict, or a dict holding one under
+    ``state_dict`` or ``model``; one line when it cannot be read (``what`` names the file)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise KdbenchError(
-            f"pretrained weights file {path} not found; give a local .pth/.pt path "
-            "(kdbench never downloads weights) or drop the pretrained setting"
-        )
+        raise KdbenchError(f"{what} {path} not found; give a local .pth/.pt path (kdbench never "
+                           "downloads weights)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise KdbenchError(
-            f"pretrained weights file {path} needs unpickling (it holds more than tensors), "
-            "which kdbench does not do for safety; re-save it as a state dict: "
-            "torch.save(model.state_dict(), path)"
+            f"{what} {path} needs unpickling (it holds more than tensors), which kdbench does "
+            "not do for safety; re-save it as a state dict: torch.save(model.state_dict(), path)"
         ) from None
     except (RuntimeError, EOFError, OSError) as exc:
-        raise KdbenchError(f"pretrained weights file {path} cannot be read "
+        raise KdbenchError(f"{what} {path} cannot be read "
                            f"({str(exc).splitlines()[0][:120]}); is it a PyTorch weight file?"
                            ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise KdbenchError(f"pretrained weights file {path} holds no state dict")
+        raise KdbenchError(f"{what} {path} holds no state dict")
+    return {k: v for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def strip_prefix(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The keys that start with ``prefix``, without it (all keys when ``prefix`` is empty)."""
+    if not prefix:
+        return state
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_matching(model: nn.Module, state: dict[str, Tensor], source: str,
+                  what: str = "backbone") -> dict[str, int]:
+    """Load the tensors of ``state`` whose names and shapes fit ``model`` and report the
+    parameters matched, missing (left at their initial values) and unexpected (in the file,
+    unused: e.g. a classifier); fewer than ``MIN_MATCHED`` of ``what``'s parameters matched is
+    an error naming ``source``. Returns the three counts."""
     own = model.state_dict()
-    state = {k: v for k, v in state.items() if isinstance(v, Tensor)}
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
     counts = {"matched": sum(p.numel() for k, p in params.items() if k in usable),
               "unexpected": sum(v.numel() for k, v in state.items() if k not in usable)}
     counts["missing"] = total - counts["matched"]
-    summary = (f"{_millions(counts['matched'])} of the backbone's {_millions(total)} parameters "
-               f"matched, {_millions(counts['missing'])} missing, "
+    summary = (f"{_millions(counts['matched'])} of the {what}'s {_millions(total)} parameters "
+               f"matched ({counts['matched'] / max(total, 1):.1%}), "
+               f"{_millions(counts['missing'])} missing, "
                f"{_millions(counts['unexpected'])} unexpected")
     if counts["matched"] < MIN_MATCHED * total:
         own_key = next((k for k in params if k not in usable), "")
         file_key = next((k for k in state if k not in usable), "")
         raise KdbenchError(
-            f"pretrained weights file {path}: {summary}; at least {MIN_MATCHED:.0%} must match "
-            f"(is it this backbone in timm's naming? the file has e.g. {file_key!r}, the "
-            f"backbone {own_key!r})")
+            f"{source}: {summary}; at least {MIN_MATCHED:.0%} must match (is it this "
+            f"architecture in timm's naming? the file has e.g. {file_key!r}, the {what} "
+            f"{own_key!r})")
     model.load_state_dict(usable, strict=False)
-
-    log.info(f"loaded {path}: {summary}")
+    log.info(f"loaded {source}: {summary}")
     return counts
 
 
+def load_local_weights(model: nn.Module, path: str | Path) -> dict[str, int]:
+    """Load a local state dict (timm naming) into ``model`` (:func:`load_matching`)."""
+    state = read_state_dict(path)
+    return load_matching(model, state, f"pretrained weights file {Path(path).expanduser()}")
+
+
 def _imagenet_model(name: str, setting: str) -> nn.Module:
-    """The backbone with timm's ImageNet weights, through timm's own loading (its cache; a
-    download when online)."""
+    """The built-in backbone with timm's ImageNet weights, through timm's own loading (its
+    cache; a download when online)."""
     if name not in IMAGENET:
         raise KdbenchError(
             f"{setting}=imagenet: {name} has no ImageNet weights (kdbench's thin networks are "
@@ -196,25 +258,67 @@ def _imagenet_model(name: str, setting: str) -> nn.Module:
 
 
 def check_imagenet(name: str, setting: str) -> None:
-    """Fail early (one line) unless timm's ImageNet weights of ``name`` are in torch's hub cache
-    or can be downloaded into it now."""
+    """Fail early (one line) unless timm's ImageNet weights of ``name`` are in its cache or can
+    be downloaded into it now."""
     if name in IMAGENET:
         url = timm.models.get_pretrained_cfg(IMAGENET[name]).url or ""
         if (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file():
             return
-    _imagenet_model(name, setting)
+        _imagenet_model(name, setting)
+    elif name in _BUILDERS:
+        _imagenet_model(name, setting)
+    else:
+        from kdbench.models.timm_backbones import pretrained_features
+
+        pretrained_features(name, setting)
+
+
+def check_backbone(name: str, setting: str) -> None:
+    """One line unless ``name`` is a built-in backbone or a timm model with features_only."""
+    if name not in _BUILDERS:
+        from kdbench.models.timm_backbones import features_model
+
+        with torch.device("meta"):
+            features_model(name, setting)
 
 
 def build_backbone(name: str, pretrained: str | None = None,
-                   setting: str = "pretrained") -> StagedBackbone:
-    """Build a staged backbone by name; ``pretrained``: none, ``imagenet`` (timm's ImageNet
-    weights) or a local weights file; ``setting`` names the option in messages."""
+                   setting: str = "pretrained") -> StagedBackbone | HookedBackbone:
+    """Build a backbone by name: one of kdbench's three (their exact construction) or any timm
+    model with features_only (its last four stage maps); ``pretrained``: none, ``imagenet``
+    (timm's weights) or a local weights file; ``setting`` names the option in messages."""
     if name not in _BUILDERS:
-        raise KdbenchError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        return _timm_backbone(name, pretrained, setting)
     make, split = _BUILDERS[name]
     if pretrained == "imagenet":
-        return split(_imagenet_model(name, setting))
-    model = make()
-    if pretrained:
-        load_local_weights(model, pretrained)
-    return split(model)
+        backbone = split(_imagenet_model(name, setting))
+    else:
+        model = make()
+        if pretrained:
+            load_local_weights(model, pretrained)
+        backbone = split(model)
+    backbone.name = name
+    return backbone
+
+
+def _timm_backbone(name: str, pretrained: str | None, setting: str
+                   ) -> StagedBackbone | HookedBackbone:
+    from kdbench.models.timm_backbones import (
+        MAX_STAGES,
+        features_model,
+        pretrained_features,
+        split_features,
+    )
+
+    if pretrained == "imagenet":
+        model = pretrained_features(name, setting)
+    else:
+        model = features_model(name, "backbone")
+        if pretrained:
+            load_local_weights(model, pretrained)
+    channels = list(model.feature_info.channels())[-MAX_STAGES:]
+    split = split_features(model)
+    if split is None:
+        return HookedBackbone(model, channels, name)
+    stem, stages = split
+    return StagedBackbone(stem, stages, channels, name=name)

@@ -20,9 +20,7 @@ class _LogitsOnly(nn.Module):
 
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The inference path of a student or the teacher (the teacher without its projectors)."""
-    from kdbench.models.teacher import DualBranchTeacher
-
-    if isinstance(model, DualBranchTeacher):
+    if getattr(model, "kind", None) in ("dual", "single"):  # a teacher: no projectors
         return model(x, needs=set()).logits
     return model(x).logits
 

@@ -7,6 +7,7 @@ from contextlib import ExitStack
 import torch
 from torch import Tensor, nn
 
+from kdbench.errors import KdbenchError
 from kdbench.models.backbones import build_backbone
 from kdbench.models.frequency import FrequencyView
 from kdbench.models.outputs import TeacherOut
@@ -44,31 +45,47 @@ class DualBranchTeacher(nn.Module):
     fields in ``needs`` and only runs the projectors that are asked for. ``needs=None`` means all.
     """
 
+    kind = "dual"
+
     def __init__(
         self,
         backbone: str,
         proj_dim: int = 256,
         hp_cutoff: float = 0.33,
         pretrained: str | None = None,
+        freq_backbone: str | None = None,
     ) -> None:
         super().__init__()
-        self.name = backbone
+        self.name = backbone if freq_backbone in (None, backbone) else (
+            f"{backbone}+{freq_backbone}")
         self.freq_view = FrequencyView(hp_cutoff)
         self.rgb_branch = build_backbone(backbone, pretrained, "teacher.pretrained")
-        self.freq_branch = build_backbone(backbone, pretrained, "teacher.pretrained")
-        chans = self.rgb_branch.stage_channels
-        self.rfams = nn.ModuleList(RFAM(c) for c in chans[:3])
+        self.freq_branch = build_backbone(freq_backbone or backbone, pretrained,
+                                          "teacher.pretrained")
+        for branch in (self.rgb_branch, self.freq_branch):
+            if not branch.sequential or len(branch.stage_channels) < 4:
+                why = ("gives fewer than four stage maps" if branch.sequential else
+                       "runs its stages inside timm's feature hooks")
+                raise KdbenchError(
+                    f"teacher.kind=dual: backbone {branch.name} {why}, but the RFAMs couple the "
+                    "branches after stages 1-3; use another backbone or teacher.kind=single")
+        chans, fchans = self.rgb_branch.stage_channels, self.freq_branch.stage_channels
+        self.rfams = nn.ModuleList(RFAM(c, cf) for c, cf in zip(chans[:3], fchans[:3]))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(2 * chans[-1], 2)
+        self.fc = nn.Linear(chans[-1] + fchans[-1], 2)
         self.proj_dim = proj_dim
         self.rgb_proj = rgb_projector(chans[-1], proj_dim)
-        self.freq_proj = freq_projector(chans[-1], proj_dim)
+        self.freq_proj = freq_projector(fchans[-1], proj_dim)
         self.aux_rgb = nn.Linear(proj_dim, 2)
         self.aux_freq = nn.Linear(proj_dim, 2)
 
     @property
     def stage_channels(self) -> list[int]:
         return self.rgb_branch.stage_channels
+
+    def branch_channels(self, branch: str) -> list[int]:
+        """The stage widths of the ``rgb`` or ``freq`` branch."""
+        return getattr(self, f"{branch}_branch").stage_channels
 
     def forward(self, x: Tensor, needs: set[str] | frozenset[str] | None = None) -> TeacherOut:
         needs = TEACHER_FIELDS if needs is None else needs

@@ -25,7 +25,8 @@ def read_or_skip(path: Path, lines: bool = False) -> dict | list | None:
 COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch", "acc", "auc",
            "ap", "eer", "video_auc", "wall_s"]
 EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path", "teacher_sha256",
-         "other_teacher", "fake_fraction"]  # fake_fraction: of the test frames
+         "other_teacher", "fake_fraction",  # fake_fraction: of the test frames
+         "teacher_label"]  # a teacher's kind and backbone: "dual resnet18_thin"
 
 
 def collect_runs(results: Path) -> pd.DataFrame:
@@ -70,4 +71,6 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
             "wall_s": m.get("wall_time_s"), "params": m.get("params"), "gflops": m.get("gflops"),
             "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),
             "path": str(folder), "teacher_sha256": sha, "teacher_path": teacher_path,
-            "fake_fraction": test.get("fake_fraction")}
+            "fake_fraction": test.get("fake_fraction"),
+            "teacher_label": (f"{m.get('kind', 'dual')} {m.get('backbone', parts[-1])}"
+                              if kind == "teachers" else None)}

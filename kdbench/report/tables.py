@@ -355,16 +355,17 @@ def _value_used(key: str, value: Any, selections: list[pd.DataFrame]) -> str:
 
 def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: Metrics = "acc"
                        ) -> Report:
-    """Table 4: the teacher-free student, the dual-branch teacher and the distilled student
-    (each method with ``reports.teacher``), one column per (dataset, student)."""
+    """Table 4: the teacher-free student, the teacher (its kind and backbone) and the distilled
+    student (each method with ``reports.teacher``), one column per (dataset, student)."""
     groups = _groups(runs)
     teachers = runs[(runs["method"] == "teacher") & (runs["status"] == "finished")]
     columns = ["model", *[f"{d} / {s}" for d, s in groups]]
     rows = [[f"{b.name} student", *[_finished_cell(_select(runs, d, s, b.name, "none", ""),
                                                    metric) for d, s in groups]]
             for b in _baselines(registry)]
-    rows.append(["teacher (dual-branch)", *[metric_cell(teachers[teachers["dataset"] == d],
-                                                        metric) for d, _ in groups]])
+    labels = sorted(set(teachers["teacher_label"].dropna())) or ["dual-branch"]
+    rows.append([f"teacher ({', '.join(labels)})", *[metric_cell(
+        teachers[teachers["dataset"] == d], metric) for d, _ in groups]])
     for entry in _entries_with(registry, "teacher"):
         mode = entry.reports["teacher"]["mode"]
         rows.append([f"{entry.name} {mode} student", *[
@@ -413,12 +414,14 @@ def cost(students: list[str], teacher_cfg: dict[str, Any], size: int, device,
 
     from kdbench.models.cost import count_params, gflops, images_per_s
     from kdbench.models.students import create_student
-    from kdbench.models.teacher import DualBranchTeacher
+    from kdbench.models.teacher_build import build_teacher
 
     models = [(f"student {s}", create_student(s)) for s in students]
-    models.append((f"teacher (2 x {teacher_cfg['backbone']})",
-                   DualBranchTeacher(teacher_cfg["backbone"], teacher_cfg["proj_dim"],
-                                     teacher_cfg["hp_cutoff"])))
+    teacher = build_teacher({"teacher": {**teacher_cfg, "pretrained": None,
+                                         "checkpoint": None}})
+    name = (f"2 x {teacher.name}" if teacher.kind == "dual" and "+" not in teacher.name
+            else f"{teacher.kind} {teacher.name}")
+    models.append((f"teacher ({name})", teacher))
     rows = []
     for name, model in models:
         torch.manual_seed(0)

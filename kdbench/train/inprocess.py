@@ -43,7 +43,12 @@ def run_plan(plan: Plan) -> RunSummary:
     from kdbench.threads import take_share
     from kdbench.train.runner import Context, is_finished, pick_device, run_one
     from kdbench.train.store import check_locking, locks_in
-    from kdbench.train.teachers import ensure_teacher, fill_teacher_cache, teacher_fields
+    from kdbench.train.teachers import (
+        ensure_teacher,
+        fill_teacher_cache,
+        new_teacher,
+        teacher_fields,
+    )
 
     r = plan.request
     runs = plan.selected
@@ -70,11 +75,15 @@ def run_plan(plan: Plan) -> RunSummary:
         if plan.cross and todo:
             distributed.on_main(lambda: ctx.cross_data() and None)  # bad data: before training
         distilling = [run for run in todo if run.distils]
-        teacher = ensure_teacher(ctx) if distilling or r.only == TEACHER else None
-        if teacher is not None:  # one pass of the teacher caches what every run reads
+        teacher = None
+        if distilling or r.only == TEACHER:
+            teacher = new_teacher(ctx)
             readers = distilling if r.only != TEACHER else [  # the teacher's job: the plan's
                 run for run in plan.runs if run.distils and not is_finished(run.run_dir)]
+            # building each run's distiller checks every student/teacher pair before the
+            # teacher trains; one pass of the teacher caches what every run reads
             ctx.teacher_fields = teacher_fields([(p.spec, p.entry) for p in readers], teacher)
+            teacher = ensure_teacher(ctx, teacher)
             if r.only == TEACHER:
                 fill_teacher_cache(ctx, teacher)
         summary = RunSummary(r.results, runs=[run.run_dir for run in runs])

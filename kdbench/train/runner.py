@@ -20,6 +20,7 @@ from kdbench.config import (
     RunSpec,
     check_device_name,
     config_hash,
+    without_added_defaults,
 )
 from kdbench.data.datasets import PreparedData
 from kdbench.data.loader import FrameSplit
@@ -163,7 +164,8 @@ NOT_RESULT_SETTINGS = SPEED_SETTINGS | PARALLEL_SETTINGS | OUTPUT_SETTINGS
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a run's result (not :data:`kdbench.config.SPEED_SETTINGS`
     nor :data:`~kdbench.config.PARALLEL_SETTINGS`)."""
-    return {sec: {k: v for k, v in config[sec].items() if k not in NOT_RESULT_SETTINGS}
+    return {sec: without_added_defaults(sec, {k: v for k, v in config[sec].items()
+                                              if k not in NOT_RESULT_SETTINGS})
             for sec in ("data", "train", "teacher", "student")}
 
 

@@ -1,4 +1,4 @@
-"""Training task of the dual-branch teacher: main CE + the projectors' auxiliary CE
+"""Training task of the teacher: main CE + (dual teacher) the projectors' auxiliary CE
 (docs/design.md decision 1: G_Tr / G_Tf are trained with the teacher through pooled linear
 heads)."""
 
@@ -7,22 +7,26 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdbench.models.teacher import DualBranchTeacher
+from kdbench.models.teacher import TEACHER_FIELDS
 
 
 class TeacherTask(nn.Module):
-    """A Learner for the trainer: ``loss_ce`` on the fused head, ``loss_aux`` on both
-    projector heads."""
+    """A Learner for the trainer: ``loss_ce`` on the teacher's head, and for the dual teacher
+    ``loss_aux`` on both projector heads (a single teacher has no projector)."""
 
-    def __init__(self, teacher: DualBranchTeacher) -> None:
+    def __init__(self, teacher: nn.Module) -> None:
         super().__init__()
         self.teacher = teacher
 
     def forward_train(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.teacher(batch["image"])
+        dual = self.teacher.kind == "dual"
+        out = self.teacher(batch["image"], needs=TEACHER_FIELDS if dual else set())
         y = batch["label"]
-        aux = sum(F.cross_entropy(logits, y) for logits in out.aux_logits.values())
-        return out.logits, {"loss_ce": F.cross_entropy(out.logits, y), "loss_aux": aux}
+        losses = {"loss_ce": F.cross_entropy(out.logits, y)}
+        if dual:
+            losses["loss_aux"] = sum(F.cross_entropy(logits, y)
+                                     for logits in out.aux_logits.values())
+        return out.logits, losses
 
     def after_backward(self, step: int) -> dict[str, float]:
         return {}

@@ -16,9 +16,10 @@ from kdbench.config import (
     SPEED_SETTINGS,
     RunSpec,
     config_hash,
+    without_added_defaults,
 )
 from kdbench.models.students import create_student
-from kdbench.models.teacher import DualBranchTeacher
+from kdbench.models.teacher_build import Teacher, build_teacher
 from kdbench.registry import MethodEntry
 from kdbench.train.runner import (
     Context,
@@ -46,7 +47,7 @@ def teacher_folder(results: Path, dataset: str, cfg: dict[str, Any]) -> Path:
                                                     if k != "workers"},
                        "train": {k: v for k, v in cfg["train"].items()
                                  if k not in NOT_TEACHER_SETTINGS},
-                       "teacher": cfg["teacher"]})
+                       "teacher": without_added_defaults("teacher", cfg["teacher"])})
     return Path(results) / "teachers" / dataset / f"{cfg['teacher']['backbone']}-{key}"
 
 
@@ -55,21 +56,26 @@ def teacher_dir(ctx: Context) -> Path:
     return teacher_folder(ctx.results, ctx.dataset, ctx.config)
 
 
-def build_teacher(cfg: dict[str, Any]) -> DualBranchTeacher:
-    """The (untrained) teacher of the settings ``cfg``."""
-    t = cfg["teacher"]
-    return DualBranchTeacher(t["backbone"], t["proj_dim"], t["hp_cutoff"], t["pretrained"])
+def new_teacher(ctx: Context) -> Teacher:
+    """The plan's teacher as built (seeded: the same initial weights every time), or loaded
+    from ``teacher.checkpoint``; :func:`ensure_teacher` trains or loads it."""
+    seed_everything(ctx.config["teacher"]["seed"])
+    return build_teacher(ctx.config)
 
 
-def ensure_teacher(ctx: Context) -> DualBranchTeacher:
+def ensure_teacher(ctx: Context, teacher: Teacher | None = None) -> Teacher:
     """Train the teacher for this dataset and config once (continuing an interrupted
-    training); later calls load it. Another process training it is waited for."""
+    training); later calls load it; a ``teacher.checkpoint`` is tested once, never trained.
+    Another process training it is waited for. ``teacher``: :func:`new_teacher`'s."""
     run_dir = teacher_dir(ctx)
     seed = ctx.config["teacher"]["seed"]
-    seed_everything(seed)
-    teacher = build_teacher(ctx.config)
+    teacher = new_teacher(ctx) if teacher is None else teacher
+    teacher.requires_grad_(True)  # a distiller built with it (teacher_fields) froze it
+    checkpoint = ctx.config["teacher"]["checkpoint"]
     while True:
         with claim(run_dir) as mine:
+            if mine and checkpoint:
+                return _test_loaded_teacher(ctx, run_dir, teacher, Path(checkpoint).expanduser())
             if mine:
                 return _train_or_load_teacher(ctx, run_dir, teacher, seed)
         log.info(f"teacher: another kdbench process is training {run_dir}; waiting for it")
@@ -78,20 +84,23 @@ def ensure_teacher(ctx: Context) -> DualBranchTeacher:
 
 
 def teacher_fields(specs: list[tuple[RunSpec, MethodEntry]],
-                   teacher: DualBranchTeacher) -> set[str]:
+                   teacher: Teacher) -> set[str]:
     """The teacher fields the distillation runs of ``specs`` read (their union), so the
     shared cache computes them in one pass over the frames."""
     fields: set[str] = set()
+    seen: set[str] = set()
     for spec, entry in specs:
-        if spec.mode == "none":
+        key = config_hash([spec.student, entry.name, spec.mode, spec.hparams])
+        if spec.mode == "none" or key in seen:
             continue
+        seen.add(key)
         student = create_student(spec.student)
         fields |= set(entry.resolve()(student, teacher, spec.mode, **spec.hparams)
                       .teacher_needs())
     return fields
 
 
-def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
+def fill_teacher_cache(ctx: Context, teacher: Teacher) -> None:
     """Build the shared cache of ``ctx.teacher_fields`` now, as the first distillation run
     would (the teacher's job of a launcher does this on the whole machine)."""
     from kdbench.train import teacher_cache
@@ -115,8 +124,8 @@ def fill_teacher_cache(ctx: Context, teacher: DualBranchTeacher) -> None:
         log.info(f"teacher cache: {', '.join(got.cache.fields)} already built ({folder})")
 
 
-def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeacher,
-                           seed: int) -> DualBranchTeacher:
+def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: Teacher,
+                           seed: int) -> Teacher:
     # the weights a teacher retrained for a lost checkpoint must reproduce (students used them)
     recorded = distributed.on_main(lambda: (finished_metrics(run_dir) or {}).get("weights_sha256"))
     done = distributed.on_main(lambda: _finished_teacher(run_dir))
@@ -128,7 +137,7 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
         result = ctx.trainer(task, run_dir, seed, "teacher").fit(resume=True)
         done = distributed.on_main(lambda: record_run(
             ctx, run_dir, result, teacher,
-            {"role": "teacher", "backbone": teacher.name, "seed": seed,
+            {"role": "teacher", "kind": teacher.kind, "backbone": teacher.name, "seed": seed,
              "weights_sha256": file_sha256(run_dir / "best.pt"),
              **({"recorded_sha256": recorded} if recorded else {})}))
         log_done("teacher", done)
@@ -141,6 +150,32 @@ def _train_or_load_teacher(ctx: Context, run_dir: Path, teacher: DualBranchTeach
         TeacherTask(teacher).load_state_dict(load_checkpoint(run_dir / "best.pt"))
         log.info(f"teacher: reusing {run_dir} (test acc {done['test']['acc']:.4f})")
     ctx.teacher_sha256 = file_sha256(run_dir / "best.pt")
+    return teacher.to(ctx.device).eval()
+
+
+def _test_loaded_teacher(ctx: Context, run_dir: Path, teacher: Teacher,
+                         checkpoint: Path) -> Teacher:
+    """A teacher loaded from a checkpoint: tested on the validation and test splits once (its
+    metrics.json is the teacher row), never trained, and its file never written; the file's
+    sha256 is its provenance."""
+    sha = file_sha256(checkpoint)
+    done = distributed.on_main(lambda: finished_metrics(run_dir))
+    if done is None or done.get("weights_sha256") != sha:
+        if done is not None:
+            log.warning(f"teacher: {checkpoint} changed since it was tested (sha256 "
+                        f"{done.get('weights_sha256', '')[:12]} -> {sha[:12]}); testing it again")
+        log.info(f"teacher: testing the loaded {teacher.kind} {teacher.name} from {checkpoint}")
+        result = ctx.trainer(TeacherTask(teacher), run_dir, 0, "teacher").test_only()
+        done = distributed.on_main(lambda: record_run(
+            ctx, run_dir, result, teacher,
+            {"role": "teacher", "kind": teacher.kind, "backbone": teacher.name,
+             "source": "checkpoint", "checkpoint": str(checkpoint), "weights_sha256": sha,
+             "load_counts": getattr(teacher, "load_counts", None)}))
+        log_done("teacher (loaded)", done)
+    else:
+        log.info(f"teacher: {checkpoint} (sha256 {sha[:12]}) tested before: test acc "
+                 f"{done['test']['acc']:.4f}")
+    ctx.teacher_sha256 = sha
     return teacher.to(ctx.device).eval()
 
 

@@ -441,6 +441,19 @@ class Trainer:
                 "torch_threads_since_epoch": threads_from,
                 "teacher_targets": self.teacher_targets, **ranks}
 
+    def test_only(self) -> dict[str, Any]:
+        """:meth:`fit`'s result for a learner that is not trained (a loaded teacher): its
+        validation metrics and threshold, test metrics and predictions (best epoch 0)."""
+        self.learner.to(self.device)
+        t0 = time.perf_counter()
+        val = self.evaluate("val")
+        threshold = best_threshold(self.last_probs, self.splits["val"].labels.numpy())
+        test = self.evaluate("test")
+        data = self.splits["test"]
+        return {"best_epoch": 0, "val": val, "test": test, "threshold": threshold,
+                "predictions": Predictions(self.last_probs, data.labels.numpy(), data.videos),
+                "history": [], "wall_time_s": time.perf_counter() - t0, "trained": False}
+
     def _ranks_record(self) -> dict[str, Any]:
         """``world_size``, and under torchrun each rank's sha256 of the trained learner's state
         (equal when the replicas agree; a method's own buffers, such as a rotation, included)."""
