@@ -14,7 +14,7 @@ warnings. ``progress=False`` hides the progress bars.
 This module is a facade; the functions live in modules by command family:
 :mod:`kdbench.running` (run, reproduce; their options are the fields of
 :class:`kdbench.request.RunRequest`), :mod:`kdbench.reporting` (runs, tables, figures, eval,
-methods, bench), :mod:`kdbench.data.commands` (synth, prepare) and
+methods, models, bench), :mod:`kdbench.data.commands` (synth, prepare) and
 :mod:`kdbench.deploy.api` (predict, export, quantize).
 """
 
@@ -31,6 +31,7 @@ from kdbench.reporting import (
     evaluate,
     figure_kinds,
     methods,
+    models,
     plan_report,
     plot,
     report,
@@ -60,6 +61,7 @@ __all__ = [
     "export",
     "figure_kinds",
     "methods",
+    "models",
     "plan",
     "plan_report",
     "plot",

@@ -31,7 +31,7 @@ from kdbench.data.datasets import PreparedData, open_dataset
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.errors import KdbenchError
 from kdbench.models.students import create_student
-from kdbench.models.teacher_build import build_teacher
+from kdbench.models.teacher_build import architecture_teacher
 from kdbench.progress import progress_bar
 from kdbench.registry import MethodEntry, report_specs
 from kdbench.train import teacher_cache
@@ -69,8 +69,7 @@ class _Setup:
                                                                   steps * self.batch)])
         t = self.config["teacher"]
         seed_everything(0)
-        self.teacher = build_teacher(
-            {"teacher": {**t, "pretrained": None, "checkpoint": None}}).eval()
+        self.teacher = architecture_teacher(t).eval()
         self.tmp = Path(tempfile.mkdtemp(prefix="kdbench-bench-"))
         self.channels_last = on_device(self.config["train"], "channels_last", device)
 
@@ -223,9 +222,7 @@ def _measure(setup: _Setup, preset: str, student: str, device: torch.device,
     out["loop_over_bare"] = out["loop_images_per_s"] / out["bare_images_per_s"]
 
     # each method's loop over the baseline's, with the live teacher and with the shared cache
-    cases = [(e, m) for e in entries if e is not base for m in e.modes if m != "none"]
-    needs = set().union(*[_distiller(e, setup, m).teacher_needs() for e, m in cases]) \
-        if cases else set()
+    cases, needs, out["skipped"] = _runnable(setup, entries, base)
     t0 = time.perf_counter()
     cache = setup.cache(needs, setup.size, setup.subset) if cases else None
     out["cache_build_s"] = time.perf_counter() - t0 if cases else None
@@ -247,13 +244,35 @@ def _measure(setup: _Setup, preset: str, student: str, device: torch.device,
 
     for name, specs in report_specs(registry, "bench").items():
         for entry, spec in specs:
-            if entry not in entries:
+            if entry not in entries or f"{entry.name}/{spec['mode']}" in out["skipped"]:
                 continue
             out[name] = _declared(setup, entry, spec, rounds)
     out["peak_memory_mb"] = _peak_memory_mb(device)
     if threads_check and device.type == "cpu":
         out["processes"] = side_by_side(student, setup.size, setup.batch)
     return out
+
+
+def _runnable(setup: _Setup, entries: list[MethodEntry], base: MethodEntry
+              ) -> tuple[list[tuple[MethodEntry, str]], set[str], dict[str, str]]:
+    """The (method, mode) pairs timed against the baseline, the teacher outputs they need, and
+    the pairs that cannot distil into this student (e.g. a method reading pre-activation maps
+    of a backbone that gives none), each with its one-line reason: skipped, with a warning."""
+    cases: list[tuple[MethodEntry, str]] = []
+    needs: set[str] = set()
+    skipped: dict[str, str] = {}
+    for entry in entries:
+        for mode in entry.modes:
+            if entry is base or mode == "none":
+                continue
+            try:
+                needs |= _distiller(entry, setup, mode).teacher_needs()
+            except KdbenchError as exc:
+                skipped[f"{entry.name}/{mode}"] = str(exc)
+                log.warning(f"bench: {entry.name}/{mode} skipped: {exc}")
+                continue
+            cases.append((entry, mode))
+    return cases, needs, skipped
 
 
 def _declared(setup: _Setup, entry: MethodEntry, spec: dict[str, Any],
@@ -358,7 +377,8 @@ def bench_table(result: dict[str, Any]):
     """The figures of :func:`run_bench` as a rich table."""
     from rich.table import Table
 
-    table = Table(title=f"kdbench bench: {result['student']} at {result['size']} px, batch "
+    student = result["student"]
+    table = Table(title=f"kdbench bench: {student} at {result['size']} px, batch "
                   f"{result['batch']}, {result['device']}, {result['threads']} threads, amp "
                   f"{result['amp']}, channels_last {result['channels_last']}")
     table.add_column("figure")
@@ -371,6 +391,8 @@ def bench_table(result: dict[str, Any]):
     for label, r in result["kd_over_vanilla"].items():
         cached = "-" if r["cached"] is None else f"{r['cached']:.2f}"
         table.add_row(f"{label} over the baseline (live / cached)", f"{r['live']:.2f} / {cached}")
+    for label in result.get("skipped", {}):
+        table.add_row(f"{label} over the baseline", f"skipped: cannot distil into {student}")
     for key, value in result.items():
         if isinstance(value, dict) and "size" in value and key != "kd_over_vanilla":
             for v, ratio in value.items():

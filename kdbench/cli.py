@@ -209,6 +209,30 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from kdbench import api
+    from kdbench.models.catalog import COLUMNS
+    from kdbench.progress import stdout_console
+
+    result = api.models(args.pattern, size=args.size, limit=args.limit,
+                        progress=not args.no_progress)
+    failed = any(row.problem for row in result.rows)
+    columns = COLUMNS if failed else COLUMNS[:-1]  # the problem column only when one failed
+    table = Table(title=result.title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("stages", "params (M)", "GFLOPs")
+                         else "left", overflow="fold")
+    for cells in result.text_rows():
+        table.add_row(*cells[:len(columns)])
+    console = stdout_console()
+    console.print(table)
+    for note in result.notes:
+        console.print(note, highlight=False, markup=False)
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from kdbench import api
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from kdbench import __version__
 from kdbench.config import DEFAULT_RESULTS, METRIC_NAMES
-from kdbench.request import add_arguments
+from kdbench.request import PRESET_NAMES, add_arguments
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -116,13 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(table, device=True)
     table.add_argument("--format", choices=("md", "latex", "csv"), default="md",
                        help="output format")
-    table.add_argument("--metric", default="acc", metavar="METRIC[,METRIC]",
+    table.add_argument("--metric", default=None, metavar="METRIC[,METRIC]",
                        help=f"the metric in the cells ({', '.join(METRIC_NAMES)}), or a comma "
-                       "list shown side by side, e.g. acc,auc -> 'acc / auc' (default acc)")
+                       "list shown side by side, e.g. acc,auc -> 'acc / auc' (default acc; "
+                       "auc for --kind students)")
     table.add_argument("--dataset", default=None, help="only this dataset's runs")
     table.add_argument("--student", default=None, help="only this student's runs")
     table.add_argument("--out", default=None, help="write to this file instead of stdout")
-    table.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None,
+    table.add_argument("--preset", choices=PRESET_NAMES, default=None,
                        help="cost: the resolution, students and teacher of this preset")
     table.add_argument("--size", type=_at_least(8), default=None,
                        help="cost: input size (default: the preset's)")
@@ -168,12 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="training speed on this machine: loader, step, loop, "
                            "each method over the teacher-free baseline (live teacher, cached), "
                            "threads")
-    bench.add_argument("--preset", choices=("quick", "cpu", "paper"), default=None,
+    bench.add_argument("--preset", choices=PRESET_NAMES, default=None,
                        help="size and batch of this preset (default: paper on CUDA, cpu "
                        "otherwise)")
     bench.add_argument("--student", default=None,
-                       help="resnet18_thin, resnet34_thin or xception (default: the preset's "
-                       "first)")
+                       help="a built-in backbone or any timm CNN (`kdbench models`; default: "
+                       "the preset's first student)")
     bench.add_argument("--methods", default="all", help="comma list of registry names, or all")
     _common(bench, results=False, device=True, progress=True, data=True)
     bench.add_argument("--steps", type=_at_least(1), default=10, help="train steps per pass")
@@ -195,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--checkpoint", type=Path, default=None,
                       help="instead of --run: a best.pt or deploy/student.pt (with --student)")
     pred.add_argument("--student", default=None,
-                      help="with --checkpoint: resnet18_thin, resnet34_thin or xception")
+                      help="with --checkpoint: the run's student (a built-in backbone or a "
+                      "timm CNN)")
     pred.add_argument("--size", type=_at_least(8), default=None,
                       help="with --checkpoint: input and face crop size (default 64)")
     pred.add_argument("--frames", type=_at_least(1), default=None,
@@ -224,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="list the registered distillers")
     _common(methods, results=False)
+
+    models = sub.add_parser("models", help="list the backbones a student or teacher branch "
+                            "can use: stage maps, parameters, GFLOPs, ImageNet weights")
+    models.add_argument("pattern", nargs="?", default=None,
+                        help="a timm model name or fnmatch-style pattern, quoted, e.g. "
+                        "'mobilenet*' (default: kdbench's own three backbones)")
+    models.add_argument("--size", type=_at_least(8), default=64,
+                        help="input size in px the GFLOPs are counted at")
+    models.add_argument("--limit", type=_at_least(1), default=25,
+                        help="at most this many backbones (the rest are counted)")
+    _common(models, results=False, registry=False, progress=True)
 
     synth = sub.add_parser("synth", help="generate the embedded synthetic forgery videos")
     synth.add_argument("--root", default=None,

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -88,6 +89,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # default without a GPU: the embedded dataset at a small resolution
     "cpu": {"students": ["resnet18_thin"]},
+    # edge students from the cpu preset's teacher (the same settings: the same teacher and
+    # resnet18_thin runs as cpu)
+    "mobile": {"students": ["mobilenetv3_large_100", "efficientnet_b0", "resnet18_thin"]},
     # the paper's setting (docs/design.md)
     "paper": {
         "students": ["resnet18_thin", "resnet34_thin", "xception"],
@@ -109,16 +113,15 @@ SPEED_SETTINGS = {"workers", "eval_batch_size", "channels_last", "compile", "tea
 PARALLEL_SETTINGS = {"sync_bn"}
 # settings that only add output files: they do not name a run either
 OUTPUT_SETTINGS = {"tensorboard"}
-# settings added after runs were stored (kdbench 0.4): at these values a run's identity and its
-# teacher folder's name leave them out, so the runs stored before them are still found
-ADDED_DEFAULTS = {"teacher": {"kind": "dual", "freq_backbone": None, "checkpoint": None,
-                              "key_prefix": ""}}
+# settings added after runs were stored (kdbench 0.4): at their default (_BASE) a run's identity
+# and its teacher folder's name leave them out, so the runs stored before them are still found
+ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix")}
 
 
 def without_added_defaults(section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` of ``section`` less the :data:`ADDED_DEFAULTS` at their default."""
-    added = ADDED_DEFAULTS.get(section, {})
-    return {k: v for k, v in values.items() if k not in added or added[k] != v}
+    """``values`` of ``section`` less the :data:`ADDED_SETTINGS` at their default."""
+    added = ADDED_SETTINGS.get(section, ())
+    return {k: v for k, v in values.items() if k not in added or _BASE[section][k] != v}
 # where an "auto" setting is on: bf16 autocast on CUDA only (the CPU keeps fp32 results);
 # channels_last also on the CPU, where oneDNN's NHWC convolutions measured 20-25 % faster
 AUTO_SETTINGS = {"amp": ("cuda",), "channels_last": ("cuda", "cpu")}
@@ -206,6 +209,9 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
                          ("teacher", "checkpoint"), ("teacher", "freq_backbone")):
         if str(cfg[section][key]).lower() in ("none", ""):  # "none": as the default None
             cfg[section][key] = None
+    if cfg["teacher"]["checkpoint"]:  # one file, however it is spelt: one teacher folder
+        cfg["teacher"]["checkpoint"] = str(Path(cfg["teacher"]["checkpoint"]).expanduser()
+                                           .resolve())
     cfg["preset"] = preset
     return cfg
 

@@ -23,3 +23,9 @@ class VideoError(DataError):
 
 class LockUnsupportedError(KdbenchError):
     """The file system of the lock folder has no working advisory file locks (flock)."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's message on one line (whitespace folded, at most ``limit`` characters),
+    or its type's name when it has none: the reason part of a one-line error."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__

@@ -159,11 +159,21 @@ def _check(r: RunRequest, preset: str
     if t["checkpoint"] and not Path(t["checkpoint"]).expanduser().is_file():
         raise KdbenchError(f"teacher.checkpoint: file {t['checkpoint']} not found; give the "
                            "trained detector's local weights file")
-    _check_backbones([("--students", s) for s in students]
-                     + [("teacher.backbone", t["backbone"])]
-                     + [("teacher.freq_backbone", t["freq_backbone"])] * bool(t["freq_backbone"]))
+    branches = [("teacher.backbone", t["backbone"])] + \
+        [("teacher.freq_backbone", t["freq_backbone"])] * bool(t["freq_backbone"])
+    facts = _check_backbones([("--students", s) for s in students] + branches,
+                             config["data"]["size"])
+    if t["kind"] == "dual":
+        for option, name in branches:
+            stages, sequential = facts[name]
+            if stages < 4 or not sequential:
+                why = "gives fewer than four stage maps" if sequential else \
+                    "runs its stages inside timm's feature hooks"
+                raise KdbenchError(
+                    f"{option}={name}: the backbone {why}, but a dual teacher's RFAMs couple "
+                    "the branches after stages 1-3; use another backbone or teacher.kind=single")
     bad_modes = [m for m in r.modes if m not in ("rgb", "both")]
-    if bad_modes or not r.modes:
+    if bad_modes:
         raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; modes are rgb, both or "
                            "rgb,both")
     modes = _modes(r, t["kind"])
@@ -173,6 +183,7 @@ def _check(r: RunRequest, preset: str
                            f"{','.join(modes)!r}")
     for e, _ in pairs:  # entry points found (not imported yet)
         e.check_entry()
+    _check_stage_maps(pairs, students, facts, t)
     check_plan(pairs, r.dataset, overrides, [parse_sweep(sw) for sw in r.sweeps])
     check_dataset(r.dataset, r.data_root)
     check_writable(r.results)
@@ -188,24 +199,44 @@ def _check(r: RunRequest, preset: str
     return overrides, reg, students, modes
 
 
-def _check_backbones(named: list[tuple[str, str]]) -> None:
-    """Each (option, name) is a built-in backbone or a timm CNN with features_only (one line
-    with the closest timm names otherwise); timm is imported only for a name not built in."""
+def _check_backbones(named: list[tuple[str, str]], size: int) -> dict[str, tuple[int, bool]]:
+    """Each (option, name) is a built-in backbone or a timm CNN with features_only that runs at
+    ``size`` px (one line with the closest timm names otherwise); returns each name's (stage
+    maps, stages run in turn). timm is imported only for a name not built in."""
+    facts = {name: (4, True) for _, name in named if name in BACKBONES}
     others = [(option, name) for option, name in named if name not in BACKBONES]
     if others:
         from kdbench.models.backbones import check_backbone
 
         for option, name in others:
-            check_backbone(name, option)
+            facts[name] = check_backbone(name, option, size)
+    return facts
+
+
+def _check_stage_maps(pairs: list[tuple[MethodEntry, str]], students: list[str],
+                      facts: dict[str, tuple[int, bool]], t: dict[str, Any]) -> None:
+    """A method that reads more stage maps (its ``stage_maps``) than a student or the teacher
+    gives is one line now, not after the data is prepared (the methods are imported only when
+    some backbone gives fewer than four)."""
+    sides = [("--students", s) for s in students] + [("teacher.backbone", t["backbone"])]
+    short = [(option, name) for option, name in sides if facts[name][0] < 4]
+    for entry, mode in pairs if short else []:
+        need = getattr(entry.resolve(), "stage_maps", 0)
+        for option, name in short:
+            if mode != "none" and facts[name][0] < need:
+                raise KdbenchError(
+                    f"{entry.name} reads {need} stage maps, but {option} {name} gives "
+                    f"{facts[name][0]}; pick another backbone, or a method that reads the "
+                    "pooled vector or logits")
 
 
 def _modes(r: RunRequest, kind: str) -> tuple[str, ...]:
-    """The distillation modes: ``--modes``; a single-branch teacher has no frequency branch, so
-    its default is rgb and an asked-for ``both`` is an error."""
+    """The distillation modes: ``--modes``, by default rgb,both; a single-branch teacher has
+    no frequency branch, so its default is rgb and an asked-for ``both`` is an error."""
+    if not r.modes:
+        return ("rgb",) if kind == "single" else ("rgb", "both")
     if kind != "single" or "both" not in r.modes:
         return tuple(r.modes)
-    if tuple(r.modes) == RunRequest.make("run").modes:  # the default: rgb,both
-        return ("rgb",)
     raise KdbenchError("--modes both needs the frequency branch of a dual teacher; "
                        "teacher.kind=single has none: use --modes rgb (or teacher.kind=dual)")
 

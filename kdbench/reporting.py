@@ -1,5 +1,5 @@
 """The reporting commands as functions: the runs of a store, tables, comparisons, figures,
-cross-dataset tests, the registered methods and the speed benchmark."""
+cross-dataset tests, the registered methods, the usable backbones and the speed benchmark."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from kdbench.errors import KdbenchError, did_you_mean
 from kdbench.values import comma_list
 
 if TYPE_CHECKING:
+    from kdbench.models.catalog import Catalog
     from kdbench.report.tables import Report as tables_Report
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "ablation", *_declared(reg, "sweeps"), "teacher", "cross",
-            "cost", "deploy"]
+            "cost", "deploy", "students"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -88,14 +89,19 @@ def _known(kind: str, kinds: list[str], what: str) -> None:
                            f"{', '.join(kinds)} (a registry's `reports` adds more)")
 
 
+# the metric a table shows when none is named (the students table compares detectors by AUC)
+KIND_METRIC = {"students": "auc"}
+
+
 def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
-           metric: str | Sequence[str] = "acc", dataset: str | None = None,
+           metric: str | Sequence[str] | None = None, dataset: str | None = None,
            student: str | Sequence[str] | None = None, registry: RegistryArg = None,
            preset: str | None = None, size: int | None = None, device: str | None = None,
            measure: bool = True, ci: bool = False) -> tables_Report:
     """The table ``kind`` as a ``kdbench.report.tables.Report`` (``.markdown()``,
     ``.latex()``, ``.csv()``, ``.frame()``): mean ± std over seeds of ``metric``, or of
-    several side by side in each cell (``"acc,auc"`` -> ``acc / auc``). ``cost`` measures the
+    several side by side in each cell (``"acc,auc"`` -> ``acc / auc``; None: auc for the
+    students table, acc for the others). ``cost`` measures the
     models of ``preset`` at ``size`` on ``device``. ``ci``: the comparison's paired-bootstrap
     intervals (both - rgb) in its cells."""
     from kdbench.report import tables
@@ -104,13 +110,18 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
     _known(kind, _table_kinds(reg), "table kind")
     if kind == "runs":
         raise KdbenchError("the runs listing is a DataFrame: use kdbench.api.runs()")
-    metrics = _metrics(metric)
+    metrics = _metrics(metric or KIND_METRIC.get(kind, "acc"))
     if kind == "cost":
         return _cost(preset, dataset, student, size, device, measure)
     if kind == "deploy":
         from kdbench.report.deploy import deploy_records, deploy_report
 
         return deploy_report(deploy_records(Path(results)))
+    if kind == "students":
+        from kdbench.report.students import students_report
+
+        order = list(reg) + sorted(set(runs(results)["method"]) - set(reg) - {"teacher"})
+        return students_report(runs(results, dataset, student), Path(results), order, metrics)
     return tables.build(kind, runs(results, dataset, student), reg, metrics, ci)
 
 
@@ -185,9 +196,10 @@ def bench(preset: str | None = None, *, student: str | None = None, device: str 
     from kdbench.registry import select_methods
 
     entries = select_methods(reg, ",".join(comma_list(methods)) or "all")
-    if student is not None and student not in BACKBONES:
-        raise KdbenchError(f"unknown student {student!r}{did_you_mean(student, BACKBONES)}; "
-                           f"choose one of {', '.join(BACKBONES)}")
+    if student is not None and student not in BACKBONES:  # timm only for a name not built in
+        from kdbench.models.backbones import check_backbone
+
+        check_backbone(student, "--student")
     _check_device(device)
     if json_path is not None:
         from kdbench.files import check_writable
@@ -221,9 +233,10 @@ def _cost(preset: str | None, dataset: str | None, student: str | Sequence[str] 
     _check_device(device)
     chosen = comma_list(student)
     for s in chosen:
-        if s not in BACKBONES:
-            raise KdbenchError(f"unknown student {s!r}{did_you_mean(s, BACKBONES)}; choose from "
-                               f"{', '.join(BACKBONES)}")
+        if s not in BACKBONES:  # timm only for a name not built in
+            from kdbench.models.backbones import check_backbone
+
+            check_backbone(s, "--student")
     from kdbench.report import tables
     from kdbench.train.runner import pick_device
 
@@ -345,6 +358,25 @@ def _description(entry: Any) -> str:
     doc = (ast.get_docstring(cls) if cls is not None else None) or ast.get_docstring(tree)
     lines = (doc or "").strip().splitlines()
     return lines[0] if lines else ""
+
+
+def models(pattern: str | None = None, size: int = 64, limit: int = 25,
+           progress: bool = True) -> Catalog:
+    """The backbones a student or teacher branch can use: without ``pattern`` kdbench's own
+    three, with one (fnmatch-style, e.g. ``"mobilenet*"``) those and timm's matching models,
+    at most ``limit`` rows. Each is built on the CPU and run at ``size`` px: stage maps and
+    their channels, the student's parameters and GFLOPs, ImageNet weights, whether it can be a
+    dual teacher's branch and give pre-activation maps; a model that fails has its reason
+    instead. ``.frame()`` is a DataFrame, ``.markdown()`` the table."""
+    for name, value, low in (("size", size, 8), ("limit", limit, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise KdbenchError(f"{name}={value!r}; give a whole number >= {low}")
+    if pattern is not None and not isinstance(pattern, str):
+        raise KdbenchError(f"pattern={pattern!r}; give a model name or an fnmatch-style "
+                           "pattern such as 'mobilenet*'")
+    from kdbench.models.catalog import catalog
+
+    return catalog(pattern or None, size, limit, progress)
 
 
 def trace_means(name: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,

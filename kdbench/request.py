@@ -24,7 +24,7 @@ from kdbench.values import comma_list
 COMMANDS = ("run", "reproduce")
 LAUNCHERS = ("inprocess", "print", "local", "slurm")
 KEEP_CHECKPOINTS = ("all", "best", "none")
-PRESET_NAMES = ("quick", "cpu", "paper")
+PRESET_NAMES = ("quick", "cpu", "mobile", "paper")
 SLURM_CLUSTERS = ("slurm", "local", "debug")
 LOCK_DIR_ENV = "KDBENCH_LOCK_DIR"
 
@@ -71,16 +71,17 @@ class RunRequest:
         None, "--data-root", "prepared folder of a real dataset, or where to keep the synthetic "
         "one (default for synthetic: $KDBENCH_DATA or ~/.cache/kdbench)", kind="path")
     students: tuple[str, ...] = _opt(
-        (), "--students", "comma list of resnet18_thin, resnet34_thin, xception (default: the "
-        "preset's)", kind="list")
+        (), "--students", "comma list of resnet18_thin, resnet34_thin, xception or any timm CNN "
+        "(`kdbench models`; default: the preset's)", kind="list")
     modes: tuple[str, ...] = _opt(
-        ("rgb", "both"), "--modes", "rgb (RGB branch only), both (RGB and frequency branches), "
-        "or rgb,both", kind="list", commands=("run",))
+        (), "--modes", "rgb (RGB branch only), both (RGB and frequency branches), or rgb,both "
+        "(default: rgb,both; rgb with teacher.kind=single)", kind="list", commands=("run",))
     seeds: tuple[int, ...] = _opt((0,), "--seeds", "comma list of seeds, e.g. 0,1,2",
                                   kind="ints")
     preset: str | None = _opt(
-        None, "--preset", "quick: smoke size; cpu: 64 px; paper: the paper's setting (default: "
-        "paper on CUDA, cpu otherwise)", choices=PRESET_NAMES)
+        None, "--preset", "quick: smoke size; cpu: 64 px; mobile: cpu with three edge students; "
+        "paper: the paper's setting (default: paper on CUDA, cpu otherwise)",
+        choices=PRESET_NAMES)
     results: Path = _opt(Path(DEFAULT_RESULTS), "--results", "result store folder (results/ is "
                          "the committed reference store, written only when named)", kind="path")
     registry: tuple[Path, ...] = _opt(

@@ -58,7 +58,8 @@ class Distiller(nn.Module):
                 if len(side.stage_channels) < self.stage_maps:
                     raise KdbenchError(
                         f"{type(self).__name__.lower()} reads {self.stage_maps} stage maps, "
-                        f"but backbone {side.name} gives {len(side.stage_channels)}; pick "
+                        f"but backbone {getattr(side, 'name', type(side).__name__)} gives "
+                        f"{len(side.stage_channels)}; pick "
                         "another backbone, or a method that reads the pooled vector or logits")
         self.student = student
         self.mode = mode

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
 from kdbench.methods.base import full_precision
-from kdbench.methods.feature_kd import FeatureKD, teacher_pooled
+from kdbench.methods.feature_kd import FeatureKD, branch_channels, teacher_pooled
 from kdbench.models.outputs import StudentOut, TeacherOut
 
 EPS = 1e-7  # the reference's eps in ContrastLoss
@@ -144,7 +144,7 @@ class CRD(FeatureKD):
         ds = student.stage_channels[-1]
         self.banks = nn.ModuleDict()
         for branch in self.branches:
-            dt = teacher.branch_channels(branch)[-1]
+            dt = branch_channels(teacher, branch)[-1]
             self.adaptors[branch] = nn.ModuleDict(
                 {"s": Embed(ds, self.feat_dim), "t": Embed(dt, self.feat_dim)})
             self.banks[branch] = ContrastBank(self.feat_dim, self.nce_t, self.nce_m)

@@ -51,6 +51,19 @@ class FeatureKD(Distiller):
         return nn.ModuleDict({"student": self.student, "adaptors": self.adaptors})
 
 
+def branch_channels(teacher: nn.Module, branch: str) -> list[int]:
+    """The stage widths of the teacher's ``branch`` (a teacher that gives one list for both
+    branches: its ``stage_channels``)."""
+    widths = getattr(teacher, "branch_channels", None)
+    return list(widths(branch)) if widths is not None else list(teacher.stage_channels)
+
+
+def preact_problem(module: nn.Module) -> str | None:
+    """Why a backbone or teacher branch gives no pre-activation stage maps (None: it does)."""
+    problem = getattr(module, "preact_problem", None)
+    return problem() if problem is not None else None
+
+
 def teacher_feats(t: TeacherOut, branch: str) -> list[Tensor]:
     return t.rgb if branch == "rgb" else t.freq
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.methods.base import full_precision
-from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
+from kdbench.methods.feature_kd import FeatureKD, branch_channels, match_spatial, teacher_feats
 
 HINT_STAGE = 2  # of the four stages: ResNet layer3, Xception blocks 8-11
 
@@ -37,7 +37,7 @@ class FitNet(FeatureKD):
         super().__init__(student, teacher, mode, **hparams)
         cs = student.stage_channels[HINT_STAGE]
         for branch in self.branches:
-            self.adaptors[branch] = ConvReg(cs, teacher.branch_channels(branch)[HINT_STAGE])
+            self.adaptors[branch] = ConvReg(cs, branch_channels(teacher, branch)[HINT_STAGE])
 
     def branch_loss(self, s, t, branch):
         hint, target = match_spatial(s.feats[HINT_STAGE], teacher_feats(t, branch)[HINT_STAGE])

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
 from kdbench.methods.base import full_precision
-from kdbench.methods.feature_kd import FeatureKD, match_spatial
+from kdbench.methods.feature_kd import FeatureKD, branch_channels, match_spatial, preact_problem
 from kdbench.models.outputs import StudentOut, TeacherOut
 
 # the reference divides the summed distance by the batch size and by a constant: 1000 for
@@ -99,13 +99,15 @@ class OFD(FeatureKD):
     def __init__(self, student, teacher, mode, **hparams):
         super().__init__(student, teacher, mode, **hparams)
         self.num_stages = len(student.stage_channels)
-        for side in (student.backbone, *(getattr(teacher, f"{b}_branch") for b in self.branches)):
-            if side.preact_problem():
+        sides = (getattr(student, "backbone", student),
+                 *(getattr(teacher, f"{b}_branch") for b in self.branches))
+        for side in sides:
+            if preact_problem(side):
                 raise KdbenchError(f"ofd reads pre-activation stage maps, which backbone "
-                                   f"{side.name} does not give ({side.preact_problem()}); pick "
+                                   f"{side.name} does not give ({preact_problem(side)}); pick "
                                    "another backbone or method")
         for branch in self.branches:
-            pairs = zip(student.stage_channels, teacher.branch_channels(branch), strict=True)
+            pairs = zip(student.stage_channels, branch_channels(teacher, branch), strict=True)
             self.adaptors[branch] = nn.ModuleList(connector(cs, ct) for cs, ct in pairs)
             bns = getattr(teacher, f"{branch}_branch").preact_bns
             if len(bns) != self.num_stages:

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.methods.base import full_precision
-from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats, teacher_pooled
+from kdbench.methods.feature_kd import (
+    FeatureKD,
+    branch_channels,
+    match_spatial,
+    teacher_feats,
+    teacher_pooled,
+)
 from kdbench.models.outputs import StudentOut, TeacherOut
 
 HCL_LEVELS = (4, 2, 1)  # the pooled context sizes of the hierarchical context loss
@@ -145,7 +151,7 @@ class ReviewKD(FeatureKD):
         s_chans = list(student.stage_channels)
         in_channels = [*s_chans, s_chans[-1]]
         for branch in self.branches:
-            t_chans = list(teacher.branch_channels(branch))
+            t_chans = list(branch_channels(teacher, branch))
             self.adaptors[branch] = build_abfs(in_channels, [*t_chans, t_chans[-1]], max_mid)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.steps_per_epoch: int | None = None

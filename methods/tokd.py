@@ -307,8 +307,11 @@ class TOKD(Distiller):
         self.proj_last = str(hp.get("proj_last", "match"))
         if self.proj_last not in PROJ_LAST:
             raise KdbenchError(f"tokd.proj_last must be match or literal, got {self.proj_last!r}")
-        # match: G_Sf ends like G_Tf (a linear conv, signed), G_Sr like G_Tr (BN+ReLU)
-        linear = {"rgb": False, "freq": self.proj_last == "match"}
+        # match: G_Sf ends like G_Tf (a linear conv, signed), G_Sr like G_Tr (BN+ReLU); a
+        # teacher without G_Tr (single) gives its last stage map, which may be signed
+        match = self.proj_last == "match"
+        linear = {"rgb": match and not getattr(teacher, "rgb_proj_nonnegative", True),
+                  "freq": match}
         self.projectors = nn.ModuleDict({
             b: student_projector(channels, dim, convs[b], linear[b]) if hp.get("projectors", True)
             else nn.Conv2d(channels, dim, 1) for b in self.branches

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdbench.methods.base import full_precision
-from kdbench.methods.feature_kd import FeatureKD, match_spatial, teacher_feats
+from kdbench.methods.feature_kd import FeatureKD, branch_channels, match_spatial, teacher_feats
 
 
 @full_precision
@@ -47,7 +47,7 @@ class VID(FeatureKD):
     def __init__(self, student, teacher, mode, **hparams):
         super().__init__(student, teacher, mode, **hparams)
         for branch in self.branches:
-            pairs = zip(student.stage_channels, teacher.branch_channels(branch), strict=True)
+            pairs = zip(student.stage_channels, branch_channels(teacher, branch), strict=True)
             self.adaptors[branch] = nn.ModuleList(
                 VIDRegressor(cs, ct, hparams.get("init_var", 5.0)) for cs, ct in pairs
             )

@@ -145,7 +145,8 @@ CASES = [
     Case("unknown dataset", ["run", "--dataset", "imagenet", "--results", "{results}"],
          "unknown dataset 'imagenet'"),
     Case("unknown preset", [*RUN, "--preset", "huge"], "invalid choice: 'huge'"),
-    Case("unknown student", [*VANILLA, "--students", "vgg"], "unknown student 'vgg'"),
+    Case("unknown student", [*VANILLA, "--students", "mobilenet_v9"],
+         "--students: unknown model 'mobilenet_v9' (closest: mobilenetv3_rw"),
     Case("unknown mode", [*VANILLA, "--modes", "fancy"], "unknown mode 'fancy'"),
     Case("unknown table kind", ["table", "--kind", "rotaton", "--results", "{results}"],
          "unknown table kind 'rotaton' (did you mean 'rotation'?)"),
@@ -323,7 +324,7 @@ CASES = [
     Case("quantize a missing run", ["quantize", "{tmp}/nowhere", "--int8"], "run folder"),
     # bench / threads
     Case("bench of an unknown student", ["bench", "--student", "resnet"],
-         "unknown student 'resnet' (did you mean 'resnet34_thin'?)"),
+         "--student: unknown model 'resnet' (closest: resnet"),
     Case("bench with no steps", ["bench", "--steps", "0"], "argument --steps: must be >= 1"),
     Case("bench of a misspelt method", ["bench", "--methods", "tokdd"],
          "unknown method 'tokdd' (did you mean 'tokd'?)"),

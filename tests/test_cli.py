@@ -26,7 +26,7 @@ def _run(capsys, *argv):
         (["run", "--methods", "nope"], "unknown method 'nope'"),
         (["run", "--methods", "vanilla", "--set", "train.lrr=1"], "unknown setting train.lrr"),
         (["run", "--methods", "vanilla", "--set", "foo.x=1"], "unknown setting target 'foo'"),
-        (["run", "--methods", "vanilla", "--students", "vgg"], "unknown student 'vgg'"),
+        (["run", "--methods", "vanilla", "--students", "vgg"], "unknown model 'vgg' (closest: vgg"),
         (["run", "--methods", "vanilla", "--seeds", "a"], "seeds must be integers"),
     ],
 )

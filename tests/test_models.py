@@ -104,7 +104,7 @@ def test_local_pretrained_weights_load_and_missing_file_errors(tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "at least 90% must match" in msg
     assert (f"{(total - layer4) / 1e6:.2f} M of the backbone's {total / 1e6:.2f} M parameters "
-            f"matched, {layer4 / 1e6:.2f} M missing") in msg
+            f"matched ({(total - layer4) / total:.1%}), {layer4 / 1e6:.2f} M missing") in msg
     # a DeepfakeBench-style checkpoint (keys under "backbone.") matches nothing
     torch.save({f"backbone.{k}": v for k, v in timm_like.items()}, path)
     with pytest.raises(KdbenchError, match="0.00 M of the backbone.*'backbone.conv1.weight'"):

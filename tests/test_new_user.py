@@ -57,7 +57,7 @@ ERRORS_BEFORE_TORCH = [
     ["run", "--set", "train.epochs=-1"],
     ["run", "--methods", "tokd", "--set", "tokd.d=0"],
     ["run", "--seeds", "x"],
-    ["run", "--students", "vgg"],
+    ["run", "--students", "resnet18_thin,xception", "--preset", "huge"],
     ["run", "--dataset", "imagenet"],
     ["run", "--dataset", "ff_c40"],
     ["run", "--data-root", "/nonexistent/kdbench-data"],

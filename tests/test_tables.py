@@ -126,7 +126,7 @@ def test_ablation_rotation_alpha_and_teacher_tables_find_their_runs(tmp_path):
     assert by_a["100"].mean == pytest.approx(0.84) and by_a["10"].mean == pytest.approx(0.86)
 
     teacher = build("teacher", runs, reg)
-    assert [r[0] for r in teacher.rows] == ["vanilla student", "teacher (dual-branch)",
+    assert [r[0] for r in teacher.rows] == ["vanilla student", "teacher (2 x resnet18_thin)",
                                             "tokd both student"]
     assert teacher.rows[1][1].mean == pytest.approx(0.9) and teacher.rows[1][1].n == 1
 

@@ -80,6 +80,11 @@ def _open_run_data(deployed: DeployedStudent, data_root: PathLike | None,
     return {s: FrameSplit(data.frames, data.split(s)) for s in splits}
 
 
+def _what(deployed: DeployedStudent) -> str:
+    """The student in messages: its backbone and run."""
+    return f"the {deployed.backbone} student of {deployed.run_dir}"
+
+
 def _label(metrics: dict[str, Any]) -> str:
     m = metrics
     variant = f"@{m['variant']}" if m.get("variant") else ""
@@ -89,22 +94,24 @@ def _label(metrics: dict[str, Any]) -> str:
 def _teacher_entry(deployed: DeployedStudent, threads: int,
                    repeats: tuple[int, int]) -> dict[str, Any] | None:
     """The run's teacher for scale: parameters, state size, latency of its inference path
-    (both branches and the fusion head), and its recorded test metrics."""
+    (a dual teacher's two branches and fusion head, a single one's classifier), and its
+    recorded test metrics."""
     from kdbench.deploy.measure import latencies, state_mb, torch_predictor
     from kdbench.models.cost import _LogitsOnly, count_params
-    from kdbench.train.teachers import build_teacher
+    from kdbench.models.teacher_build import architecture_teacher
 
     metrics = deployed.metrics
     if metrics.get("mode") == "none" or not metrics.get("teacher_test"):
         return None
-    # its architecture for the timing: no pretrained weights to fetch
-    config = {**metrics["config"], "teacher": {**metrics["config"]["teacher"], "pretrained": None}}
-    teacher = build_teacher(config).eval()
+    # its architecture for the timing: no pretrained weights to fetch, no checkpoint to read
+    t = metrics["config"]["teacher"]
+    teacher = architecture_teacher(t).eval()
     return {"model": "teacher", "params": count_params(teacher), "file_mb": state_mb(teacher),
             "file": None, **latencies(torch_predictor(_LogitsOnly(teacher)), deployed.size,
                                       repeats),
             "test": metrics["teacher_test"], "teacher": metrics.get("teacher"),
-            "backbone": metrics["config"]["teacher"]["backbone"]}
+            "backbone": t["backbone"], "kind": t.get("kind") or "dual",
+            "freq_backbone": t.get("freq_backbone")}
 
 
 def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | None = None,
@@ -142,8 +149,9 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
     frames = measure.split_images(test, measure.evenly(len(test), 64), deployed.size)
     with measure.torch_threads(threads):
         atomic_torch_save(out / STUDENT_FILE, deployed.model.state_dict())
-        exporter = export_onnx(model, frames[:2], out / ONNX_FILE)
-        diff = verify(out / ONNX_FILE, model, frames, threads)
+        what = _what(deployed)
+        exporter = export_onnx(model, frames[:2], out / ONNX_FILE, what)
+        diff = verify(out / ONNX_FILE, model, frames, threads, what)
         log.info(f"exported {out / ONNX_FILE} ({measure.file_mb(out / ONNX_FILE):.2f} MB, "
                  f"{exporter} exporter); onnxruntime vs PyTorch on {len(frames)} test "
                  f"frames: max |diff| of the probabilities {diff:.2e}")
@@ -201,7 +209,7 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
     train, test = splits["train"], splits["test"]
     picks = measure.evenly(len(train), calib)
     images = measure.split_images(train, picks, deployed.size).numpy()
-    quantize_int8(out / ONNX_FILE, out / INT8_FILE, images)
+    quantize_int8(out / ONNX_FILE, out / INT8_FILE, images, _what(deployed))
     with measure.torch_threads(threads):
         sess = session(out / INT8_FILE, threads)
         probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),

@@ -1,5 +1,6 @@
 """What `kdbench predict`, `export` and `quantize` are given, checked before torch is imported:
-the media files (recognised by their extension), the run folder and the checkpoint."""
+the media files (recognised by their extension), the run folder, the checkpoint and its student
+(torch and timm are imported only for a student name that is not built in)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from kdbench.config import BACKBONES
 from kdbench.data.video import IMAGE_SUFFIXES
-from kdbench.errors import KdbenchError, did_you_mean
+from kdbench.errors import KdbenchError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv",
                   ".wmv")
@@ -67,9 +68,18 @@ def check_checkpoint(path: Path) -> None:
                            "deploy/student.pt or a student state dict")
 
 
+def check_student(name: str, setting: str = "--student") -> None:
+    """One line unless ``name`` is a student backbone: built in, or a timm CNN that gives its
+    stage maps through features_only (the closest timm names otherwise)."""
+    if name not in BACKBONES:
+        from kdbench.models.backbones import check_backbone
+
+        check_backbone(name, setting)
+
+
 def check_source(run_dir: Path | None, checkpoint: Path | None, student: str | None) -> None:
     """A run folder, or a checkpoint with its student's backbone, one of the two; each
-    checked on disk."""
+    checked on disk (the file before the name, which may need timm)."""
     if (run_dir is None) == (checkpoint is None):
         raise KdbenchError("give a run folder (--run RUN_DIR) or a checkpoint (--checkpoint "
                            "FILE --student NAME), one of the two")
@@ -77,8 +87,8 @@ def check_source(run_dir: Path | None, checkpoint: Path | None, student: str | N
         check_run(Path(run_dir))
         return
     if student is None:
-        raise KdbenchError(f"--checkpoint needs --student, one of {', '.join(BACKBONES)}")
-    if student not in BACKBONES:
-        raise KdbenchError(f"unknown student {student!r}{did_you_mean(student, BACKBONES)}; "
-                           f"choose one of {', '.join(BACKBONES)}")
+        raise KdbenchError(f"--checkpoint needs --student, the backbone it was trained as: "
+                           f"{', '.join(BACKBONES)} or a timm CNN name (e.g. "
+                           "mobilenetv3_small_050)")
     check_checkpoint(Path(checkpoint))
+    check_student(student)

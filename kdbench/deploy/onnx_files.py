@@ -7,7 +7,8 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from contextlib import redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +33,18 @@ def require_deploy_extra() -> None:
                                f"installed; install the deploy extra: {DEPLOY_EXTRA}") from None
 
 
-def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> str:
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).strip().splitlines()[:1]).strip()
+    return (text[:200] or type(exc).__name__)
+
+
+def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path,
+                what: str = "the student") -> str:
     """Write ``model`` (images [B, 3, S, S] -> probabilities [B]) to ``path`` as one ONNX file
     with a dynamic batch dimension. PyTorch's recommended exporter is tried first (the
     dynamo-based ``torch.onnx.export(..., dynamo=True)``); the TorchScript exporter only when
-    that fails. Returns the exporter used: ``dynamo`` or ``torchscript``."""
+    that fails, and a one-line error naming ``what`` when both do. Returns the exporter used:
+    ``dynamo`` or ``torchscript``."""
     model = model.eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,12 +58,19 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> str
                               external_data=False, optimize=True, verbose=False)
             return "dynamo"
         except Exception as exc:  # noqa: BLE001 - any exporter failure falls back
+            dynamo_error = _first_line(exc)
             log.warning("the dynamo ONNX exporter failed (%s); using the TorchScript one",
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else exc)
+                        dynamo_error)
+        try:
             torch.onnx.export(model, (sample,), str(tmp), dynamo=False, input_names=[INPUT],
                               output_names=[OUTPUT], opset_version=17,
                               dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
-            return "torchscript"
+        except Exception as exc:  # noqa: BLE001 - both failed: one line, not two tracebacks
+            raise KdbenchError(
+                f"{what} cannot be exported to ONNX: the dynamo exporter failed "
+                f"({dynamo_error}) and the TorchScript one too ({_first_line(exc)}); report "
+                "this with your torch and onnx versions") from None
+        return "torchscript"
 
 
 def session(path: Path, threads: int):
@@ -77,7 +92,8 @@ def onnx_probabilities(sess, images: np.ndarray, batch_size: int = 256) -> np.nd
     return np.concatenate(out).astype(np.float64)
 
 
-def verify(path: Path, model: torch.nn.Module, images: torch.Tensor, threads: int) -> float:
+def verify(path: Path, model: torch.nn.Module, images: torch.Tensor, threads: int,
+           what: str = "the student") -> float:
     """The largest absolute difference between the ONNX file's and PyTorch's probabilities
     on ``images``, run as one batch and (checking the dynamic batch) one image at a time.
     The file is deleted and an error raised when it exceeds :data:`TOLERANCE`."""
@@ -89,18 +105,35 @@ def verify(path: Path, model: torch.nn.Module, images: torch.Tensor, threads: in
     diff = float(max(np.abs(whole - expected).max(), np.abs(single - expected[:4]).max()))
     if not diff <= TOLERANCE:
         Path(path).unlink(missing_ok=True)
-        raise KdbenchError(f"the ONNX model's probabilities differ from PyTorch's by up to "
-                           f"{diff:.2e} (more than {TOLERANCE:g}) on {len(images)} test frames; "
-                           f"{path} was not kept - report this with your torch and onnx "
-                           "versions")
+        raise KdbenchError(f"the ONNX model of {what} gives probabilities that differ from "
+                           f"PyTorch's by up to {diff:.2e} (more than {TOLERANCE:g}) on "
+                           f"{len(images)} test frames; {path} was not kept - report this with "
+                           "your torch and onnx versions")
     return diff
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime's quantization tools log to the root logger: per-channel notes on 1-D
+    weights (BatchNorm, LayerNorm scales), which are left as they are. Hidden within the block
+    (errors still show)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray,
+                  what: str = "the student") -> None:
     """Post-training static int8 quantization of the ONNX file ``fp32`` into ``out``: the
-    model pre-processed (shape inference, graph optimisation), then onnxruntime's
-    ``quantize_static`` in QDQ format with per-channel int8 weights and uint8 activations whose
-    ranges are calibrated (min-max) on ``calibration`` images."""
+    model pre-processed (shape inference, graph optimisation; skipped with a warning when
+    onnxruntime cannot do it), then onnxruntime's ``quantize_static`` in QDQ format with
+    per-channel int8 weights and uint8 activations whose ranges are calibrated (min-max) on
+    ``calibration`` images. Operators onnxruntime has no int8 kernel for stay in float. A
+    failure is one line naming ``what``."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -121,13 +154,24 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
             return None if batch is None else {INPUT: batch}
 
     out = Path(out)
-    with atomic_path(out) as tmp, warnings.catch_warnings():
+    with atomic_path(out) as tmp, warnings.catch_warnings(), _quiet_root_logger():
         warnings.simplefilter("ignore")
         pre = tmp.with_name(tmp.name + ".pre.onnx")
         try:
-            quant_pre_process(str(fp32), str(pre))
-            quantize_static(str(pre), str(tmp), Calibration(), quant_format=QuantFormat.QDQ,
+            source = pre
+            try:
+                quant_pre_process(str(fp32), str(pre))
+            except Exception as exc:  # noqa: BLE001 - the pre-processing is an optimisation
+                log.warning("onnxruntime could not pre-process %s for quantization (%s); "
+                            "quantizing it as exported", fp32, _first_line(exc))
+                source = Path(fp32)
+            quantize_static(str(source), str(tmp), Calibration(), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
+        except Exception as exc:  # noqa: BLE001 - an operator onnxruntime cannot quantize
+            raise KdbenchError(
+                f"int8 quantization of {what} failed in onnxruntime's quantize_static "
+                f"({_first_line(exc)}); its fp32 file {fp32} is unaffected and deployable; "
+                "report this with your onnxruntime version") from None
         finally:
             pre.unlink(missing_ok=True)

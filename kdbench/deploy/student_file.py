@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdbench.config import BACKBONES
-from kdbench.errors import KdbenchError, did_you_mean
+from kdbench.errors import KdbenchError
 from kdbench.models.students import Student, create_student
 
 DEFAULT_SIZE, DEFAULT_FRAMES, DEFAULT_DETECTOR = 64, 8, "dlib"  # a bare checkpoint's defaults
@@ -110,11 +109,12 @@ def from_run(run_dir: Path) -> DeployedStudent:
 
 
 def from_checkpoint(path: Path, backbone: str, size: int | None = None) -> DeployedStudent:
-    """A student of ``backbone`` from a checkpoint file, without its run: input and crop size
-    ``size`` (default 64), 8 frames, the dlib detector and the threshold 0.5."""
-    if backbone not in BACKBONES:
-        raise KdbenchError(f"unknown student {backbone!r}{did_you_mean(backbone, BACKBONES)}; "
-                           f"choose one of {', '.join(BACKBONES)}")
+    """A student of ``backbone`` (built in, or any timm CNN) from a checkpoint file, without
+    its run: input and crop size ``size`` (default 64), 8 frames, the dlib detector and the
+    threshold 0.5."""
+    from kdbench.deploy.inputs import check_student
+
+    check_student(backbone)
     student = create_student(backbone)
     load_weights(student, Path(path))
     size = size or DEFAULT_SIZE

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from kdbench.compat import checked_torch_pair
@@ -18,18 +17,19 @@ from timm.models.resnet import BasicBlock, ResNet  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from kdbench.errors import KdbenchError  # noqa: E402
+from kdbench.models.timm_backbones import PreactStages  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 
-class StagedBackbone(nn.Module):
+class StagedBackbone(PreactStages, nn.Module):
     """A CNN as ``stem`` + its last four ``stages``; ``forward`` returns the stage maps.
 
     ``final_relus[i]``: the activation that ends stage i (None: the stage ends without one, its
     output is pre-activation already); ``preact_bns[i]``: the BatchNorm feeding that
     pre-activation (a distiller's margin may come from its statistics). The built-in backbones
     name them; for a timm backbone one forward pass finds them on first use
-    (:func:`kdbench.models.timm_backbones.stage_ends`). :meth:`capture_preact` records the stage
+    (:func:`kdbench.models.timm_backbones.stage_ends`). ``capture_preact()`` records the stage
     maps before their final activation."""
 
     sequential = True  # the stages can be run one at a time (the dual teacher's RFAMs)
@@ -42,47 +42,15 @@ class StagedBackbone(nn.Module):
         self.stem = stem
         self.stages = nn.ModuleList(stages)
         self.stage_channels = list(channels)
-        # not submodules twice; None: found on first use
-        self._ends: tuple[list[nn.Module | None], list[nn.BatchNorm2d], str | None] | None = (
-            (list(final_relus or [None] * len(stages)), list(preact_bns or []), None)
-            if preact_bns is not None else None)
+        if preact_bns is not None:  # kept out of the module tree (not submodules twice)
+            self._ends = (list(final_relus or [None] * len(stages)), list(preact_bns), None)
 
     @property
     def num_features(self) -> int:
         return self.stage_channels[-1]
 
-    def _stage_ends(self) -> tuple[list[nn.Module | None], list[nn.BatchNorm2d], str | None]:
-        if self._ends is None:
-            from kdbench.models.timm_backbones import stage_ends
-
-            was_training = self.training
-            self.eval()
-            try:
-                self._ends = stage_ends(list(self.stages), self)
-            finally:
-                self.train(was_training)
-        return self._ends
-
-    def preact_problem(self) -> str | None:
-        """Why this backbone cannot give pre-activation stage maps (None: it can)."""
-        return self._stage_ends()[2]
-
-    @property
-    def preact_bns(self) -> list[nn.BatchNorm2d]:
-        return self._stage_ends()[1]
-
-    @contextmanager
-    def capture_preact(self) -> Iterator[list[Tensor]]:
-        """Within the block, each forward appends the pre-activation stage maps to the list it
-        yields (copies: activations work in place)."""
-        from kdbench.models.timm_backbones import preact_hooks
-
-        finals, _, problem = self._stage_ends()
-        if problem:
-            raise KdbenchError(f"backbone {self.name} gives no pre-activation stage maps: "
-                               f"{problem}")
-        with preact_hooks(list(self.stages), finals) as maps:
-            yield maps
+    def _preact_stages(self) -> tuple[list[nn.Module], nn.Module]:
+        return list(self.stages), self
 
     def forward(self, x: Tensor) -> list[Tensor]:
         feats = []
@@ -93,7 +61,7 @@ class StagedBackbone(nn.Module):
         return feats
 
 
-class HookedBackbone(nn.Module):
+class HookedBackbone(PreactStages, nn.Module):
     """A timm model whose features_only maps come from hooks (its stages cannot be run one at a
     time): ``forward`` returns its last four maps; no pre-activation maps."""
 
@@ -109,16 +77,8 @@ class HookedBackbone(nn.Module):
     def num_features(self) -> int:
         return self.stage_channels[-1]
 
-    def preact_problem(self) -> str | None:
+    def _preact_stages(self) -> str:
         return "its stage maps come from timm's feature hooks, not from stages run in turn"
-
-    @property
-    def preact_bns(self) -> list[nn.BatchNorm2d]:
-        return []
-
-    def capture_preact(self) -> Iterator[list[Tensor]]:
-        raise KdbenchError(f"backbone {self.name} gives no pre-activation stage maps: "
-                           f"{self.preact_problem()}")
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return list(self.model(x))[-len(self.stage_channels):]
@@ -248,13 +208,11 @@ def _imagenet_model(name: str, setting: str) -> nn.Module:
             f"its own); use --set {setting}=none or a local weights file")
     try:
         return timm.create_model(IMAGENET[name], pretrained=True, num_classes=0)
-    except Exception as exc:  # offline with nothing cached, a damaged download, ...
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise KdbenchError(
-            f"{setting}=imagenet: timm could not load the ImageNet weights of {IMAGENET[name]} "
-            f"({reason}); offline they must already be in torch's hub cache "
-            f"({Path(torch.hub.get_dir()) / 'checkpoints'}); or use --set {setting}=none "
-            "(train from scratch) or a local weights file") from None
+    except Exception as exc:
+        from kdbench.models.timm_backbones import weights_error
+
+        cache = f"torch's hub cache ({Path(torch.hub.get_dir()) / 'checkpoints'})"
+        raise weights_error(setting, IMAGENET[name], exc, cache) from None
 
 
 def check_imagenet(name: str, setting: str) -> None:
@@ -268,18 +226,31 @@ def check_imagenet(name: str, setting: str) -> None:
     elif name in _BUILDERS:
         _imagenet_model(name, setting)
     else:
-        from kdbench.models.timm_backbones import pretrained_features
-
-        pretrained_features(name, setting)
-
-
-def check_backbone(name: str, setting: str) -> None:
-    """One line unless ``name`` is a built-in backbone or a timm model with features_only."""
-    if name not in _BUILDERS:
         from kdbench.models.timm_backbones import features_model
 
-        with torch.device("meta"):
-            features_model(name, setting)
+        features_model(name, "teacher.backbone" if setting.startswith("teacher") else
+                       "--students", setting)
+
+
+def check_backbone(name: str, setting: str, size: int | None = None) -> tuple[int, bool]:
+    """(stage maps, whether its stages run in turn) of the backbone ``name``; one line unless it
+    is a built-in backbone or a timm model with features_only that runs at ``size`` px (built
+    and run on the meta device: no weights, no compute)."""
+    if name in _BUILDERS:
+        return 4, True
+    from kdbench.errors import first_line
+    from kdbench.models.timm_backbones import MAX_STAGES, features_model, split_features
+
+    with torch.device("meta"):
+        model = features_model(name, setting)
+        if size is not None:
+            try:
+                model.eval()(torch.zeros(2, 3, size, size))
+            except Exception as exc:
+                raise KdbenchError(f"{setting}: {name} does not run at {size} px "
+                                   f"({first_line(exc)}); pick another data.size or backbone "
+                                   "(`kdbench models PATTERN --size N` tries them)") from None
+    return min(len(model.feature_info.channels()), MAX_STAGES), split_features(model) is not None
 
 
 def build_backbone(name: str, pretrained: str | None = None,
@@ -306,12 +277,11 @@ def _timm_backbone(name: str, pretrained: str | None, setting: str
     from kdbench.models.timm_backbones import (
         MAX_STAGES,
         features_model,
-        pretrained_features,
         split_features,
     )
 
     if pretrained == "imagenet":
-        model = pretrained_features(name, setting)
+        model = features_model(name, "backbone", setting)
     else:
         model = features_model(name, "backbone")
         if pretrained:

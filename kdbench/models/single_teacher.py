@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-import timm
 import torch
 from torch import Tensor, nn
 
@@ -16,13 +15,7 @@ from kdbench.models.backbones import (
     load_local_weights,
 )
 from kdbench.models.outputs import TeacherOut
-from kdbench.models.timm_backbones import (
-    MAX_STAGES,
-    check_timm_name,
-    imagenet_weights,
-    preact_hooks,
-    stage_ends,
-)
+from kdbench.models.timm_backbones import MAX_STAGES, PreactStages, timm_model
 
 
 def classifier_model(name: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
@@ -33,18 +26,8 @@ def classifier_model(name: str, num_classes: int, pretrained: str | None = None)
                  else _BUILDERS[name][0]())
         model.reset_classifier(num_classes)
     else:
-        check_timm_name(name, "teacher.backbone")
-        want = pretrained == "imagenet"
-        if want and not imagenet_weights(name):
-            raise KdbenchError(f"teacher.pretrained=imagenet: timm has no pretrained weights for "
-                               f"{name}; use --set teacher.pretrained=none or a local file")
-        try:
-            model = timm.create_model(name, pretrained=want, num_classes=num_classes)
-        except Exception as exc:
-            reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-            raise KdbenchError(f"teacher.backbone={name}: timm could not build it"
-                               f"{' with its weights' * want} ({reason}); offline the weights "
-                               "must be in timm's cache") from None
+        weights = "teacher.pretrained" if pretrained == "imagenet" else None
+        model = timm_model(name, "teacher.backbone", weights, num_classes=num_classes)
     if pretrained and pretrained != "imagenet":
         load_local_weights(model, pretrained)
     if not getattr(model, "feature_info", None):
@@ -53,18 +36,20 @@ def classifier_model(name: str, num_classes: int, pretrained: str | None = None)
     return model
 
 
-class SingleBranchTeacher(nn.Module):
+class SingleBranchTeacher(PreactStages, nn.Module):
     """One classifier on RGB (teacher.kind=single).
 
     Stage maps: the outputs of the model's last four ``feature_info`` modules, taken by hooks
     during its own forward; ``rgb_pooled``: the last map average-pooled; ``logits``: the
     model's head (a one-logit head z becomes the two-class logits (0, z): the same
-    probability). It has no projector: ``rgb_proj`` is the last stage map itself (F_Tr =
-    T_r(x)), ``proj_dim`` its width, and ``aux_logits['rgb']`` are its logits (the classifier
-    is the RGB branch's head). ``rgb_branch`` is the teacher itself (stage widths and
+    probability; z is the fake logit). It has no projector: ``rgb_proj`` is the last stage map
+    itself (F_Tr = T_r(x); TOKD's G_Sr then ends in a linear conv, as the map may be signed),
+    ``proj_dim`` its width, and ``aux_logits['rgb']`` are its logits (the classifier is the
+    RGB branch's head). ``rgb_branch`` is the teacher itself (stage widths and
     pre-activation maps, as a dual teacher's branch)."""
 
     kind = "single"
+    rgb_proj_nonnegative = False  # F_Tr is the last stage map, signed for linear bottlenecks
 
     def __init__(self, backbone: str, pretrained: str | None = None,
                  num_classes: int = 2) -> None:
@@ -78,7 +63,6 @@ class SingleBranchTeacher(nn.Module):
         self.stage_channels = [int(d["num_chs"]) for d in infos]
         self.proj_dim = self.stage_channels[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self._ends: tuple[list[nn.Module | None], list[nn.BatchNorm2d], str | None] | None = None
 
     @property
     def rgb_branch(self) -> SingleBranchTeacher:
@@ -90,35 +74,10 @@ class SingleBranchTeacher(nn.Module):
                                "use --modes rgb (or teacher.kind=dual)")
         return self.stage_channels
 
-    def _stage_ends(self) -> tuple[list[nn.Module | None], list[nn.BatchNorm2d], str | None]:
-        if self._ends is None:
-            if any(kind != "forward" for _, kind in self._taps):
-                self._ends = ([], [], "its stage maps are read before a module, not at a "
-                                      "stage's end")
-            else:
-                was = self.training
-                self.eval()
-                try:
-                    self._ends = stage_ends([m for m, _ in self._taps], self.model)
-                finally:
-                    self.train(was)
-        return self._ends
-
-    def preact_problem(self) -> str | None:
-        return self._stage_ends()[2]
-
-    @property
-    def preact_bns(self) -> list[nn.BatchNorm2d]:
-        return self._stage_ends()[1]
-
-    @contextmanager
-    def capture_preact(self) -> Iterator[list[Tensor]]:
-        finals, _, problem = self._stage_ends()
-        if problem:
-            raise KdbenchError(f"teacher {self.name} gives no pre-activation stage maps: "
-                               f"{problem}")
-        with preact_hooks([m for m, _ in self._taps], finals) as maps:
-            yield maps
+    def _preact_stages(self) -> tuple[list[nn.Module], nn.Module] | str:
+        if any(kind != "forward" for _, kind in self._taps):
+            return "its stage maps are read before a module, not at a stage's end"
+        return [m for m, _ in self._taps], self.model
 
     @contextmanager
     def _stage_maps(self) -> Iterator[list[Tensor]]:

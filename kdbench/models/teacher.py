@@ -46,6 +46,7 @@ class DualBranchTeacher(nn.Module):
     """
 
     kind = "dual"
+    rgb_proj_nonnegative = True  # F_Tr = G_Tr(.) ends in BN + ReLU (TOKD's G_Sr ends alike)
 
     def __init__(
         self,

@@ -33,6 +33,12 @@ def _head_size(model: nn.Module, state: dict[str, Tensor], source: str) -> int |
     return int(weight.shape[0])
 
 
+def architecture_teacher(teacher_cfg: dict[str, Any]) -> Teacher:
+    """The teacher of the settings section ``teacher_cfg`` with fresh weights (no pretrained
+    weights fetched, no checkpoint read): for measuring its cost and speed."""
+    return build_teacher({"teacher": {**teacher_cfg, "pretrained": None, "checkpoint": None}})
+
+
 def build_teacher(cfg: dict[str, Any]) -> Teacher:
     """The teacher of the settings ``cfg``: untrained, or the detector of
     ``teacher.checkpoint`` loaded (matched / missing / unexpected counts logged; under 90 %

@@ -9,13 +9,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from timm.models._features import FeatureListNet
 from torch import Tensor, nn
 
-from kdbench.errors import KdbenchError
+from kdbench.errors import KdbenchError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ def timm_names() -> tuple[str, ...]:
 
 
 def close_names(name: str, n: int = 3) -> list[str]:
-    """The ``n`` timm names closest to ``name``."""
-    return difflib.get_close_matches(name, timm_names(), n=n, cutoff=0.5)
+    """The ``n`` backbone names closest to ``name``: kdbench's own three and timm's."""
+    from kdbench.config import BACKBONES
+
+    return difflib.get_close_matches(name, (*BACKBONES, *timm_names()), n=n, cutoff=0.5)
 
 
 def check_timm_name(name: str, setting: str) -> None:
@@ -45,19 +48,34 @@ def check_timm_name(name: str, setting: str) -> None:
                            "lists the backbones that work")
 
 
-def features_model(name: str, setting: str, pretrained: bool = False) -> nn.Module:
-    """``timm.create_model(name, features_only=True)``; one line when the model cannot give
-    its stage maps that way."""
+def timm_model(name: str, setting: str, weights: str | None = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model(name, **kwargs)``, with timm's pretrained weights when ``weights``
+    names the option that asked for them (``student.pretrained``: through timm's cache, a
+    download when online); one line for an unknown name, a model without those weights or
+    whose weights cannot be had, and a model that cannot be built so (features_only)."""
     check_timm_name(name, setting)
+    if weights and not imagenet_weights(name):
+        raise KdbenchError(f"{weights}=imagenet: timm has no pretrained weights for {name}; use "
+                           f"--set {weights}=none or a local weights file")
     try:
-        return timm.create_model(name, features_only=True, pretrained=pretrained)
-    except (RuntimeError, ValueError, AssertionError, TypeError, AttributeError) as exc:
-        if pretrained and "features_only" not in str(exc):
-            raise
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise KdbenchError(f"{setting}: timm model {name!r} does not give its stage maps "
-                           f"through features_only ({reason}); pick a CNN (`kdbench models "
-                           "PATTERN` lists the backbones that work)") from None
+        return timm.create_model(name, pretrained=bool(weights), **kwargs)
+    except Exception as exc:
+        if weights:
+            cache = (f"timm's cache (Hugging Face hub: {Path.home() / '.cache' / 'huggingface'}"
+                     f"; or {Path(torch.hub.get_dir())})")
+            raise weights_error(weights, name, exc, cache) from None
+        if kwargs.get("features_only"):
+            raise KdbenchError(f"{setting}: timm model {name!r} does not give its stage maps "
+                               f"through features_only ({first_line(exc, 120)}); pick a CNN "
+                               "(`kdbench models PATTERN` lists the backbones that work)"
+                               ) from None
+        raise KdbenchError(f"{setting}: timm could not build {name} ({first_line(exc)})"
+                           ) from None
+
+
+def features_model(name: str, setting: str, weights: str | None = None) -> nn.Module:
+    """``timm.create_model(name, features_only=True)`` (:func:`timm_model`)."""
+    return timm_model(name, setting, weights, features_only=True)
 
 
 def is_activation(module: nn.Module) -> bool:
@@ -99,14 +117,32 @@ def stage_ends(stages: list[nn.Module], run: nn.Module, size: int = TRACE_SIZE
     bns: list[nn.BatchNorm2d] = []
     for i, called in enumerate(calls):
         last = called[-1] if called else None
-        before = called[:-1] if last is not None and is_activation(last) else called
-        bn = next((m for m in reversed(before) if isinstance(m, nn.BatchNorm2d)), None)
-        if last is None or not (is_activation(last) or last is bn) or bn is None:
+        if last is None or not (is_activation(last) or isinstance(last, nn.BatchNorm2d)):
             what = type(last).__name__ if last is not None else "nothing"
             return [], [], f"its stage {i + 1} ends in {what}, not BatchNorm [+ activation]"
+        before = called[:-1] if is_activation(last) else called
+        bn = _feeding_bn(before, {id(m): n for n, m in stages[i].named_modules()})
+        if isinstance(bn, str):
+            return [], [], f"its stage {i + 1}'s end is fed by {bn}"
         finals.append(last if is_activation(last) else None)
         bns.append(bn)
     return finals, bns, None
+
+
+_SHORTCUT = ("downsample", "shortcut", "skip")  # timm's names of a residual's side path
+
+
+def _feeding_bn(before: list[nn.Module], names: dict[int, str]) -> nn.BatchNorm2d | str:
+    """The last BatchNorm the stage calls before its end on its main path: a residual's
+    shortcut BatchNorm (timm names it downsample / shortcut / skip), called after the main
+    path's, is passed over. A block that sums several BatchNorm'd branches (RepVGG) gives its
+    last branch's."""
+    for m in reversed(before):
+        name = names.get(id(m), "")
+        if isinstance(m, nn.BatchNorm2d) and not any(
+                part.startswith(_SHORTCUT) for part in name.split(".")):
+            return m
+    return "no BatchNorm on its main path"
 
 
 @contextmanager
@@ -134,6 +170,66 @@ def preact_hooks(stages: list[nn.Module], finals: list[nn.Module | None]
     finally:
         for handle in handles:
             handle.remove()
+
+
+Ends = tuple[list[nn.Module | None], list[nn.BatchNorm2d], str | None]
+
+
+class PreactStages:
+    """Pre-activation stage maps for a module whose stages are submodules: a subclass gives
+    :meth:`_preact_stages` (the stage modules and the module whose forward runs them, or why
+    there are none), or sets ``_ends`` itself; the ends are traced on first use."""
+
+    name: str
+    training: bool
+    _ends: Ends | None = None
+
+    def _preact_stages(self) -> tuple[list[nn.Module], nn.Module] | str:
+        raise NotImplementedError
+
+    def _stage_ends(self) -> Ends:
+        if self._ends is None:
+            found = self._preact_stages()
+            if isinstance(found, str):
+                self._ends = ([], [], found)
+            else:
+                was_training = self.training
+                self.eval()  # type: ignore[attr-defined]
+                try:
+                    self._ends = stage_ends(*found)
+                finally:
+                    self.train(was_training)  # type: ignore[attr-defined]
+        return self._ends
+
+    def preact_problem(self) -> str | None:
+        """Why there are no pre-activation stage maps (None: there are)."""
+        return self._stage_ends()[2]
+
+    @property
+    def preact_bns(self) -> list[nn.BatchNorm2d]:
+        """The BatchNorm feeding each stage's pre-activation (a distiller's margin)."""
+        return self._stage_ends()[1]
+
+    @contextmanager
+    def capture_preact(self) -> Iterator[list[Tensor]]:
+        """Within the block, each forward appends the pre-activation stage maps to the list it
+        yields (copies: activations work in place)."""
+        finals, _, problem = self._stage_ends()
+        found = self._preact_stages()
+        if problem or isinstance(found, str):
+            raise KdbenchError(f"{self.name} gives no pre-activation stage maps: {problem}")
+        with preact_hooks(found[0], finals) as maps:
+            yield maps
+
+
+def weights_error(setting: str, name: str, exc: Exception, cache: str) -> KdbenchError:
+    """The one line for pretrained weights timm could not load (offline with nothing cached, a
+    damaged download, ...); ``cache`` says where they must be offline."""
+    reason = first_line(exc)
+    return KdbenchError(
+        f"{setting}=imagenet: timm could not load the pretrained weights of {name} ({reason}); "
+        f"offline they must already be in {cache}; or use --set {setting}=none (train from "
+        "scratch) or a local weights file")
 
 
 def _sequence(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
@@ -180,22 +276,3 @@ def imagenet_weights(name: str) -> bool:
     except (RuntimeError, KeyError):
         return False
     return bool(cfg and (cfg.url or cfg.hf_hub_id or cfg.file))
-
-
-def pretrained_features(name: str, setting: str) -> nn.Module:
-    """The features_only model with timm's ImageNet weights, through timm's own loading (its
-    cache; a download when online); one line when they cannot be had."""
-    if not imagenet_weights(name):
-        raise KdbenchError(f"{setting}=imagenet: timm has no pretrained weights for {name}; use "
-                           f"--set {setting}=none or a local weights file")
-    try:
-        return features_model(name, setting, pretrained=True)
-    except KdbenchError:
-        raise
-    except Exception as exc:  # offline with nothing cached, a damaged download, ...
-        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
-        raise KdbenchError(
-            f"{setting}=imagenet: timm could not load the pretrained weights of {name} "
-            f"({reason}); offline they must already be in timm's cache (Hugging Face hub: "
-            f"{Path.home() / '.cache' / 'huggingface'}; or {Path(torch.hub.get_dir())}); or use "
-            f"--set {setting}=none (train from scratch) or a local weights file") from None

@@ -27,6 +27,14 @@ def deploy_records(results: Path) -> list[dict[str, Any]]:
     return records
 
 
+def teacher_branches(entry: dict[str, Any]) -> str:
+    """A teacher entry's name in the table (:func:`kdbench.report.listing.teacher_label`)."""
+    from kdbench.report.listing import teacher_label
+
+    return teacher_label(entry.get("kind"), entry.get("backbone", "?"),
+                         entry.get("freq_backbone"))
+
+
 def deploy_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (run, format), teachers once each: the numbers of the table and figure."""
     rows, teachers = [], set()
@@ -40,7 +48,7 @@ def deploy_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 if who in teachers:
                     continue
                 teachers.add(who)
-                run = f"teacher (2 x {entry.get('backbone', '?')}), {rec['dataset']}"
+                run = f"teacher ({teacher_branches(entry)}), {rec['dataset']}"
             else:
                 run = rec["label"]
             test = entry.get("test") or {}
@@ -93,8 +101,12 @@ def plot_deploy(records: list[dict[str, Any]], out: Path) -> int:
         if pts:
             ax.scatter([r["b32"] for r in pts], [100 * r["auc"] for r in pts],
                        marker=markers[key], s=50, label=label)
+    # a student's point: method/mode, with its student too when the store has several
+    students = {r["run"].split("/")[0] for r in rows if not r["key"].startswith("teacher")}
+    first = 0 if len(students) > 1 else 1
     for r in rows:
-        name = r["run"] if r["key"].startswith("teacher") else "/".join(r["run"].split("/")[1:3])
+        name = r["run"] if r["key"].startswith("teacher") else "/".join(
+            r["run"].split("/")[first:3])
         ax.annotate(name, (r["b32"], 100 * r["auc"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     ax.set_xscale("log")

@@ -29,6 +29,16 @@ EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path", "teac
          "teacher_label"]  # a teacher's kind and backbone: "dual resnet18_thin"
 
 
+def teacher_label(kind: str | None, backbone: str, freq_backbone: str | None = None) -> str:
+    """How every table names a teacher: ``2 x B`` (dual, both branches B), ``B + F`` (dual
+    with frequency branch F), ``single B``; a record made before teacher kinds is dual."""
+    if kind == "single":
+        return f"single {backbone}"
+    backbone, _, named = backbone.partition("+")  # a dual teacher's name: B or B+F
+    freq = freq_backbone or named or backbone
+    return f"2 x {backbone}" if freq == backbone else f"{backbone} + {freq}"
+
+
 def collect_runs(results: Path) -> pd.DataFrame:
     """One row per run folder (students and teachers), finished or not."""
     rows = []
@@ -72,5 +82,6 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
             "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),
             "path": str(folder), "teacher_sha256": sha, "teacher_path": teacher_path,
             "fake_fraction": test.get("fake_fraction"),
-            "teacher_label": (f"{m.get('kind', 'dual')} {m.get('backbone', parts[-1])}"
+            "teacher_label": (teacher_label(m.get("kind"), m.get("backbone")
+                                            or parts[-1].rsplit("-", 1)[0])
                               if kind == "teachers" else None)}

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdbench.report.listing import collect_runs
-from kdbench.report.tables import Report, metric_cell
+from kdbench.report.tables import (
+    OTHER_TEACHER_NOTE,
+    Cell,
+    Report,
+    metric_cell,
+    other_teacher_mark,
+)
 
 METRICS = ("acc", "auc")
 
@@ -26,9 +32,12 @@ def plan_report(results: Path, runs: list[Path], teacher: Path | None) -> Report
     for (student, method, variant, mode), g in mine.groupby(
             ["student", "method", "variant", "mode"], sort=False, dropna=False):
         label = f"{method}@{variant}" if isinstance(variant, str) and variant else method
-        rows.append([f"{student} {label}", mode, *[metric_cell(g, m) for m in METRICS]])
+        rows.append([f"{student} {label}", mode,
+                     *[other_teacher_mark(metric_cell(g, m), g) for m in METRICS]])
     left = len(runs) - len(mine)
     notes = ["test accuracy and AUC in %, mean ± std over seeds (number of seeds)"]
     if left:
         notes.append(f"{left} of the plan's {len(runs)} runs not finished")
+    if any("†" in c.mark for row in rows for c in row if isinstance(c, Cell)):
+        notes.append(OTHER_TEACHER_NOTE)
     return Report(f"this plan's runs in {results}", ["model", "mode", "acc", "auc"], rows, notes)

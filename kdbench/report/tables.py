@@ -363,9 +363,10 @@ def teacher_vs_student(runs: pd.DataFrame, registry: dict, metric: Metrics = "ac
     rows = [[f"{b.name} student", *[_finished_cell(_select(runs, d, s, b.name, "none", ""),
                                                    metric) for d, s in groups]]
             for b in _baselines(registry)]
-    labels = sorted(set(teachers["teacher_label"].dropna())) or ["dual-branch"]
-    rows.append([f"teacher ({', '.join(labels)})", *[metric_cell(
-        teachers[teachers["dataset"] == d], metric) for d, _ in groups]])
+    for label in sorted(set(teachers["teacher_label"].dropna())):  # one row per teacher kind
+        mine = teachers[teachers["teacher_label"] == label]
+        rows.append([f"teacher ({label})", *[metric_cell(mine[mine["dataset"] == d], metric)
+                                             for d, _ in groups]])
     for entry in _entries_with(registry, "teacher"):
         mode = entry.reports["teacher"]["mode"]
         rows.append([f"{entry.name} {mode} student", *[
@@ -414,14 +415,12 @@ def cost(students: list[str], teacher_cfg: dict[str, Any], size: int, device,
 
     from kdbench.models.cost import count_params, gflops, images_per_s
     from kdbench.models.students import create_student
-    from kdbench.models.teacher_build import build_teacher
+    from kdbench.models.teacher_build import architecture_teacher
+    from kdbench.report.listing import teacher_label
 
     models = [(f"student {s}", create_student(s)) for s in students]
-    teacher = build_teacher({"teacher": {**teacher_cfg, "pretrained": None,
-                                         "checkpoint": None}})
-    name = (f"2 x {teacher.name}" if teacher.kind == "dual" and "+" not in teacher.name
-            else f"{teacher.kind} {teacher.name}")
-    models.append((f"teacher ({name})", teacher))
+    teacher = architecture_teacher(teacher_cfg)
+    models.append((f"teacher ({teacher_label(teacher.kind, teacher.name)})", teacher))
     rows = []
     for name, model in models:
         torch.manual_seed(0)

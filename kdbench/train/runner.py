@@ -28,7 +28,7 @@ from kdbench.errors import KdbenchError
 from kdbench.files import atomic_write_json, read_json, store_time, utc_now
 from kdbench.models.cost import count_params, gflops
 from kdbench.models.students import create_student
-from kdbench.models.teacher import DualBranchTeacher
+from kdbench.models.teacher_build import Teacher
 from kdbench.provenance import versions
 from kdbench.registry import MethodEntry
 from kdbench.train.evaluate import CROSS_DIR, evaluate_run
@@ -161,16 +161,17 @@ RUN_FILE = "run.json"  # the settings an unfinished run was started with
 NOT_RESULT_SETTINGS = SPEED_SETTINGS | PARALLEL_SETTINGS | OUTPUT_SETTINGS
 
 
-def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+def comparable_config(config: dict[str, Any], teacher: bool = True) -> dict[str, Any]:
     """The settings that decide a run's result (not :data:`kdbench.config.SPEED_SETTINGS`
-    nor :data:`~kdbench.config.PARALLEL_SETTINGS`)."""
+    nor :data:`~kdbench.config.PARALLEL_SETTINGS`; without ``teacher`` the teacher's settings
+    neither, for a run that distils from none)."""
     return {sec: without_added_defaults(sec, {k: v for k, v in config[sec].items()
                                               if k not in NOT_RESULT_SETTINGS})
-            for sec in ("data", "train", "teacher", "student")}
+            for sec in ("data", "train", "teacher", "student") if teacher or sec != "teacher"}
 
 
 def _identity(ctx: Context, spec: RunSpec, ignored: set[str]) -> dict[str, Any]:
-    return {"config": comparable_config(ctx.config),
+    return {"config": comparable_config(ctx.config, spec.mode != "none"),
             "hparams": {k: v for k, v in spec.hparams.items() if k not in ignored}}
 
 
@@ -266,7 +267,7 @@ def log_done(name: str, m: dict[str, Any]) -> None:
 
 
 def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
-            teacher: DualBranchTeacher | None) -> tuple[str, dict[str, Any] | None]:
+            teacher: Teacher | None) -> tuple[str, dict[str, Any] | None]:
     """Train one student with one method, mode and seed unless that run is finished; returns
     ("trained" | "finished" | "busy", its metrics), "busy" (no metrics) when another process
     is training it."""
@@ -310,7 +311,8 @@ def _finished_as(ctx: Context, run_dir: Path, spec: RunSpec, entry: MethodEntry,
     if done is not None:
         # a hyper-parameter added to the registry later is taken to have had its default
         current = entry.hparams(spec.dataset)
-        recorded = {"config": comparable_config(done.get("config", ctx.config)),
+        recorded = {"config": comparable_config(done.get("config", ctx.config),
+                                                spec.mode != "none"),
                     "hparams": {k: v for k, v in {**current, **done.get("hparams", {})}.items()
                                 if k not in ignored}}
         _check_same_run(run_dir, recorded, identity, "a finished run")
@@ -318,7 +320,7 @@ def _finished_as(ctx: Context, run_dir: Path, spec: RunSpec, entry: MethodEntry,
 
 
 def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
-               teacher: DualBranchTeacher | None, run_dir: Path, name: str,
+               teacher: Teacher | None, run_dir: Path, name: str,
                identity: dict[str, Any]) -> dict[str, Any]:
     from kdbench.train.teachers import teacher_dir, teacher_test
 
@@ -329,7 +331,10 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         if not started.is_file():
             raise KdbenchError(f"{run_dir} holds a last.pt without its {RUN_FILE} (settings "
                                "unknown); pass --restart to discard it")
-        _check_same_run(run_dir, read_json(started), identity, "an unfinished run")
+        begun = read_json(started)
+        if spec.mode == "none":  # kdbench 0.3 kept the teacher's settings of any run
+            begun.get("config", {}).pop("teacher", None)
+        _check_same_run(run_dir, begun, identity, "an unfinished run")
         log.info(f"continue {name}: {progress_of(run_dir)} (--restart discards it)")
     elif distributed.is_main():
         atomic_write_json(started, identity)
