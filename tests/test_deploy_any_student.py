@@ -170,7 +170,8 @@ def test_teacher_labels_of_the_deploy_table():
                              "freq_backbone": None}) == "2 x resnet18_thin"
     assert teacher_branches({"backbone": "xception", "kind": "dual",
                              "freq_backbone": "efficientnet_b0"}) == "xception + efficientnet_b0"
-    assert teacher_branches({"backbone": "convnext_atto", "kind": "single"}) == "single convnext_atto"
+    single = teacher_branches({"backbone": "convnext_atto", "kind": "single"})
+    assert single == "single convnext_atto"
 
 
 # ------------------------------------------------------- end to end: trained runs of both

@@ -148,3 +148,23 @@ def test_the_margin_batchnorm_is_the_main_paths_not_the_shortcuts():
              for stage, bn in zip(backbone.stages, backbone.preact_bns, strict=True)]
     assert all(n.endswith(".bn2") for n in names), names
     assert any("downsample" in n for stage in backbone.stages for n, _ in stage.named_modules())
+
+
+def test_imagenet_weights_of_any_timm_name_go_through_timm_and_fail_in_one_line(monkeypatch):
+    from kdbench.models import timm_backbones
+
+    asked = {}
+
+    def offline(name, **kwargs):
+        asked.update(kwargs, name=name)
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(timm_backbones.timm, "create_model", offline)
+    with pytest.raises(KdbenchError) as err:
+        build_backbone("mobilenetv3_small_050", "imagenet", "student.pretrained")
+    assert asked == {"name": "mobilenetv3_small_050", "pretrained": True, "features_only": True}
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("student.pretrained=imagenet: timm could not load")
+    assert "offline they must already be in timm's cache" in msg
+    with pytest.raises(KdbenchError, match="timm has no pretrained weights for efficientnet_b0_gn"):
+        build_backbone("efficientnet_b0_gn", "imagenet", "student.pretrained")
