@@ -43,7 +43,7 @@ class SingleBranchTeacher(PreactStages, nn.Module):
     during its own forward; ``rgb_pooled``: the last map average-pooled; ``logits``: the
     model's head (a one-logit head z becomes the two-class logits (0, z): the same
     probability; z is the fake logit). It has no projector: ``rgb_proj`` is the last stage map
-    itself (F_Tr = T_r(x); TOKD's G_Sr then ends in a linear conv, as the map may be signed),
+    itself (F_Tr = T_r(x); ``rgb_proj_nonnegative`` is False: the map may be signed),
     ``proj_dim`` its width, and ``aux_logits['rgb']`` are its logits (the classifier is the
     RGB branch's head). ``rgb_branch`` is the teacher itself (stage widths and
     pre-activation maps, as a dual teacher's branch)."""

@@ -46,7 +46,7 @@ class DualBranchTeacher(nn.Module):
     """
 
     kind = "dual"
-    rgb_proj_nonnegative = True  # F_Tr = G_Tr(.) ends in BN + ReLU (TOKD's G_Sr ends alike)
+    rgb_proj_nonnegative = True  # F_Tr = G_Tr(.) ends in BN + ReLU (a projector may end alike)
 
     def __init__(
         self,
