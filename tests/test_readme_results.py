@@ -176,3 +176,13 @@ def test_predates_note_only_when_the_store_bears_it_out(tmp_path):
     for bad in ({"kdbench": "0.3.0"}, {"threads": (2, 2, 1)}, {"outputs": (None, "live", None)}):
         write(**bad)
         assert _predates_note(runs) == "", bad
+
+
+def test_the_edge_students_plan_is_the_one_the_store_command_runs():
+    from tools.readme_results import MOBILE_PLAN
+
+    script = (ROOT / "tools" / "reference_store.sh").read_text()
+    assert (f"--preset {MOBILE_PLAN['preset']} --methods {','.join(MOBILE_PLAN['methods'])} "
+            f"--modes {','.join(MOBILE_PLAN['modes'])} "
+            f"--seeds {','.join(map(str, MOBILE_PLAN['seeds']))}") in script
+    assert f"--cross-dataset {MOBILE_PLAN['cross_dataset']}" in script

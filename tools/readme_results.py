@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("results") / "README.md"  # relative to ROOT
 COMMAND = "bash tools/reference_store.sh"
 MOBILE = Path("mobile")  # the edge students' store, inside results/
+# its plan, as tools/reference_store.sh runs it (tests/test_readme_results.py checks they agree)
+MOBILE_PLAN = {"preset": "mobile", "methods": ["vanilla", "reviewkd", "ofd", "pkt"],
+               "modes": ["both"], "seeds": [0, 1, 2], "cross_dataset": "synthetic_c23"}
 TABLES = ("ablation", "rotation", "alpha", "teacher")
 
 
@@ -266,7 +269,9 @@ def _cross_lines(runs: pd.DataFrame) -> str:
 def _mobile_section(results: Path) -> str:
     """The edge students (results/mobile): the students table and where its teacher comes
     from, every figure read from that store."""
+    from kdbench.plan import plan
     from kdbench.report.students import students_report
+    from kdbench.request import RunRequest
 
     store = results / MOBILE
     if not (store / "runs").is_dir():
@@ -274,7 +279,10 @@ def _mobile_section(results: Path) -> str:
     runs = collect_runs(store)
     students = runs[runs["method"] != "teacher"]
     done = students[students["status"] == "finished"]
-    left = len(students) - len(done)
+    planned = plan(RunRequest.make("run", results=store, device="cpu", **MOBILE_PLAN)).runs
+    finished = set(done["path"])
+    left = [r.name for r in planned if str(r.run_dir) not in finished
+            and str(r.run_dir.relative_to(Path.cwd())) not in finished]
     report = students_report(runs, store, list(load_registry()), "auc")
     teacher = runs[(runs["method"] == "teacher") & (runs["status"] == "finished")]
     main = collect_runs(results)
@@ -296,8 +304,9 @@ def _mobile_section(results: Path) -> str:
 
     (old_version, old_loss), (new_version, new_loss) = first(main_teacher), first(teacher)
 
-    state = (f" {_plural(left, 'run')} of the plan not finished yet (the same command "
-             "continues them)." if left else "")
+    state = (f" {len(left)} of the plan's {len(planned)} runs are not finished yet (the command "
+             f"above trains them, continuing where it stopped): {', '.join(left)}." if left
+             else "")
     return f"""
 **Edge students** (`results/mobile/`, `kdbench table --kind students --results
 results/mobile`): `--preset mobile` trains `mobilenetv3_large_100`, `efficientnet_b0` and
