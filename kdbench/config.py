@@ -43,6 +43,9 @@ _BASE: dict[str, Any] = {
         "sync_bn": False,
         # a TensorBoard event file in each run folder (the tb extra)
         "tensorboard": False,
+        # steps between records of gradcos.jsonl in a both-mode run: the cosine of the RGB and
+        # frequency distillation gradients at the student's last shared stage (0: off)
+        "gradsim_every": 10,
     },
     "teacher": {
         "backbone": "resnet18_thin",
@@ -69,7 +72,7 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
               "teacher_cache_gb": {"min": 0}, "amp": {"choices": ["auto", True, False]},
               "channels_last": {"choices": ["auto", True, False]},
               "sync_bn": {"choices": [True, False]},
-              "tensorboard": {"choices": [True, False]}},
+              "tensorboard": {"choices": [True, False]}, "gradsim_every": {"min": 0}},
     "teacher": {"proj_dim": {"min": 1}, "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0},
                 "kind": {"choices": list(TEACHER_KINDS)}},
     "student": {},
@@ -112,7 +115,7 @@ SPEED_SETTINGS = {"workers", "eval_batch_size", "channels_last", "compile", "tea
 # they do not name a run (one run's result is the same up to BatchNorm statistics)
 PARALLEL_SETTINGS = {"sync_bn"}
 # settings that only add output files: they do not name a run either
-OUTPUT_SETTINGS = {"tensorboard"}
+OUTPUT_SETTINGS = {"tensorboard", "gradsim_every"}
 # settings added after runs were stored (kdbench 0.4): at their default (_BASE) a run's identity
 # and its teacher folder's name leave them out, so the runs stored before them are still found
 ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix")}

@@ -29,6 +29,13 @@ def _built_in() -> Path | None:
 DEFAULT_REGISTRY = _built_in()
 VALID_MODES = ("none", "rgb", "both")
 DISTILLER_IMPORT = "from kdbench.methods import Distiller"
+# hyper-parameters the engine adds to every method with a ``both`` mode (name -> default,
+# limits): both_weighting "sum" keeps each branch's distillation term at the method's weight
+# (the paper's L = CE + w (L_rgb + L_fre)); "mean" halves each, so that the total distillation
+# weight equals rgb mode's (kdbench.train.branch_terms applies it)
+BOTH_HPARAMS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "both_weighting": ("sum", {"choices": ["sum", "mean"]}),
+}
 
 
 @dataclass
@@ -191,6 +198,11 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
                else check_limit_spec(spec, defaults[key]))
         if why:
             raise KdbenchError(f"{source}: method {name!r}: limits of {key!r}: {why}")
+    defaults, limits = dict(defaults), dict(limits)
+    if "both" in modes:
+        for key, (default, spec) in BOTH_HPARAMS.items():
+            defaults.setdefault(key, default)
+            limits.setdefault(key, spec)
     return MethodEntry(name, raw["entry"], list(modes), dict(defaults),
                        {k: dict(v or {}) for k, v in datasets.items()}, source,
                        [dict(v) for v in variants], {k: list(v) for k, v in aliases.items()},

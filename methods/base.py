@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
+from kdbench.registry import BOTH_HPARAMS
 from kdbench.models.outputs import StudentOut, TeacherOut, from_batch
 
 MODES = ("none", "rgb", "both")
@@ -81,8 +82,10 @@ class Distiller(nn.Module):
     @classmethod
     def ignored_hparams(cls, mode: str) -> set[str]:
         """Hyper-parameters that cannot change this mode's result (e.g. a logging interval):
-        they neither name a run's folder nor make a finished run count as different."""
-        return set()
+        they neither name a run's folder nor make a finished run count as different. The
+        engine's both-mode settings (:data:`kdbench.registry.BOTH_HPARAMS`) are ignored in the
+        other modes."""
+        return set() if mode == "both" else set(BOTH_HPARAMS)
 
     def teacher_needs(self) -> set[str]:
         """Teacher fields this method reads (subset of rgb, freq, rgb_proj, freq_proj,

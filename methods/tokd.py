@@ -337,7 +337,8 @@ class TOKD(Distiller):
     @classmethod
     def ignored_hparams(cls, mode: str) -> set[str]:
         # rgb mode distils one branch: no rotation, no frequency projector, no alpha2
-        return LOGGING_ONLY | (BOTH_ONLY if mode == "rgb" else set())
+        return (super().ignored_hparams(mode) | LOGGING_ONLY
+                | (BOTH_ONLY if mode == "rgb" else set()))
 
     def teacher_needs(self) -> set[str]:
         return {f"{b}_proj" for b in self.branches}

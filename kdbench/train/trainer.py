@@ -24,6 +24,7 @@ from kdbench.errors import KdbenchError
 from kdbench.files import atomic_torch_save, atomic_write_jsonl, plain
 from kdbench.progress import progress_bar
 from kdbench.train import teacher_cache
+from kdbench.train.branch_terms import TRACE, BranchCosine, branch_factor, weigh_branches
 from kdbench.train.events import EventLog
 from kdbench.train.metrics import best_threshold, detection_metrics
 from kdbench.train.predictions import Predictions
@@ -177,6 +178,8 @@ class Trainer:
         self._forward: Callable[[dict[str, Tensor]], Any] | None = None  # DDP's, once fitting
         self.last_probs: np.ndarray | None = None  # of the last evaluate()
         self.events = EventLog(self.run_dir, False)  # train.tensorboard: opened by fit
+        self.branch_factor = branch_factor(learner)  # both_weighting
+        self.branch_cos: BranchCosine | None = None  # the gradcos trace, set up by fit
 
     def _autocast(self):
         if self.amp:
@@ -219,6 +222,9 @@ class Trainer:
         read here, so the step never waits for the device), the optimizer step."""
         with self._autocast():
             logits, losses = (self._forward or self.learner.forward_train)(batch)
+        losses = weigh_branches(losses, self.branch_factor, self.label)
+        if self.branch_cos is not None:
+            self.branch_cos.record(losses, step)
         total = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -237,6 +243,8 @@ class Trainer:
         step_base = epoch * (len(data) // self.cfg["batch_size"] or 1)
         losses: dict[str, Tensor] = {}
         ranks = distributed.size()
+        if self.branch_cos is not None:
+            self.branch_cos.epoch = epoch + 1
         for step, b in enumerate(self._batches("train", self.cfg["batch_size"], shuffle=True,
                                                epoch=epoch, lookup=self.lookup)):
             if self.live_targets is not None:  # where the cached outputs enter a batch
@@ -359,7 +367,7 @@ class Trainer:
         if hasattr(self.learner, "on_fit_start"):
             self.learner.on_fit_start(cfg, steps_per_epoch)
         traces: dict[str, list] = getattr(self.learner, "traces", {})
-        reserved = sorted(set(traces) & {"history"})
+        reserved = sorted(set(traces) & {"history", TRACE})
         if reserved:
             raise KdbenchError(f"{self.label}: a method trace may not be named {reserved[0]!r} "
                                "(the trainer writes history.jsonl); rename it")
@@ -377,6 +385,7 @@ class Trainer:
             if self.device.type == "cpu":  # the CPU's thread count shapes the numbers
                 threads_from = _resumed_threads(self.label, ckpt, start)
         self._attach_teacher_cache()
+        self.branch_cos = BranchCosine(self.learner, int(cfg.get("gradsim_every", 0)))
         self.events = EventLog(self.run_dir, bool(cfg.get("tensorboard")) and distributed.is_main())
         n = len(self.splits["train"])
         with progress_bar(self.progress) as bar:
@@ -421,8 +430,10 @@ class Trainer:
                     for name, rows in traces.items():
                         atomic_write_jsonl(self.run_dir / f"{name}.jsonl", rows)
                 if stop_after is not None and epoch + 1 >= stop_after and epoch + 1 < cfg["epochs"]:
+                    self.branch_cos.close()
                     return None
         self.events.close()
+        self.branch_cos.close()
         ranks = self._ranks_record()
         distributed.barrier()  # rank 0's best.pt is written
         state = load_checkpoint(self.run_dir / "best.pt")
