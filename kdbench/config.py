@@ -32,6 +32,7 @@ _BASE: dict[str, Any] = {
         "step_size": 8,
         "gamma": 0.1,
         "weight_decay": 0.0,
+        "optimizer": "adam",  # adam (betas 0.9, 0.999) or sgd (momentum 0.9, as RepDistiller)
         "amp": "auto",  # bf16 autocast: auto = on CUDA only; true / false force it
         "channels_last": "auto",  # NHWC memory format: auto = on CUDA and the CPU (faster on both)
         "compile": False,  # torch.compile the student and the teacher's forward
@@ -68,6 +69,7 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
     "data": {"size": {"min": 8}, "frames": {"min": 1}, "workers": {"min": 0}},
     "train": {"epochs": {"min": 1}, "batch_size": {"min": 1}, "lr": {"gt": 0},
               "step_size": {"min": 1}, "gamma": {"gt": 0}, "weight_decay": {"min": 0},
+              "optimizer": {"choices": ["adam", "sgd"]},
               "select": {"choices": list(METRIC_NAMES)}, "eval_batch_size": {"min": 1},
               "teacher_cache_gb": {"min": 0}, "amp": {"choices": ["auto", True, False]},
               "channels_last": {"choices": ["auto", True, False]},
@@ -118,7 +120,8 @@ PARALLEL_SETTINGS = {"sync_bn"}
 OUTPUT_SETTINGS = {"tensorboard", "gradsim_every"}
 # settings added after runs were stored (kdbench 0.4): at their default (_BASE) a run's identity
 # and its teacher folder's name leave them out, so the runs stored before them are still found
-ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix")}
+ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix"),
+                  "train": ("optimizer",)}
 
 
 def without_added_defaults(section: str, values: dict[str, Any]) -> dict[str, Any]:

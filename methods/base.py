@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
-from kdbench.registry import BOTH_HPARAMS
 from kdbench.models.outputs import StudentOut, TeacherOut, from_batch
+from kdbench.registry import BOTH_HPARAMS
 
 MODES = ("none", "rgb", "both")
 

@@ -141,6 +141,7 @@ class CRD(FeatureKD):
         self.nce_k = int(hparams.get("nce_k", 16384))
         self.nce_t = float(hparams.get("nce_t", 0.07))
         self.nce_m = float(hparams.get("nce_m", 0.5))
+        self.negatives = str(hparams.get("negatives", "other_class"))
         ds = student.stage_channels[-1]
         self.banks = nn.ModuleDict()
         for branch in self.branches:
@@ -165,8 +166,11 @@ class CRD(FeatureKD):
         self.register_buffer("frame_labels", labels.to(device), persistent=False)
         pools = []
         for i, c in enumerate(self.classes):
-            pool = torch.nonzero(labels != c).flatten().to(device)
-            self.register_buffer(f"negatives_{i}", pool, persistent=False)
+            # other_class: the reference's exact mode; any: every frame (the CRD paper's
+            # instance negatives; a drawn frame is its own positive at most k / N of the time)
+            pool = torch.nonzero(labels != c if self.negatives == "other_class"
+                                 else torch.ones_like(labels, dtype=torch.bool)).flatten()
+            self.register_buffer(f"negatives_{i}", pool.to(device), persistent=False)
             pools.append(len(pool))
         self.k_eff = max(1, min(self.nce_k, *pools, round(self.nce_k * n / REFERENCE_N)))
         self.run_info["nce_k_effective"] = self.k_eff

@@ -220,7 +220,8 @@ def test_registry_resolves_crd(mode):
     entry = load_registry()["crd"]
     assert entry.resolve() is CRD and entry.modes == ["rgb", "both"]
     hp = entry.hparams("synthetic")
-    assert hp == {"beta": 0.8, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5}
+    assert hp == {"beta": 0.8, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5,
+                  "negatives": "other_class", "both_weighting": "sum"}
     teacher = BothTeacher() if mode == "both" else StubTeacher()
     d = entry.resolve()(TinyStudent(), teacher, mode, **hp)
     assert d.weight == 0.8 and set(d.banks) == ({"rgb", "freq"} if mode == "both" else {"rgb"})

@@ -359,8 +359,12 @@ class Trainer:
         self._prepare_models()
         self._forward = distributed.data_parallel(self.learner, self.device, self.sync_bn)
         params = [p for p in self.learner.trainable_modules().parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
-                               weight_decay=cfg["weight_decay"])
+        if cfg.get("optimizer", "adam") == "sgd":
+            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9,
+                                  weight_decay=cfg["weight_decay"])
+        else:
+            opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
+                                   weight_decay=cfg["weight_decay"])
         sched = torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
         start, history, best, wall = 0, [], None, 0.0
         steps_per_epoch = max(len(self.splits["train"]) // cfg["batch_size"], 1)
