@@ -45,8 +45,9 @@ def teacher_folder(results: Path, dataset: str, cfg: dict[str, Any]) -> Path:
     """``<results>/teachers/<dataset>/<backbone>-<hash of the settings that shape it>``."""
     key = config_hash({"dataset": dataset, "data": {k: v for k, v in cfg["data"].items()
                                                     if k != "workers"},
-                       "train": {k: v for k, v in cfg["train"].items()
-                                 if k not in NOT_TEACHER_SETTINGS},
+                       "train": without_added_defaults(
+                           "train", {k: v for k, v in cfg["train"].items()
+                                     if k not in NOT_TEACHER_SETTINGS}),
                        "teacher": without_added_defaults("teacher", cfg["teacher"])})
     return Path(results) / "teachers" / dataset / f"{cfg['teacher']['backbone']}-{key}"
 
