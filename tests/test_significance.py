@@ -111,8 +111,8 @@ def test_the_comparison_marks_follow_the_intervals(tmp_path):
     row = report.rows[0]
     x_both, y_both = row[3], row[5]
     assert x_both.mark == "↑" and y_both.mark == ""
-    assert x_both.interval.startswith("[+") and y_both.interval == "[+0.00; +0.00, +0.00]"
-    assert "paired-bootstrap interval" in report.notes[0]
+    assert x_both.interval.startswith("[+") and y_both.interval == "[+0.00; +0.00, +0.00; t p=1.00]"
+    assert any("two-level bootstrap" in n and "Holm" in n for n in report.notes)
     plain = comparison(runs, ["x", "y"], "acc")  # marks without --ci, no intervals printed
     assert plain.rows[0][3].mark == "↑" and plain.rows[0][3].interval == ""
 

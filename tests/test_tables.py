@@ -46,7 +46,7 @@ def test_comparison_cells_marks_and_unfinished_runs(tmp_path):
     assert vanilla.n == 3
     assert at_rgb.mean == pytest.approx(0.85) and at_rgb.std == pytest.approx(0.0)  # variant out
     # no predictions.npz in this store: no paired interval, so no mark (test_significance)
-    assert at_both.mark == "" and vid_both.mark == "" and at_rgb.mark == ""
+    assert at_both.mark == "" and vid_both.mark == "" and at_rgb.mark == "≡"  # seeds tie
     assert vanilla.text() == "82.00 ± 2.00 (3)"
     assert at_both.text() == "80.00 ± 1.00 (3)"
     assert "runs without stored predictions are not marked" in report.notes[0]
@@ -76,7 +76,7 @@ def test_table_command_writes_each_format(tmp_path, capsys):
         assert out.stat().st_size > 100
     assert main(["table", "--kind", "comparison", "--results", str(tmp_path / "R"),
                  "--metric", "auc"]) == 0
-    assert "90.00 ± 0.00 (3)" in capsys.readouterr().out
+    assert "90.00 ± 0.00≡ (3)" in capsys.readouterr().out
     assert main(["table", "--results", str(tmp_path / "R"), "--student", "vgg"]) == 2
 
 
@@ -292,7 +292,8 @@ def test_a_sweep_figure_places_points_by_value_and_names_the_sweep_of_single_poi
 
 
 def test_runs_distilled_from_other_teacher_weights_are_marked(tmp_path):
-    from kdbench.report.tables import OTHER_TEACHER_NOTE, build
+    from kdbench.report.marks import OTHER_TEACHER_NOTE
+    from kdbench.report.tables import build
 
     teacher = tmp_path / "teachers/synthetic/resnet18_thin-abc"
     teacher.mkdir(parents=True)
@@ -361,7 +362,7 @@ def test_a_table_of_two_metrics_shows_both_in_each_cell(tmp_path, capsys):
     assert report.title == "Comparison (Table 3): test acc / auc"
     assert report.notes[0].startswith("acc / auc in %")
     cells = dict(zip(report.columns, report.text_rows()[0]))
-    assert cells["vanilla"] == "82.00 ± 2.00 / 90.00 ± 0.00 (3)"
+    assert cells["vanilla"] == "82.00 ± 2.00 / 90.00 ± 0.00≡ (3)"
     vanilla = report.rows[0][report.columns.index("vanilla")]
     assert vanilla.mean == pytest.approx(0.82) and vanilla.n == 3  # the first metric's
     csv = report.csv().splitlines()
@@ -369,7 +370,7 @@ def test_a_table_of_two_metrics_shows_both_in_each_cell(tmp_path, capsys):
     assert "synthetic,resnet18_thin,vanilla,auc,0.9," in report.csv()
     assert main(["table", "--kind", "comparison", "--results", str(tmp_path / "R"),
                  "--metric", "acc,auc"]) == 0
-    assert "| 82.00 ± 2.00 / 90.00 ± 0.00 (3) |" in capsys.readouterr().out
+    assert "| 82.00 ± 2.00 / 90.00 ± 0.00≡ (3) |" in capsys.readouterr().out
     assert main(["table", "--kind", "comparison", "--results", str(tmp_path / "R"),
                  "--metric", "acc,aucc"]) == 2
     assert "unknown metric 'aucc' (did you mean 'auc'?)" in capsys.readouterr().err

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from kdbench.errors import KdbenchError, did_you_mean
-from kdbench.report.paired import paired_bootstrap
+from kdbench.report.intervals import holm, procedure_note, two_level_bootstrap
+from kdbench.report.marks import cell_marks, mark_notes
 from kdbench.report.tables import Report, cell, seed_predictions
 
 
@@ -29,25 +30,28 @@ def _cell_runs(runs: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def compare_cells(runs: pd.DataFrame, a: str, b: str, metrics: list[str],
                   n_boot: int) -> Report:
-    """One row per metric: A and B (mean ± std over seeds) and A - B with its 95 % paired
-    bootstrap interval over the seeds both cells ran."""
+    """One row per metric: A and B (mean ± std over seeds), A - B with its two-level bootstrap
+    interval (seeds, then test clusters) over the seeds both cells ran, Holm-corrected across
+    the metrics, and the paired t-test over seeds."""
     sa, sb = _cell_runs(runs, a), _cell_runs(runs, b)
     pa, pb = seed_predictions(sa), seed_predictions(sb)
     if pa is None or pb is None:
         raise KdbenchError(f"{a if pa is None else b} has runs without predictions.npz (made "
                            "before kdbench kept per-frame predictions); run them again with "
                            "--restart")
+    tests = holm([two_level_bootstrap(pa, pb, metric, n_boot=n_boot) for metric in metrics])
     rows: list[list] = []
-    seeds: tuple[int, ...] = ()
-    for metric in metrics:
-        iv = paired_bootstrap(pa, pb, metric, n_boot=n_boot)
-        seeds = iv.seeds
+    for metric, c in zip(metrics, tests):
         verdict = "no difference"
-        if iv.excludes_zero:
-            verdict = "A higher" if iv.diff > 0 else "A lower"
-        rows.append([metric, cell(sa[metric]), cell(sb[metric]), iv.text(), verdict])
-    notes = [f"A = {a}, B = {b}; % over the seeds both ran ({', '.join(map(str, seeds))}); "
-             f"A - B [95 % interval]: paired bootstrap over test videos, {n_boot} resamples, "
-             "seeds paired and pooled; 'no difference' when the interval contains 0."]
-    return Report(f"{a} vs {b}", ["metric", "A", "B", "A - B [95 % CI]", "verdict"], rows,
-                  notes)
+        if c.marked:
+            verdict = "A higher" if c.diff > 0 else "A lower"
+        t = c.t_test
+        rows.append([metric, cell_marks(cell(sa[metric]), sa), cell_marks(cell(sb[metric]), sb),
+                     c.text(), "-" if t is None else f"{t:.3f}", verdict])
+    seeds = ", ".join(map(str, tests[0].seeds)) if tests else ""
+    notes = [f"A = {a}, B = {b}; % over the seeds both ran ({seeds}); A - B [interval]: "
+             "'no difference' when the interval holds 0; t p: the paired t-test over the "
+             "seeds (3 seeds or more).", procedure_note(tests, "A - B")]
+    notes += mark_notes(rows, pd.concat([sa, sb]))
+    return Report(f"{a} vs {b}", ["metric", "A", "B", "A - B [interval]", "t p", "verdict"],
+                  rows, notes)

@@ -191,7 +191,7 @@ def procedure_note(comparisons: list[Comparison], what: str) -> str:
     resampled = ("identity pairs of test videos" if all(c.clustered for c in comparisons)
                  else "test videos (no identity pairs in their names)")
     n = "/".join(map(str, seeds))
-    level_one = "the seeds ({} of them) with replacement, then".format(n) if max(seeds) > 1 \
+    level_one = f"the seeds ({n} of them) with replacement, then" if max(seeds) > 1 \
         else "(one seed: the test level only)"
     return (f"↑/↓ ({what}): a two-level bootstrap ({comparisons[0].n_boot} replicates) resamples "
             f"{level_one} {resampled} within each; runs paired by seed. Holm's correction "

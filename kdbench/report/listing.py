@@ -9,6 +9,7 @@ import pandas as pd
 
 from kdbench.config import METRIC_NAMES
 from kdbench.files import StoreError, read_json, read_jsonl
+from kdbench.report.marks import collapse_reason
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ COLUMNS = ["dataset", "student", "method", "mode", "seed", "status", "best_epoch
            "ap", "eer", "video_auc", "wall_s"]
 EXTRA = ["variant", "params", "gflops", "run_info", "finished_at", "path", "teacher_sha256",
          "other_teacher", "fake_fraction",  # fake_fraction: of the test frames
-         "teacher_label"]  # a teacher's kind and backbone: "dual resnet18_thin"
+         "teacher_label",  # a teacher's kind and backbone: "dual resnet18_thin"
+         "collapsed"]  # why a finished student run collapsed ("" when it did not)
 
 
 def teacher_label(kind: str | None, backbone: str, freq_backbone: str | None = None) -> str:
@@ -82,6 +84,8 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
             "run_info": m.get("run_info") or {}, "finished_at": m.get("finished_at"),
             "path": str(folder), "teacher_sha256": sha, "teacher_path": teacher_path,
             "fake_fraction": test.get("fake_fraction"),
+            "collapsed": (collapse_reason(folder, m) if kind == "runs" and status == "finished"
+                          else ""),
             "teacher_label": (teacher_label(m.get("kind"), m.get("backbone")
                                             or parts[-1].rsplit("-", 1)[0])
                               if kind == "teachers" else None)}

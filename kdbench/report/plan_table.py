@@ -5,13 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kdbench.report.listing import collect_runs
-from kdbench.report.tables import (
-    OTHER_TEACHER_NOTE,
-    Cell,
-    Report,
-    metric_cell,
-    other_teacher_mark,
-)
+from kdbench.report.marks import cell_marks, mark_notes
+from kdbench.report.tables import Report, metric_cell
 
 METRICS = ("acc", "auc")
 
@@ -33,11 +28,10 @@ def plan_report(results: Path, runs: list[Path], teacher: Path | None) -> Report
             ["student", "method", "variant", "mode"], sort=False, dropna=False):
         label = f"{method}@{variant}" if isinstance(variant, str) and variant else method
         rows.append([f"{student} {label}", mode,
-                     *[other_teacher_mark(metric_cell(g, m), g) for m in METRICS]])
+                     *[cell_marks(metric_cell(g, m), g) for m in METRICS]])
     left = len(runs) - len(mine)
     notes = ["test accuracy and AUC in %, mean ± std over seeds (number of seeds)"]
     if left:
         notes.append(f"{left} of the plan's {len(runs)} runs not finished")
-    if any("†" in c.mark for row in rows for c in row if isinstance(c, Cell)):
-        notes.append(OTHER_TEACHER_NOTE)
+    notes += mark_notes(rows, mine)
     return Report(f"this plan's runs in {results}", ["model", "mode", "acc", "auc"], rows, notes)

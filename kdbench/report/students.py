@@ -10,13 +10,8 @@ from typing import Any
 import pandas as pd
 
 from kdbench.report.deploy import deploy_records
-from kdbench.report.tables import (
-    OTHER_TEACHER_NOTE,
-    Cell,
-    Report,
-    metric_cell,
-    other_teacher_mark,
-)
+from kdbench.report.marks import cell_marks, mark_notes
+from kdbench.report.tables import Cell, Report, metric_cell
 
 
 def _int8_latency(records: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
@@ -71,10 +66,9 @@ def students_report(runs: pd.DataFrame, results: Path, methods: list[str],
              "model's latency (onnxruntime CPU, median of timed batches of 1 and of 32 after "
              "warm-up" + (f", {'/'.join(map(str, threads))} threads" if threads else "")
              + "); '-': no run of the student quantized yet (`kdbench quantize RUN --int8`)."]
-    if any("†" in c.mark for row in rows for c in row if isinstance(c, Cell)):
-        notes.append(OTHER_TEACHER_NOTE)
+    notes += mark_notes(rows, runs)
     return Report(f"Students: test {' / '.join(names)} beside their cost", columns, rows, notes)
 
 
 def _cell(sel: pd.DataFrame, metric: list[str] | str) -> Cell:
-    return other_teacher_mark(metric_cell(sel, metric), sel)
+    return cell_marks(metric_cell(sel, metric), sel)

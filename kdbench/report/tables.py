@@ -17,8 +17,9 @@ import pandas as pd
 
 from kdbench.config import METRIC_NAMES, variant_tag
 from kdbench.registry import report_specs
+from kdbench.report.intervals import Comparison, holm, procedure_note, two_level_bootstrap
 from kdbench.report.majority import fraction_from_predictions, majority_notes, split_fractions
-from kdbench.report.paired import Interval, paired_bootstrap
+from kdbench.report.marks import cell_marks, mark_notes
 from kdbench.train.predictions import PREDICTIONS, Predictions, load_predictions
 
 METRICS = METRIC_NAMES
@@ -150,20 +151,23 @@ def seed_predictions(sel: pd.DataFrame) -> dict[int, Predictions] | None:
     return {seed: load_predictions(p) for seed, p in paths.items()}
 
 
-def paired(a: pd.DataFrame, b: pd.DataFrame, metric: str) -> Interval | None:
-    """The paired-bootstrap interval of ``metric``(a) - ``metric``(b) (None without stored
-    predictions or a shared seed)."""
+def compared(a: pd.DataFrame, b: pd.DataFrame, metric: str, label: str = ""
+             ) -> Comparison | None:
+    """The two-level bootstrap of ``metric``(a) - ``metric``(b) over their shared seeds (None
+    without stored predictions or a shared seed)."""
     pa, pb = seed_predictions(a), seed_predictions(b)
     if pa is None or pb is None or not set(pa) & set(pb):
         return None
-    return paired_bootstrap(pa, pb, metric)
+    return two_level_bootstrap(pa, pb, metric, label=label)
 
 
-def mark(interval: Interval | None) -> str:
-    """↑/↓ where the interval of the difference excludes 0."""
-    if interval is None or not interval.excludes_zero:
-        return ""
-    return "↑" if interval.diff > 0 else "↓"
+def interval_text(c: Comparison) -> str:
+    """``[d; lo, hi; t p]``: the difference in points, its Holm-level interval and, with 3
+    seeds or more, the paired t-test's p over the seeds."""
+    iv = c.interval()
+    t = c.t_test
+    return (f"[{iv.diff * 100:+.2f}; {iv.lo * 100:+.2f}, {iv.hi * 100:+.2f}"
+            + (f"; t p={t:.2f}" if t is not None else "") + "]")
 
 
 def incomplete_notes(runs: pd.DataFrame) -> list[str]:
@@ -179,7 +183,8 @@ def comparison(runs: pd.DataFrame, methods: list[str], metric: Metrics = "acc",
 
     Only runs with the registry's settings (no variant) count. ``methods`` fixes the column
     order (registry order); methods without any run are left out. A ``both`` cell is marked
-    ↑/↓ when the paired-bootstrap interval of both - rgb excludes 0; ``ci`` prints it.
+    ↑/↓ when both - rgb is declared by the two-level bootstrap under Holm's correction across
+    the table's comparisons (every both cell and metric); ``ci`` prints the intervals.
     """
     students = runs[(runs["method"] != "teacher") & (runs["variant"].fillna("") == "")]
     finished = students[students["status"] == "finished"]
@@ -191,28 +196,33 @@ def comparison(runs: pd.DataFrame, methods: list[str], metric: Metrics = "acc",
             if ((students["method"] == m) & (students["mode"] == mode)).any():
                 pairs.append((m, mode))
                 columns.append(m if mode == "none" else f"{m} {mode}")
-    rows = []
+    rows, tests = [], []
     for (dataset, student), group in finished.groupby(["dataset", "student"], sort=True):
         cells, sels = {}, {}
         for m, mode in pairs:
             sels[(m, mode)] = group[(group["method"] == m) & (group["mode"] == mode)]
-            cells[(m, mode)] = other_teacher_mark(metric_cell(sels[(m, mode)], metric),
-                                                  sels[(m, mode)])
+            cells[(m, mode)] = cell_marks(metric_cell(sels[(m, mode)], metric),
+                                          sels[(m, mode)])
         for m, mode in pairs:
             if mode == "both" and (m, "rgb") in cells:
                 for name, part in zip(metric_names(metric), cells[(m, mode)].parts
                                       or [cells[(m, mode)]]):
-                    interval = paired(sels[(m, mode)], sels[(m, "rgb")], name)
-                    part.mark = mark(interval) + part.mark
-                    if ci and interval is not None:
-                        part.interval = "[" + interval.text().replace(" [", "; ")
+                    c = compared(sels[(m, mode)], sels[(m, "rgb")], name)
+                    if c is not None:
+                        tests.append((part, c))
         rows.append([dataset, student, *[cells[p] for p in pairs]])
-    notes = [f"{_label(metric)} in %, mean ± std over seeds (number of seeds); ↑/↓: the 95 % "
-             "paired-bootstrap interval of both - rgb (test videos resampled, runs paired by "
-             "seed) excludes 0; runs without stored predictions are not marked."]
+    holm([c for _, c in tests])
+    for part, c in tests:
+        part.mark = c.mark + part.mark
+        if ci:
+            part.interval = interval_text(c)
+    notes = [f"{_label(metric)} in %, mean ± std over seeds (number of seeds); runs without "
+             "stored predictions are not marked."]
+    notes += [procedure_note([c for _, c in tests], "both - rgb")] if tests else []
     notes += majority_notes(split_fractions(finished))
     if ci:
-        notes.append("[d; lo, hi]: both - rgb in points, and its 95 % interval.")
+        notes.append("[d; lo, hi; t p]: both - rgb in points, its interval at its Holm level, "
+                     "and the paired t-test's p over the seeds (3 seeds or more).")
     notes += incomplete_notes(students)
     return Report(f"Comparison (Table 3): test {_label(metric)}", columns, rows, notes)
 
@@ -239,24 +249,12 @@ def _select(runs: pd.DataFrame, dataset: str, student: str, method: str, mode: s
 
 def _finished_cell(sel: pd.DataFrame, metric: Metrics) -> Cell:
     done = sel[sel["status"] == "finished"]
-    return other_teacher_mark(metric_cell(done, metric), done)
+    return cell_marks(metric_cell(done, metric), done)
 
 
 def _majority(runs: pd.DataFrame, groups: list[tuple[str, str]]) -> list[str]:
     """The majority-rate note of the datasets of ``groups``."""
     return majority_notes(split_fractions(runs[runs["dataset"].isin({d for d, _ in groups})]))
-
-
-OTHER_TEACHER_NOTE = ("†: a run of this cell distilled from other teacher weights than the "
-                      "stored teacher's (its recorded sha256 differs: the teacher was trained "
-                      "again to other weights); re-run it with --restart.")
-
-
-def other_teacher_mark(c: Cell, sel: pd.DataFrame) -> Cell:
-    """``c`` marked † when a run of ``sel`` used other teacher weights than the stored ones."""
-    if "other_teacher" in sel and sel["other_teacher"].fillna(False).astype(bool).any():
-        c.mark += "†"
-    return c
 
 
 def _variant(entry, dataset: str, changes: dict[str, Any]) -> str:
@@ -383,10 +381,10 @@ def build(kind: str, runs: pd.DataFrame, registry: dict, metric: Metrics = "acc"
     """The table ``kind`` (comparison, ablation, teacher, cross, or a sweep the registry
     declares) from the run listing; ``metric``: one, or several shown as ``acc / auc`` in each
     cell (``"acc,auc"``); ``ci``: the comparison's paired intervals in its cells.
-    A cell holding a run distilled from other teacher weights than the stored ones is marked †."""
+    Cells are marked † (a run distilled from other teacher weights than the stored ones), ⊘ (a
+    collapsed run) and ≡ (seeds tied exactly), each with its note."""
     report = _build(kind, runs, registry, metric, ci)
-    if any("†" in c.mark for row in report.rows for c in row if isinstance(c, Cell)):
-        report.notes.append(OTHER_TEACHER_NOTE)
+    report.notes += mark_notes(report.rows, runs)
     return report
 
 
@@ -468,7 +466,7 @@ def cross(runs: pd.DataFrame) -> Report:
             cells = []
             for t in targets:
                 sel = group[group["test_on"] == t]
-                cells += [other_teacher_mark(cell(sel[m]), sel) for m in ("auc", "eer")]
+                cells += [cell_marks(cell(sel[m]), sel) for m in ("auc", "eer")]
             rows.append([*key, *cells])
     notes = ["AUC and EER in %, mean ± std over seeds (number of seeds); add a column with "
              "`kdbench eval <runs folder> --dataset <name>`.", *majority_notes(fractions)]
