@@ -128,7 +128,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
     options = {"results": args.results, "dataset": args.dataset, "all_runs": args.all_runs,
                "registry": args.registry}
     api.plot(args.figure, out=args.out, **options)
-    if args.figure in reporting.trace_kinds(args.registry):  # each curve's means, to stdout
+    if args.figure in [*reporting.trace_kinds(args.registry), "gradcos"]:  # each curve's means
         for _, row in reporting.trace_means(args.figure, **options).iterrows():
             panels = [c for c in row.index if c.startswith("mean ")]
             stdout_console().print(

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     table = sub.add_parser("table", help="the runs of a result store, or a paper table")
     table.add_argument("--kind", default="runs",
-                       help="runs: every run folder; comparison: Table 3; ablation: Table 6; "
+                       help="runs: every run folder; comparison: Table 3; weighting: Table 3 "
+                       "read both ways (both_weighting sum and mean); claims: each claim of "
+                       "the paper and whether the store reproduces it; ablation: Table 6; "
                        "teacher: Table 4; cross: Table 7; cost: Table 1 (params, GFLOPs, "
                        "images/s); deploy: exported students' size, CPU latency and accuracy "
                        "per format; or a sweep a registry method declares (`kdbench table "
@@ -129,10 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cost: input size (default: the preset's)")
     table.add_argument("--no-measure", action="store_true", help="cost: skip the timing")
     table.add_argument("--ci", action="store_true",
-                       help="comparison: print both - rgb with its 95%% paired-bootstrap interval")
+                       help="comparison: print both - rgb with its two-level bootstrap interval "
+                       "at its Holm level and the paired t-test over seeds")
 
     cmp_ = sub.add_parser("compare", help="two cells of the store: each metric's paired "
-                          "difference with a 95%% bootstrap interval")
+                          "difference with its two-level bootstrap interval (seeds, then test "
+                          "identity pairs), Holm across the metrics")
     cmp_.add_argument("a", help="<label>/<mode>, e.g. at/both")
     cmp_.add_argument("b", help="<label>/<mode>, e.g. at/rgb, or a teacher-free one with mode none")
     _common(cmp_, registry=False)

@@ -209,11 +209,12 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
                        dict(reports), {k: dict(v) for k, v in limits.items()})
 
 
-BUILT_IN_KINDS = ("runs", "comparison", "ablation", "teacher", "cross", "cost", "curves", "deploy")
+BUILT_IN_KINDS = ("runs", "comparison", "weighting", "ablation", "teacher", "cross", "cost",
+                  "curves", "deploy", "students", "claims", "gradcos")
 
 
 SWEEP_KEYS = ("title", "mode", "sweep")
-TRACE_KEYS = ("title", "mode", "panels", "ylabel", "label")
+TRACE_KEYS = ("title", "mode", "panels", "ylabel", "label", "with_gradcos")
 BENCH_KEYS = ("mode", "min_size", "against", "sweep")
 
 
@@ -272,14 +273,45 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes
                         raise bad(f"{where} needs sweep: {{hyper-parameter: [values]}}")
                 elif not isinstance(s.get("panels"), dict) or not s["panels"]:
                     raise bad(f"{where} needs panels: {{record field: title}}")
+        elif kind == "diagnose":
+            if not isinstance(spec, dict) or spec.get("mode") != "both" or any(
+                    k not in known for k in (spec.get("set") or {})):
+                raise bad("diagnose must be {mode: both, set: {hyper-parameter: value}}")
+        elif kind == "claims":
+            _check_claims(spec, known, bad)
         else:
             hint = (f" (a sweep is declared as sweeps: {{{kind}: {{title, mode, sweep}}}})"
                     if isinstance(spec, dict) and "sweep" in spec else "")
-            raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps, traces "
-                      f"or bench{hint}")
+            raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps, traces, "
+                      f"bench, diagnose or claims{hint}")
     both = set(reports.get("sweeps") or {}) & set(reports.get("traces") or {})
     if both:
         raise bad(f"{sorted(both)[0]!r} is both a sweep and a trace; rename one")
+
+
+CLAIM_TESTS = ("others_both_below_rgb", "above", "best", "above_teacher", "best_ablation",
+               "peak", "flat", "trace_negative", "trace_near_zero", "cross_above")
+
+
+def _check_claims(spec: Any, known: set[str], bad: Any) -> None:
+    """``claims: [{claim, test, paper, a: {method?, mode, set?}, b: {...}, sweep, at, trace,
+    field, tolerance}]`` (kdbench.report.claims tests each)."""
+    if not isinstance(spec, list):
+        raise bad("claims must be a list of {claim, test, paper, ...} rows")
+    for row in spec:
+        if not isinstance(row, dict) or not isinstance(row.get("claim"), str):
+            raise bad("each claim needs a claim: text")
+        if row.get("test") not in CLAIM_TESTS:
+            raise bad(f"claim {row['claim']!r}: test must be one of {', '.join(CLAIM_TESTS)}")
+        for side in ("a", "b"):
+            cell = row.get(side)
+            if cell is not None and (not isinstance(cell, dict)
+                                     or cell.get("mode") not in VALID_MODES):
+                raise bad(f"claim {row['claim']!r}: {side} must be {{method, mode, set}}")
+            if cell is not None and "method" not in cell and any(
+                    k not in known for k in (cell.get("set") or {})):
+                raise bad(f"claim {row['claim']!r}: {side}.set names an unknown "
+                          "hyper-parameter")
 
 
 def report_specs(registry: dict[str, MethodEntry], kind: str) -> dict[str, list]:

@@ -67,8 +67,8 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 
 
 def _table_kinds(reg: dict) -> list[str]:
-    return ["runs", "comparison", "ablation", *_declared(reg, "sweeps"), "teacher", "cross",
-            "cost", "deploy", "students"]
+    return ["runs", "comparison", "weighting", "ablation", *_declared(reg, "sweeps"), "teacher",
+            "cross", "cost", "deploy", "students", "claims"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -80,7 +80,7 @@ def figure_kinds(registry: RegistryArg = None) -> list[str]:
     """The figures: each trace and sweep a registry method declares, the curves and the
     deploy figure."""
     reg = _registry(registry)
-    return [*_declared(reg, "traces"), *_declared(reg, "sweeps"), "curves", "deploy"]
+    return [*_declared(reg, "traces"), *_declared(reg, "sweeps"), "curves", "deploy", "gradcos"]
 
 
 def _known(kind: str, kinds: list[str], what: str) -> None:
@@ -260,7 +260,8 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
 
     reg = _registry(registry)
     traces = _declared(reg, "traces")
-    _known(figure, [*traces, *_declared(reg, "sweeps"), "curves", "deploy"], "figure")
+    _known(figure, [*traces, *_declared(reg, "sweeps"), "curves", "deploy", "gradcos"],
+           "figure")
     path = Path(out) if out else Path(results) / f"{figure}.png"
     if path.suffix.lower() not in PLOT_FORMATS:
         raise KdbenchError(f"{path}: a figure is written as {', '.join(PLOT_FORMATS)}; give "
@@ -270,6 +271,11 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
                            "start runs with `kdbench run`")
     if figure in traces:
         curves = len(plot_trace(Path(results), figure, path, reg, dataset, all_runs))
+        detail = f"{curves} curve{'s' * (curves != 1)}"
+    elif figure == "gradcos":
+        from kdbench.report.gradcos import plot_gradcos
+
+        curves = len(plot_gradcos(Path(results), path, dataset))
         detail = f"{curves} curve{'s' * (curves != 1)}"
     elif figure == "deploy":
         from kdbench.report.deploy import deploy_records, plot_deploy
@@ -382,10 +388,13 @@ def models(pattern: str | None = None, size: int = 64, limit: int = 25,
 def trace_means(name: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str | None = None,
                 all_runs: bool = False,
                 registry: RegistryArg = None) -> pd.DataFrame:
-    """Per curve of the trace figure ``name``: the mean of each panel over its records, with
-    the number of seeds and records."""
+    """Per curve of the trace figure ``name`` (a declared trace, or ``gradcos``): the mean of
+    each panel over its records, with the number of seeds and records."""
+    from kdbench.report.gradcos import collect_gradcos, gradcos_summary
     from kdbench.report.traces import trace_summary
 
+    if name == "gradcos":
+        return gradcos_summary(collect_gradcos(Path(results), dataset))
     reg = _registry(registry)
     _known(name, _declared(reg, "traces"), "trace")
     return trace_summary(Path(results), name, reg, dataset, all_runs)

@@ -399,6 +399,15 @@ def _build(kind: str, runs: pd.DataFrame, registry: dict, metric: Metrics,
         return teacher_vs_student(runs, registry, metric)
     if kind == "cross":
         return cross(runs)
+    if kind in ("weighting", "claims"):
+        order = list(registry) + sorted(set(runs["method"]) - set(registry) - {"teacher"})
+        if kind == "weighting":
+            from kdbench.report.weighting import weighting
+
+            return weighting(runs, order, metric)
+        from kdbench.report.claims import claims
+
+        return claims(runs, registry)
     if _sweeps_named(registry, kind):
         return sweep(runs, registry, kind, metric)
     raise ValueError(f"unknown table kind {kind!r}")

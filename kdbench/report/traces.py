@@ -12,6 +12,7 @@ import pandas as pd
 from kdbench.errors import KdbenchError
 from kdbench.registry import report_specs
 from kdbench.report.figures import save_figure
+from kdbench.report.gradcos import collect_gradcos, draw_gradcos, gradcos_summary
 from kdbench.report.listing import read_or_skip
 from kdbench.variants import in_default_plan
 
@@ -72,9 +73,21 @@ def _curves(results: Path, name: str, registry: dict, dataset: str | None,
 def trace_summary(results: Path, name: str, registry: dict, dataset: str | None = None,
                   all_runs: bool = False) -> pd.DataFrame:
     """Per curve (dataset, student, method variant, mode): ``mean <field>`` over all its
-    records for each panel, and its numbers of seeds and records."""
-    df, _, fields = _curves(results, name, registry, dataset, all_runs)
-    return _summary(df, fields)
+    records for each panel, and its numbers of seeds and records (with ``with_gradcos``, the
+    engine's curves first: ``mean cos``)."""
+    spec, _ = _spec(registry, name)
+    frames = []
+    if spec.get("with_gradcos"):
+        engine = collect_gradcos(results, dataset)
+        if not engine.empty:
+            frames.append(gradcos_summary(engine))
+    try:
+        df, _, fields = _curves(results, name, registry, dataset, all_runs)
+        frames.append(_summary(df, fields))
+    except KdbenchError:
+        if not frames:
+            raise
+    return pd.concat(frames, ignore_index=True)
 
 
 def _summary(df: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
@@ -99,18 +112,38 @@ def plot_trace(results: Path, name: str, out: Path, registry: dict, dataset: str
                all_runs: bool = False, smooth: int = 5) -> pd.DataFrame:
     """One line per curve, averaged over its seeds and smoothed over ``smooth`` records, in
     one panel per declared field (a field equal to an earlier one in every record is not
-    drawn again: a note says so). Returns the curves' :func:`trace_summary`."""
+    drawn again: a note says so); a trace declared ``with_gradcos: true`` first gets the
+    engine's panel of every both-mode run (:mod:`kdbench.report.gradcos`). Returns the
+    curves' :func:`trace_summary`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    df, spec, fields = _curves(results, name, registry, dataset, all_runs)
-    same = identical_panels(df, fields)
+    spec, _ = _spec(registry, name)
+    engine = collect_gradcos(results, dataset) if spec.get("with_gradcos") else pd.DataFrame()
+    try:
+        df, spec, fields = _curves(results, name, registry, dataset, all_runs)
+    except KdbenchError:
+        if engine.empty:
+            raise
+        df, fields = pd.DataFrame(), []  # no run of the declaring method: the engine's panel
+    same = identical_panels(df, fields) if fields else []
     shown = [f for f in fields if f not in same]
-    fig, axes = plt.subplots(1, len(shown), figsize=(6.5 * len(shown), 4.2), sharey=True,
+    extra = 0 if engine.empty else 1
+    fig, axes = plt.subplots(1, len(shown) + extra, figsize=(6.5 * (len(shown) + extra), 4.2),
                              squeeze=False)
     axes = axes[0]
+    if extra:
+        draw_gradcos(axes[0], engine)
+        axes = axes[1:]
+    if not shown:
+        fig.tight_layout()
+        save_figure(fig, out)
+        plt.close(fig)
+        return gradcos_summary(engine)
+    for ax in axes[1:]:
+        ax.sharey(axes[0])
     groups = list(df.groupby(KEYS, sort=True))
     colors = plt.get_cmap("tab10")
     for i, (key, group) in enumerate(groups):

@@ -1,0 +1,273 @@
+"""`kdbench diagnose`: do the RGB and frequency distillation terms of a both-mode distiller
+conflict on this data? Measured in a few hundred training steps from the trained teacher
+(the one `kdbench run` trains or reuses), not in a full run.
+
+The measure is the trainer's gradcos trace (:class:`kdbench.train.branch_terms.BranchCosine`):
+the per-sample cosine between the gradients of ``loss_kd_rgb`` and ``loss_kd_freq`` at the
+student's last shared stage, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kdbench.config import DEFAULT_RESULTS, RunSpec, variant_tag
+from kdbench.errors import KdbenchError
+from kdbench.registry import MethodEntry, load_registry, select_methods
+
+log = logging.getLogger(__name__)
+WARMUP = 10  # the records of the first steps // WARMUP steps (10 %) are left out of the mean
+PathLike = str | os.PathLike
+
+
+@dataclass
+class Diagnosis:
+    """The gradient cosine of one method's two distillation terms, over a short training."""
+
+    method: str  # label, e.g. "m" or "m@rotation=false"
+    cos_mean: float  # mean over the records of the batch-mean cosine
+    cos_std: float  # std over the records (ddof=1; nan for one record)
+    records: int
+    steps: int
+    stage: int  # the stage the records were taken at (the most common one)
+    norm_ratio: float  # mean |grad fre| / |grad rgb|
+    seconds: float  # wall time of the measurement (not counting the teacher)
+    student: str = ""
+
+    def sentence(self) -> str:
+        """What the cosine means for choosing a mode (rgb vs both), in one sentence."""
+        spread = 0.0 if math.isnan(self.cos_std) else self.cos_std
+        shown = (f"cos = {self.cos_mean:+.2f} (one record)" if math.isnan(self.cos_std)
+                 else f"cos = {self.cos_mean:+.2f} ± {self.cos_std:.2f}")
+        if self.cos_mean + spread < 0:
+            return (f"{shown}: the RGB and frequency terms conflict on this data (their "
+                    "gradients point against each other), so summing them in both mode fights "
+                    "itself; a method that resolves the conflict (a rotation that homogenises "
+                    "the gradients) or rgb mode is the better choice.")
+        if self.cos_mean - spread > 0:
+            return (f"{shown}: the RGB and frequency terms agree on this data (no conflict for "
+                    "a rotation to resolve), so both mode adds the frequency teacher's signal "
+                    "without fighting the RGB term.")
+        return (f"{shown}: the RGB and frequency terms are near-orthogonal on average (they "
+                "neither help nor fight much), so compare rgb and both runs directly.")
+
+
+def diagnose(dataset: str = "synthetic", preset: str | None = None,
+             methods: str | Sequence[str] | None = None, steps: int = 200, every: int = 5,
+             results: PathLike = DEFAULT_RESULTS, data_root: PathLike | None = None,
+             device: str | None = None, progress: bool = True,
+             settings: Mapping[str, Any] | Sequence[str] | None = None,
+             registry: PathLike | Sequence[PathLike] | None = None,
+             student: str | None = None, threads: int | None = None) -> list[Diagnosis]:
+    """Train each method's both-mode distiller for ``steps`` steps (seed 0, the first student
+    of the preset unless ``student``) from the plan's teacher, recording every ``every`` steps
+    the cosine of its two distillation terms' gradients; one :class:`Diagnosis` per method.
+
+    ``methods``: registry names (comma list, or "all": every method with a both mode); None:
+    the methods whose registry entry declares ``reports: {diagnose: {mode: both, set: {...}}}``,
+    each with those hyper-parameters (a method named here that declares one gets them too;
+    ``settings`` of ``<method>.<name>`` win over them). ``settings``, ``registry``,
+    ``threads``: as for :func:`kdbench.api.run`. The teacher is trained into
+    ``<results>/teachers`` as `kdbench run` does (or reused), with its cache of teacher
+    outputs; nothing else is written to the store. The records of the first 10 % of the steps
+    (warm-up) are left out, so ``records`` = the steps ``s`` in ``range(0, steps, every)`` with
+    ``s >= steps // 10``. Bad input raises a one-line :class:`KdbenchError`."""
+    from kdbench.plan import plan
+    from kdbench.request import RunRequest
+
+    kept = _kept_steps(steps, every)
+    reg = load_registry(_paths(registry))
+    names = _names(reg, methods)
+    request = RunRequest.make(
+        "run", methods=names, dataset=dataset, preset=preset, data_root=data_root,
+        results=results, device=device, progress=progress, settings=settings,
+        registry=_paths(registry), students=[student] if student else None, modes=["both"],
+        seeds=[0], threads=threads)
+    p = plan(request)
+    chosen = _chosen(p.registry, names, dataset, p.overrides)
+    return _measure(p, chosen, steps, every, kept)
+
+
+def _paths(registry: PathLike | Sequence[PathLike] | None) -> list[Path]:
+    if isinstance(registry, (str, os.PathLike)):
+        return [Path(registry)]
+    return [Path(r) for r in registry or []]
+
+
+def _kept_steps(steps: int, every: int) -> list[int]:
+    """The steps whose records count (one-line errors for too few)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise KdbenchError(f"steps={steps!r}; give a whole number >= 1, e.g. 200")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise KdbenchError(f"every={every!r}; give a whole number >= 1, e.g. 5")
+    kept = [s for s in range(0, steps, every) if s >= steps // WARMUP]
+    if not kept:
+        raise KdbenchError(f"{steps} steps with a record every {every} give no record after "
+                           "the warm-up; give more steps or a smaller every")
+    return kept
+
+
+def _names(reg: dict[str, MethodEntry], methods: str | Sequence[str] | None) -> list[str]:
+    """The methods to diagnose: named, "all" (those with a both mode) or the declared ones."""
+    both = [e.name for e in reg.values() if "both" in e.modes]
+    if methods is None:
+        declared = [e.name for e in reg.values() if isinstance(e.reports.get("diagnose"), dict)]
+        if not declared:
+            raise KdbenchError("no registry method declares reports.diagnose; name the methods "
+                               f"to diagnose with --methods (with a both mode: {', '.join(both)})")
+        return declared
+    spec = methods if isinstance(methods, str) else ",".join(methods)
+    if spec.strip() == "all":
+        return both
+    entries = select_methods(reg, spec)
+    if not entries:
+        raise KdbenchError("no method given; name registry methods with a both mode, or all")
+    for e in entries:
+        if "both" not in e.modes:
+            raise KdbenchError(f"method {e.name!r} has no both mode (modes: {', '.join(e.modes)})"
+                               "; diagnose measures the two terms of a both-mode distiller: "
+                               f"pick one of {', '.join(both)}")
+    return [e.name for e in entries]
+
+
+def _chosen(reg: dict[str, MethodEntry], names: list[str], dataset: str,
+            overrides: dict[str, Any]) -> list[tuple[MethodEntry, dict[str, Any], str]]:
+    """(entry, hyper-parameters, label) of each method: its declared diagnose ``set``, then
+    the ``--set <method>.<name>`` overrides."""
+    out = []
+    for name in names:
+        entry = reg[name]
+        declared = entry.reports.get("diagnose")
+        change = dict(declared.get("set") or {}) if isinstance(declared, dict) else {}
+        hp = entry.hparams(dataset, {**change, **overrides.get(name, {})})
+        ignored = entry.resolve().ignored_hparams("both")
+        tag = variant_tag({k: v for k, v in hp.items() if k not in ignored},
+                          entry.hparams(dataset))
+        out.append((entry, hp, f"{name}@{tag}" if tag else name))
+    return out
+
+
+def _measure(p: Any, chosen: list[tuple[MethodEntry, dict[str, Any], str]], steps: int,
+             every: int, kept: list[int]) -> list[Diagnosis]:
+    """Do what :func:`kdbench.train.inprocess.run_plan` does up to the teacher, then train
+    each distiller for ``steps`` steps in a temporary folder."""
+    from contextlib import ExitStack
+
+    from kdbench.config import for_device
+    from kdbench.data.datasets import open_dataset
+    from kdbench.threads import take_share
+    from kdbench.train.runner import Context, pick_device
+    from kdbench.train.store import check_locking, locks_in
+    from kdbench.train.teachers import (
+        ensure_teacher,
+        fill_teacher_cache,
+        new_teacher,
+        teacher_fields,
+    )
+
+    r = p.request
+    with ExitStack() as stack:
+        stack.enter_context(locks_in(r.lock_dir))
+        check_locking(r.results)
+        stack.enter_context(take_share(r.threads))
+        device = pick_device(r.device)
+        config = for_device(p.config, device.type)
+        data = open_dataset(r.dataset, r.data_root, config["data"]["size"],
+                            config["data"]["frames"], progress=r.progress)
+        ctx = Context(data, r.dataset, config, r.results, device, progress=r.progress)
+        specs = [(RunSpec(r.dataset, r.students[0], e.name, "both", 0, hp), e)
+                 for e, hp, _ in chosen]
+        t0 = time.perf_counter()
+        teacher = new_teacher(ctx)
+        ctx.teacher_fields = teacher_fields(specs, teacher)
+        teacher = ensure_teacher(ctx, teacher)
+        fill_teacher_cache(ctx, teacher)  # as `kdbench run`'s first run would: later ones reuse it
+        log.info(f"diagnose: teacher ready in {time.perf_counter() - t0:.0f} s; "
+                 f"{steps} steps of each of {len(chosen)} method(s) on {r.students[0]}")
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdbench-diagnose-"))
+        return [_one(ctx, teacher, spec, entry, label, steps, every, kept, Path(tmp))
+                for (spec, entry), (_, _, label) in zip(specs, chosen)]
+
+
+def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, label: str, steps: int,
+         every: int, kept: list[int], tmp: Path) -> Diagnosis:
+    """``steps`` training steps of one both-mode distiller (as the trainer's epochs take
+    them), recording the gradient cosine every ``every`` steps."""
+    import torch
+
+    from kdbench.models.students import create_student
+    from kdbench.progress import progress_bar
+    from kdbench.train.branch_terms import TRACE, BranchCosine
+    from kdbench.train.trainer import seed_everything
+
+    t0 = time.perf_counter()
+    seed_everything(spec.seed)
+    student = create_student(spec.student, ctx.config["student"]["pretrained"])
+    learner = entry.resolve()(student, teacher, "both", **spec.hparams)
+    trainer = ctx.trainer(learner, tmp / label, spec.seed, f"diagnose {label}")
+    cfg = trainer.cfg
+    seed_everything(trainer.seed)  # as Trainer.fit
+    trainer._prepare_models()
+    params = [q for q in learner.trainable_modules().parameters() if q.requires_grad]
+    if cfg.get("optimizer", "adam") == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+    else:
+        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
+                               weight_decay=cfg["weight_decay"])
+    sched = torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
+    per_epoch = max(len(ctx.splits["train"]) // cfg["batch_size"], 1)
+    if hasattr(learner, "on_fit_start"):
+        learner.on_fit_start(cfg, per_epoch)
+    trainer._attach_teacher_cache()
+    trainer.branch_cos = cos = BranchCosine(learner, every)
+    totals, step, epoch = [], 0, 0
+    learner.train()
+    try:
+        with progress_bar(ctx.progress) as bar:
+            task = bar.add_task(f"diagnose {label}", total=steps)
+            while step < steps:
+                cos.epoch = epoch + 1
+                for b in trainer._batches("train", cfg["batch_size"], shuffle=True,
+                                          epoch=epoch, lookup=trainer.lookup):
+                    if trainer.live_targets is not None:
+                        b.update(trainer.live_targets(b["image"]))
+                    losses = trainer.train_step(b, opt, step)[1]
+                    totals.append(sum(losses.values()).detach())
+                    step += 1
+                    bar.update(task, advance=1)
+                    if step >= steps:
+                        break
+                sched.step()
+                epoch += 1
+    finally:
+        cos.close()
+    if not bool(torch.isfinite(torch.stack(totals)).all()):
+        raise KdbenchError(f"diagnose {label}: the loss became NaN/inf; lower train.lr or the "
+                           "method's loss weight with --set and run again")
+    wanted = set(kept)
+    rows = [row for row in learner.traces.get(TRACE, []) if row["step"] in wanted]
+    if not rows:
+        raise KdbenchError(f"diagnose {label}: no gradient cosine was recorded; the method "
+                           "must name its both-mode terms loss_kd_rgb and loss_kd_freq")
+    values = [float(row["cos"]) for row in rows]
+    found = Diagnosis(
+        method=label, cos_mean=statistics.fmean(values),
+        cos_std=statistics.stdev(values) if len(values) > 1 else math.nan,
+        records=len(rows), steps=steps,
+        stage=Counter(int(row["stage"]) for row in rows).most_common(1)[0][0],
+        norm_ratio=statistics.fmean(float(row["norm_ratio"]) for row in rows),
+        seconds=time.perf_counter() - t0, student=spec.student)
+    log.info(f"diagnose {label} ({spec.student}, {found.records} records at stage "
+             f"{found.stage}, {found.seconds:.0f} s): {found.sentence()}")
+    return found
