@@ -15,7 +15,7 @@ This module is a facade; the functions live in modules by command family:
 :mod:`kdbench.running` (run, reproduce; their options are the fields of
 :class:`kdbench.request.RunRequest`), :mod:`kdbench.reporting` (runs, tables, figures, eval,
 methods, models, bench), :mod:`kdbench.data.commands` (synth, prepare) and
-:mod:`kdbench.deploy.api` (predict, export, quantize).
+:mod:`kdbench.deploy.api` (predict, export, quantize), :mod:`kdbench.diagnose` (diagnose).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 from kdbench.config import DEFAULT_RESULTS
 from kdbench.data.commands import PREPARE_SOURCES, prepare, synth
 from kdbench.deploy.api import export, predict, quantize
+from kdbench.diagnose import Diagnosis, diagnose
 from kdbench.plan import Plan, plan, run_name
 from kdbench.reporting import (
     PLOT_FORMATS,
@@ -50,12 +51,14 @@ __all__ = [
     "PLOT_FORMATS",
     "PREPARE_SOURCES",
     "REPRO_LOG",
+    "Diagnosis",
     "LaunchSummary",
     "Plan",
     "RunRequest",
     "RunSummary",
     "bench",
     "compare",
+    "diagnose",
     "evaluate",
     "execute",
     "export",

@@ -137,6 +137,25 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from kdbench import api
+    from kdbench.progress import stdout_console
+
+    found = api.diagnose(args.dataset, preset=args.preset, methods=args.methods,
+                         steps=args.steps, every=args.every, results=args.results,
+                         data_root=args.data_root, device=args.device,
+                         progress=not args.no_progress, settings=args.settings or None,
+                         registry=args.registry or None, student=args.student)
+    for d in found:
+        stdout_console().print(
+            f"{d.student} {d.method} both, {args.dataset}: cos(grad L_rgb, grad L_fre) at stage "
+            f"{d.stage} = {d.cos_mean:+.3f} ± {d.cos_std:.3f} ({d.records} records over "
+            f"{d.steps} steps, {d.seconds:.0f} s; |grad fre| / |grad rgb| = "
+            f"{d.norm_ratio:.2f})", highlight=False)
+        stdout_console().print(d.sentence(), highlight=False)
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from kdbench import api
 

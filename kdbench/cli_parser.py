@@ -163,6 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
                          "tables (md) and plots (png)")
     _request(rep, "reproduce")
 
+    diag = sub.add_parser("diagnose", help="the paper's premise on your data: the cosine "
+                          "between the RGB and frequency distillation gradients, in a few "
+                          "hundred steps from the teacher, and what it means for the mode")
+    _common(diag, device=True, progress=True, data=True)
+    diag.add_argument("--preset", choices=PRESET_NAMES, default=None,
+                      help="settings and student (default: cpu, or paper on CUDA)")
+    diag.add_argument("--methods", default=None,
+                      help="comma list of methods with a both mode, or all (default: those "
+                      "whose registry entry declares reports.diagnose)")
+    diag.add_argument("--steps", type=_at_least(2), default=200,
+                      help="training steps per method (default 200; the first 10%% are "
+                      "left out)")
+    diag.add_argument("--every", type=_at_least(1), default=5,
+                      help="steps between records (default 5)")
+    diag.add_argument("--set", dest="settings", action="append", default=[],
+                      metavar="KEY=VALUE", help="a setting, as for kdbench run")
+    diag.add_argument("--student", default=None, help="the student (default: the preset's "
+                      "first)")
+
     ev = sub.add_parser("eval", help="test trained students on another dataset (Table 7)")
     ev.add_argument("runs", nargs="+", help="run folders (runs/.../seed<k>) or folders above")
     ev.add_argument("--dataset", required=True, help="the dataset to test on")

@@ -1,11 +1,7 @@
 """`kdbench diagnose`: do the RGB and frequency distillation terms of a both-mode distiller
-conflict on this data? Measured in a few hundred training steps from the trained teacher
-(the one `kdbench run` trains or reuses), not in a full run.
-
-The measure is the trainer's gradcos trace (:class:`kdbench.train.branch_terms.BranchCosine`):
-the per-sample cosine between the gradients of ``loss_kd_rgb`` and ``loss_kd_freq`` at the
-student's last shared stage, averaged over the batch.
-"""
+conflict on this data? The trainer's gradcos trace (:class:`kdbench.train.branch_terms.
+BranchCosine`: the cosine of their gradients at the student's last shared stage), measured in
+a few hundred training steps from the teacher `kdbench run` trains or reuses."""
 
 from __future__ import annotations
 
@@ -69,48 +65,42 @@ def diagnose(dataset: str = "synthetic", preset: str | None = None,
              settings: Mapping[str, Any] | Sequence[str] | None = None,
              registry: PathLike | Sequence[PathLike] | None = None,
              student: str | None = None, threads: int | None = None) -> list[Diagnosis]:
-    """Train each method's both-mode distiller for ``steps`` steps (seed 0, the first student
-    of the preset unless ``student``) from the plan's teacher, recording every ``every`` steps
-    the cosine of its two distillation terms' gradients; one :class:`Diagnosis` per method.
+    """One :class:`Diagnosis` per method: its both-mode distiller trained ``steps`` steps
+    (seed 0; the preset's first student unless ``student``), the gradient cosine recorded
+    every ``every`` steps. The records of the first 10 % of the steps (warm-up) are left out:
+    ``records`` counts the ``s`` in ``range(0, steps, every)`` with ``s >= steps // 10``.
 
-    ``methods``: registry names (comma list, or "all": every method with a both mode); None:
-    the methods whose registry entry declares ``reports: {diagnose: {mode: both, set: {...}}}``,
-    each with those hyper-parameters (a method named here that declares one gets them too;
-    ``settings`` of ``<method>.<name>`` win over them). ``settings``, ``registry``,
-    ``threads``: as for :func:`kdbench.api.run`. The teacher is trained into
-    ``<results>/teachers`` as `kdbench run` does (or reused), with its cache of teacher
-    outputs; nothing else is written to the store. The records of the first 10 % of the steps
-    (warm-up) are left out, so ``records`` = the steps ``s`` in ``range(0, steps, every)`` with
-    ``s >= steps // 10``. Bad input raises a one-line :class:`KdbenchError`."""
+    ``methods``: registry names (or "all": those with a both mode); None: those whose entry
+    declares ``reports: {diagnose: {mode: both, set: {...}}}``. A method that declares one runs
+    with its ``set`` (``settings`` of ``<method>.<name>`` win over it). ``settings``,
+    ``registry``, ``threads``: as for :func:`kdbench.api.run`. The teacher (and its output
+    cache) is trained into ``<results>/teachers`` as `kdbench run` does, or reused; nothing else
+    is written to the store. Bad input raises a one-line :class:`KdbenchError`."""
     from kdbench.plan import plan
     from kdbench.request import RunRequest
 
     kept = _kept_steps(steps, every)
     reg = load_registry(_paths(registry))
     names = _names(reg, methods)
-    request = RunRequest.make(
+    p = plan(RunRequest.make(
         "run", methods=names, dataset=dataset, preset=preset, data_root=data_root,
         results=results, device=device, progress=progress, settings=settings,
         registry=_paths(registry), students=[student] if student else None, modes=["both"],
-        seeds=[0], threads=threads)
-    p = plan(request)
-    chosen = _chosen(p.registry, names, dataset, p.overrides)
-    return _measure(p, chosen, steps, every, kept)
+        seeds=[0], threads=threads))
+    return _measure(p, _specs(p, names), steps, every, kept)
 
 
 def _paths(registry: PathLike | Sequence[PathLike] | None) -> list[Path]:
-    if isinstance(registry, (str, os.PathLike)):
-        return [Path(registry)]
-    return [Path(r) for r in registry or []]
+    one = isinstance(registry, (str, os.PathLike))
+    return [Path(r) for r in ([registry] if one else registry or [])]
 
 
-def _kept_steps(steps: int, every: int) -> list[int]:
+def _kept_steps(steps: int, every: int) -> set[int]:
     """The steps whose records count (one-line errors for too few)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise KdbenchError(f"steps={steps!r}; give a whole number >= 1, e.g. 200")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise KdbenchError(f"every={every!r}; give a whole number >= 1, e.g. 5")
-    kept = [s for s in range(0, steps, every) if s >= steps // WARMUP]
+    for name, n in (("steps", steps), ("every", every)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise KdbenchError(f"{name}={n!r}; give a whole number >= 1")
+    kept = {s for s in range(0, steps, every) if s >= steps // WARMUP}
     if not kept:
         raise KdbenchError(f"{steps} steps with a record every {every} give no record after "
                            "the warm-up; give more steps or a smaller every")
@@ -130,37 +120,34 @@ def _names(reg: dict[str, MethodEntry], methods: str | Sequence[str] | None) -> 
     if spec.strip() == "all":
         return both
     entries = select_methods(reg, spec)
-    if not entries:
-        raise KdbenchError("no method given; name registry methods with a both mode, or all")
     for e in entries:
         if "both" not in e.modes:
             raise KdbenchError(f"method {e.name!r} has no both mode (modes: {', '.join(e.modes)})"
                                "; diagnose measures the two terms of a both-mode distiller: "
                                f"pick one of {', '.join(both)}")
+    if not entries:
+        raise KdbenchError("no method given; name registry methods with a both mode, or all")
     return [e.name for e in entries]
 
 
-def _chosen(reg: dict[str, MethodEntry], names: list[str], dataset: str,
-            overrides: dict[str, Any]) -> list[tuple[MethodEntry, dict[str, Any], str]]:
-    """(entry, hyper-parameters, label) of each method: its declared diagnose ``set``, then
-    the ``--set <method>.<name>`` overrides."""
-    out = []
+def _specs(p: Any, names: list[str]) -> list[tuple[RunSpec, MethodEntry]]:
+    """Each method's both-mode run (seed 0, the plan's first student): its diagnose ``set``,
+    then ``--set <method>.<name>``; the variant names what differs from the registry's."""
+    r, out = p.request, []
     for name in names:
-        entry = reg[name]
-        declared = entry.reports.get("diagnose")
+        entry, declared = p.registry[name], p.registry[name].reports.get("diagnose")
         change = dict(declared.get("set") or {}) if isinstance(declared, dict) else {}
-        hp = entry.hparams(dataset, {**change, **overrides.get(name, {})})
+        hp = entry.hparams(r.dataset, {**change, **p.overrides.get(name, {})})
         ignored = entry.resolve().ignored_hparams("both")
         tag = variant_tag({k: v for k, v in hp.items() if k not in ignored},
-                          entry.hparams(dataset))
-        out.append((entry, hp, f"{name}@{tag}" if tag else name))
+                          entry.hparams(r.dataset))
+        out.append((RunSpec(r.dataset, r.students[0], name, "both", 0, hp, tag), entry))
     return out
 
 
-def _measure(p: Any, chosen: list[tuple[MethodEntry, dict[str, Any], str]], steps: int,
-             every: int, kept: list[int]) -> list[Diagnosis]:
-    """Do what :func:`kdbench.train.inprocess.run_plan` does up to the teacher, then train
-    each distiller for ``steps`` steps in a temporary folder."""
+def _measure(p: Any, specs: list[tuple[RunSpec, MethodEntry]], steps: int, every: int,
+             kept: set[int]) -> list[Diagnosis]:
+    """:func:`kdbench.train.inprocess.run_plan` up to the teacher, then each distiller."""
     from contextlib import ExitStack
 
     from kdbench.config import for_device
@@ -168,12 +155,8 @@ def _measure(p: Any, chosen: list[tuple[MethodEntry, dict[str, Any], str]], step
     from kdbench.threads import take_share
     from kdbench.train.runner import Context, pick_device
     from kdbench.train.store import check_locking, locks_in
-    from kdbench.train.teachers import (
-        ensure_teacher,
-        fill_teacher_cache,
-        new_teacher,
-        teacher_fields,
-    )
+    from kdbench.train.teachers import ensure_teacher, fill_teacher_cache, new_teacher
+    from kdbench.train.teachers import teacher_fields as fields_of
 
     r = p.request
     with ExitStack() as stack:
@@ -185,24 +168,21 @@ def _measure(p: Any, chosen: list[tuple[MethodEntry, dict[str, Any], str]], step
         data = open_dataset(r.dataset, r.data_root, config["data"]["size"],
                             config["data"]["frames"], progress=r.progress)
         ctx = Context(data, r.dataset, config, r.results, device, progress=r.progress)
-        specs = [(RunSpec(r.dataset, r.students[0], e.name, "both", 0, hp), e)
-                 for e, hp, _ in chosen]
         t0 = time.perf_counter()
         teacher = new_teacher(ctx)
-        ctx.teacher_fields = teacher_fields(specs, teacher)
+        ctx.teacher_fields = fields_of(specs, teacher)
         teacher = ensure_teacher(ctx, teacher)
         fill_teacher_cache(ctx, teacher)  # as `kdbench run`'s first run would: later ones reuse it
         log.info(f"diagnose: teacher ready in {time.perf_counter() - t0:.0f} s; "
-                 f"{steps} steps of each of {len(chosen)} method(s) on {r.students[0]}")
+                 f"{steps} steps of each of {len(specs)} method(s) on {r.students[0]}")
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="kdbench-diagnose-"))
-        return [_one(ctx, teacher, spec, entry, label, steps, every, kept, Path(tmp))
-                for (spec, entry), (_, _, label) in zip(specs, chosen)]
+        return [_one(ctx, teacher, spec, entry, steps, every, kept, Path(tmp))
+                for spec, entry in specs]
 
 
-def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, label: str, steps: int,
-         every: int, kept: list[int], tmp: Path) -> Diagnosis:
-    """``steps`` training steps of one both-mode distiller (as the trainer's epochs take
-    them), recording the gradient cosine every ``every`` steps."""
+def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, steps: int, every: int,
+         kept: set[int], tmp: Path) -> Diagnosis:
+    """``steps`` training steps of one distiller (as Trainer.fit's epochs take them)."""
     import torch
 
     from kdbench.models.students import create_student
@@ -210,7 +190,7 @@ def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, label: str, 
     from kdbench.train.branch_terms import TRACE, BranchCosine
     from kdbench.train.trainer import seed_everything
 
-    t0 = time.perf_counter()
+    t0, label = time.perf_counter(), spec.label
     seed_everything(spec.seed)
     student = create_student(spec.student, ctx.config["student"]["pretrained"])
     learner = entry.resolve()(student, teacher, "both", **spec.hparams)
@@ -219,16 +199,11 @@ def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, label: str, 
     seed_everything(trainer.seed)  # as Trainer.fit
     trainer._prepare_models()
     params = [q for q in learner.trainable_modules().parameters() if q.requires_grad]
-    if cfg.get("optimizer", "adam") == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
-    else:
-        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
-                               weight_decay=cfg["weight_decay"])
+    opt = (torch.optim.SGD(params, cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
+           if cfg.get("optimizer", "adam") == "sgd" else  # as Trainer.fit
+           torch.optim.Adam(params, cfg["lr"], (0.9, 0.999), weight_decay=cfg["weight_decay"]))
     sched = torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
-    per_epoch = max(len(ctx.splits["train"]) // cfg["batch_size"], 1)
-    if hasattr(learner, "on_fit_start"):
-        learner.on_fit_start(cfg, per_epoch)
+    learner.on_fit_start(cfg, max(len(ctx.splits["train"]) // cfg["batch_size"], 1))
     trainer._attach_teacher_cache()
     trainer.branch_cos = cos = BranchCosine(learner, every)
     totals, step, epoch = [], 0, 0
@@ -255,19 +230,20 @@ def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, label: str, 
     if not bool(torch.isfinite(torch.stack(totals)).all()):
         raise KdbenchError(f"diagnose {label}: the loss became NaN/inf; lower train.lr or the "
                            "method's loss weight with --set and run again")
-    wanted = set(kept)
-    rows = [row for row in learner.traces.get(TRACE, []) if row["step"] in wanted]
+    rows = [row for row in learner.traces.get(TRACE, []) if row["step"] in kept]
     if not rows:
         raise KdbenchError(f"diagnose {label}: no gradient cosine was recorded; the method "
                            "must name its both-mode terms loss_kd_rgb and loss_kd_freq")
     values = [float(row["cos"]) for row in rows]
     found = Diagnosis(
-        method=label, cos_mean=statistics.fmean(values),
-        cos_std=statistics.stdev(values) if len(values) > 1 else math.nan,
-        records=len(rows), steps=steps,
-        stage=Counter(int(row["stage"]) for row in rows).most_common(1)[0][0],
-        norm_ratio=statistics.fmean(float(row["norm_ratio"]) for row in rows),
-        seconds=time.perf_counter() - t0, student=spec.student)
+        label, statistics.fmean(values), statistics.stdev(values) if len(rows) > 1 else math.nan,
+        len(rows), steps, Counter(int(row["stage"]) for row in rows).most_common(1)[0][0],
+        statistics.fmean(float(row["norm_ratio"]) for row in rows), time.perf_counter() - t0,
+        spec.student)
     log.info(f"diagnose {label} ({spec.student}, {found.records} records at stage "
              f"{found.stage}, {found.seconds:.0f} s): {found.sentence()}")
+    if not 0 < found.norm_ratio < 1e6:  # e.g. a map normalised away at a tiny stage
+        log.warning(f"diagnose {label}: one term's gradient vanishes at stage {found.stage} "
+                    f"(|grad fre| / |grad rgb| = {found.norm_ratio:.3g}), so its cosine says "
+                    "nothing; try a larger data.size or another method")
     return found

@@ -16,10 +16,10 @@ from tests.conftest import write_prepared
 TINY = {"data.size": 16, "train.batch_size": 4, "train.epochs": 1, "teacher.proj_dim": 8}
 
 
-def _tiny(tmp_path, **kw):
+def _tiny(tmp_path, settings=TINY, **kw):
     data = write_prepared(tmp_path / "prep", dataset="ff_c40")
     return diagnose(dataset="ff_c40", data_root=data, preset="quick", results=tmp_path / "R",
-                    settings=TINY, progress=False, threads=1, **kw)
+                    settings=settings, progress=False, threads=1, **kw)
 
 
 def _both_method() -> str:
@@ -100,7 +100,7 @@ def test_a_method_without_a_both_mode_and_an_unknown_one_are_one_line_errors(tmp
     with pytest.raises(KdbenchError, match="every="):
         diagnose(methods=_both_method(), every=0, results=tmp_path / "R")
     with pytest.raises(KdbenchError, match="no record after the warm-up"):
-        diagnose(methods=_both_method(), steps=3, every=5, results=tmp_path / "R")
+        diagnose(methods=_both_method(), steps=10, every=20, results=tmp_path / "R")
     assert not (tmp_path / "R").exists()  # nothing planned, nothing written
 
 
@@ -112,3 +112,21 @@ def test_no_declared_method_and_none_named_asks_for_methods(tmp_path):
     with pytest.raises(KdbenchError, match="--methods") as err:
         diagnose(registry=extra, results=tmp_path / "R", progress=False)
     assert "\n" not in str(err.value) and "reports.diagnose" in str(err.value)
+
+
+def test_the_command_prints_the_cosine_its_spread_and_one_sentence(tmp_path, capsys):
+    from kdbench.cli import main
+
+    data = write_prepared(tmp_path / "prep", dataset="ff_c40")
+    argv = ["diagnose", "--dataset", "ff_c40", "--data-root", str(data), "--preset", "quick",
+            "--methods", _both_method(), "--steps", "20", "--every", "5", "--no-progress",
+            "--results", str(tmp_path / "R")]
+    for item in TINY.items():
+        argv += ["--set", "=".join(map(str, item))]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"resnet18_thin {_both_method()} both, ff_c40: cos(grad L_rgb, "
+                             "grad L_fre) at stage ") and " ± " in out[0]
+    assert out[1].startswith("cos = ") and len(out) == 2
+    assert main(["diagnose", "--methods", "vanilla", "--results", str(tmp_path / "R")]) == 2
+    assert "both mode" in capsys.readouterr().err

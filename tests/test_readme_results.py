@@ -101,9 +101,11 @@ def test_both_vs_rgb_gives_each_paired_interval_and_its_mark(tmp_path):
     runs = _store(tmp_path, {("x", "both"): better, ("x", "rgb"): base,
                              ("y", "both"): same, ("y", "rgb"): base, ("z", "both"): same})
     lines = _both_vs_rgb(comparison(runs, ["x", "y", "z"], "acc", ci=True))
-    assert len(lines) == 2 and lines[1] == "y +0.00 [+0.00, +0.00]"  # z has no rgb cell
-    name, diff, lo, hi = lines[0].replace("[", "").replace(",", "").rstrip("]↑").split()
-    assert name == "x" and lines[0].endswith("]↑") and 0 < float(lo) < float(diff) < float(hi)
+    assert len(lines) == 2 and lines[1] == "y +0.00 [+0.00, +0.00] (t p=1.00)"  # z: no rgb cell
+    first, t_p = lines[0].split(" (t p=")
+    name, diff, lo, hi = first.replace("[", "").replace(",", "").rstrip("]↑").split()
+    assert name == "x" and first.endswith("]↑") and 0 < float(lo) < float(diff) < float(hi)
+    assert float(t_p.rstrip(")")) < 0.05
     assert _both_vs_rgb(comparison(runs, ["x"], "acc")) == []  # built without ci: nothing
 
 

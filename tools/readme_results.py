@@ -31,6 +31,18 @@ MOBILE = Path("mobile")  # the edge students' store, inside results/
 MOBILE_PLAN = {"preset": "mobile", "methods": ["vanilla", "reviewkd", "ofd", "pkt"],
                "modes": ["both"], "seeds": [0, 1, 2], "cross_dataset": "synthetic_c23"}
 TABLES = ("ablation", "rotation", "alpha", "teacher")
+BASELINES = ["at", "pkt", "vid", "sp", "fitnet", "kd", "rkd", "nst", "reviewkd", "ofd", "crd"]
+# the main store's plan, step by step as tools/reference_store.sh runs it (checked by
+# tests/test_readme_results.py): Table 3 at five seeds, the both_weighting=mean runs of every
+# baseline, and reproduce's ablation and sweep runs at three seeds
+MAIN_PLAN = [
+    ("run", {"preset": "cpu", "methods": "all", "seeds": [0, 1, 2, 3, 4],
+             "cross_dataset": "synthetic_c23"}),
+    ("run", {"preset": "cpu", "methods": BASELINES, "modes": ["both"],
+             "sweeps": ["both_weighting=mean"], "seeds": [0, 1, 2, 3, 4],
+             "cross_dataset": "synthetic_c23"}),
+    ("reproduce", {"preset": "cpu", "seeds": [0, 1, 2]}),
+]
 
 
 def _setting(results: Path) -> str:
@@ -113,7 +125,8 @@ def _training_spans(runs: pd.DataFrame) -> list[str]:
 
 def _both_vs_rgb(report: tables.Report) -> list[str]:
     """For each method with rgb and both cells of a comparison built with ``ci=True``: both -
-    rgb in points with its 95 % paired-bootstrap interval, marked where it excludes 0."""
+    rgb in points with its interval at its Holm level (marked where it excludes 0) and the
+    paired t-test's p over the seeds."""
     lines = []
     for row in report.rows:
         cells = dict(zip(report.columns, row))
@@ -122,9 +135,11 @@ def _both_vs_rgb(report: tables.Report) -> list[str]:
             rgb_col = col.removesuffix(" both") + " rgb"
             if not col.endswith(" both") or rgb_col not in cells or not cells[col].interval:
                 continue
-            diff, _, bounds = cells[col].interval.strip("[]").partition("; ")
+            diff, _, rest = cells[col].interval.strip("[]").partition("; ")
+            bounds, _, t_p = rest.partition("; ")
             mark = "".join(m for m in cells[col].mark if m in "↑↓")
-            lines.append(f"{where}{col.removesuffix(' both')} {diff} [{bounds}]{mark}")
+            lines.append(f"{where}{col.removesuffix(' both')} {diff} [{bounds}]{mark}"
+                         + (f" ({t_p})" if t_p else ""))
     return lines
 
 
@@ -197,13 +212,42 @@ def _predates_note(runs: pd.DataFrame) -> str:
 
 
 def _gradsim_lines(results: Path, registry: dict) -> list[str]:
-    """The mean gradient cosine of each curve of `kdbench plot gradsim`."""
+    """The mean gradient cosine of each curve of `kdbench plot gradsim` (the engine's
+    ``cos`` of any method first, where the store has it)."""
     df = trace_summary(results, "gradsim", registry)
     panels = [c for c in df.columns if c.startswith("mean ")]
     return [f"`{r['curve']}`: mean cosine "
-            + ", ".join(f"{c[5:]} {r[c]:+.3f}" for c in panels)
+            + ", ".join(f"{c[5:]} {r[c]:+.3f}" for c in panels if r[c] == r[c])
             + f" ({r['seeds']} seed{'s' * (r['seeds'] != 1)}, {r['records']} records)"
             for _, r in df.iterrows()]
+
+
+def _plan_state(results: Path) -> str:
+    """How much of :data:`MAIN_PLAN` the store has finished, and which cells lack which seeds."""
+    from kdbench.plan import plan
+    from kdbench.request import RunRequest
+
+    finished = {str(Path(p).resolve()) for p, st in zip(collect_runs(results)["path"],
+                                                         collect_runs(results)["status"])
+                if st == "finished"}
+    planned, missing = set(), {}
+    for command, options in MAIN_PLAN:
+        request = RunRequest.make(command, results=results, device="cpu", **options)
+        for r in plan(request).runs:
+            key = str(r.run_dir.resolve())
+            if key in planned:
+                continue
+            planned.add(key)
+            if key not in finished:
+                cell, _, seed = r.name.rpartition("/seed")
+                missing.setdefault(cell.split("/", 1)[1], []).append(seed)
+    done = len(planned) - sum(len(v) for v in missing.values())
+    if not missing:
+        return f"All {len(planned)} runs of the plan are finished."
+    cells = "; ".join(f"{c} (seed{'s' * (len(v) > 1)} {','.join(v)})"
+                      for c, v in sorted(missing.items()))
+    return (f"**{done} of the plan's {len(planned)} runs are finished**; the command above trains "
+            f"the rest, continuing where it stopped: {cells}.")
 
 
 def _mean_term(results: Path, label: str, key: str = "train_loss_kd_freq") -> float | None:
@@ -353,17 +397,26 @@ def build_section(results: Path) -> str:
     gaps_auc = ";\n".join(_both_vs_rgb(auc_ci))
     predates = _predates_note(runs)
     predates = f"\n{predates}\n" if predates else ""
+    weighting = tables.build("weighting", runs, registry, "acc,auc").markdown()
+    claims = tables.build("claims", runs, registry).markdown()
     return f"""`results/` holds the metrics, histories, traces and per-frame test predictions (no
 checkpoints) of every run the paper's tables need on the embedded synthetic dataset, made on
 this project's CPU machine (see the wall times below): {_setting(results)}; seeds
-{", ".join(map(str, seeds))}. One command makes them, skipping the runs already finished,
-tests every run on the second embedded domain `synthetic_c23` (Table 7), then writes every
-table to `results/tables/*.md` and the plots `results/{{gradsim,alpha,rotation,curves}}.png`:
+{", ".join(map(str, seeds))}. One command makes them, skipping the runs already finished:
+Table 3 at five seeds (every method in each mode), the `both_weighting=mean` runs of every
+baseline, then the ablation and sweep runs at three seeds; it tests every run on the second
+embedded domain `synthetic_c23` (Table 7) and writes every table to `results/tables/*.md` and
+the plots `results/{{gradsim,gradcos,alpha,rotation,curves}}.png`:
 
 ```bash
 {COMMAND}
 ```
+
+{_plan_state(results)}
 {predates}
+`kdbench table --kind claims --results results`:
+
+{claims}
 **Wall time.** The {len(students)} student runs and the teacher recorded {hours:.1f} h of
 training in all (`wall_time_s` in their `metrics.json`), shared out between the processes that
 ran side by side (the command's two workers, each run claimed by a lock; {_threads(runs)}).
@@ -387,19 +440,26 @@ metric); their `metrics.json` records the
 second training, which is the one the stretches above count.
 
 Every table below is printed by `kdbench table --kind KIND --results results` (`--metric auc`
-for the second); the cost table is `results/tables/cost.md` as `reproduce` measured it. The
-store is made by `kdbench reproduce --preset cpu --seeds 0,1,2 --results results --launcher
-local --workers 2`, the first step of the command above.
+for the second); the cost table is `results/tables/cost.md` as `reproduce` measured it.
 
 {acc.markdown()}
 {auc.markdown()}
-**Both-branch minus RGB-only, in points, with the 95 % paired-bootstrap interval** (`kdbench
-table --kind comparison --ci`; ↑/↓ where the interval excludes 0; the paper reports both below
-rgb for every baseline, and above it for TOKD). Test acc:
+**Both-branch minus RGB-only, in points** (`kdbench table --kind comparison --ci`): the
+difference, its two-level bootstrap interval (the seeds resampled, then identity pairs of test
+videos within each) at its Holm level across the table's comparisons, ↑/↓ where it excludes 0,
+and the paired t-test's p over the seeds; the paper reports both below rgb for every baseline,
+and above it for TOKD. Test acc:
 {gaps_acc}.
 
 Test AUC:
 {gaps_auc}.
+
+**Both modes' weighting** (`kdbench table --kind weighting --metric acc,auc --results
+results`): both mode adds the frequency term at the method's weight (`sum`, the paper's), so
+both - rgb mixes frequency knowledge with twice the distillation weight; `both_weighting=mean`
+halves each branch's term, so that the total weight equals rgb mode's.
+
+{weighting}
 
 {tokd}
 {others}
@@ -411,7 +471,10 @@ Test AUC:
 {cross}
 {cost}{_mobile_section(results)}
 **Gradient cosine (Fig. 4)**, `kdbench plot gradsim --results results` (the default plan's
-runs; `--all-runs` adds the sweep variants):
+runs; `--all-runs` adds the sweep variants). Its first panel, where the store has it, is the
+engine's cosine between the gradients of any method's RGB and frequency terms at the student's
+last shared stage, per epoch (`cos`, `gradcos.jsonl`; `kdbench plot gradcos` alone); the
+others are TOKD's own records against the step:
 
 ![gradient cosine between the RGB and frequency distillation gradients](gradsim.png)
 

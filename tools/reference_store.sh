@@ -7,7 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKERS=(--launcher local --workers 2)
 
-# the paper's tables and figures: every method, three seeds, the cross-dataset test
+# Table 3 at five seeds: every method in each of its modes (and its registry variants), each
+# run tested on the second embedded domain as it finishes (Table 7)
+kdbench run --preset cpu --methods all --seeds 0,1,2,3,4 --cross-dataset synthetic_c23 \
+    --results results "${WORKERS[@]}"
+# Table 3 read both ways: every baseline's both mode with each branch term at half weight
+kdbench run --preset cpu --methods at,pkt,vid,sp,fitnet,kd,rkd,nst,reviewkd,ofd,crd --modes both \
+    --sweep both_weighting=mean --seeds 0,1,2,3,4 --cross-dataset synthetic_c23 \
+    --results results "${WORKERS[@]}"
+# the ablation and sweep tables at three seeds, then every table (claims and weighting too)
+# and figure of the store
 kdbench reproduce --preset cpu --seeds 0,1,2 --results results "${WORKERS[@]}"
 # edge students, all three from one teacher, in a store of their own (results/mobile): the
 # cpu teacher's weights are not committed, and this code does not retrain them bit for bit

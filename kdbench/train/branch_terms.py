@@ -53,10 +53,13 @@ def per_sample_cosine(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
 class BranchCosine:
     """Every ``every`` steps of a ``both``-mode distiller: the cosine between the gradients of
     its RGB and its frequency term with respect to the student's last shared stage, i.e. the
-    deepest stage map that both terms' gradients reach (the last map for logit or last-stage
-    methods, an earlier one for a method that reads only that), per sample and averaged over
-    the batch. Recorded as ``{step, epoch, stage, cos, norm_ratio}`` in the learner's trace
-    ``gradcos`` (norm_ratio: mean |grad L_fre| / |grad L_rgb|).
+    deepest stage map that both terms' gradients reach with a non-zero gradient (the last map
+    for logit or last-stage methods, an earlier one for a method that reads only that), per
+    sample and averaged over the batch. With two classes a logit term's gradient at that map
+    is the head's weight difference times a signed scalar per sample, so a logit method's
+    per-sample cosine is +-1 and its mean is 2 x (share of samples where the two teachers
+    pull the same way) - 1. Recorded as ``{step, epoch, stage, cos, norm_ratio}`` in the
+    learner's trace ``gradcos`` (norm_ratio: mean |grad L_fre| / |grad L_rgb|).
 
     The gradients are taken with ``torch.autograd.grad`` before the step's backward pass, which
     leaves every parameter's gradient, and so the run's numbers, as they were.
@@ -90,8 +93,9 @@ class BranchCosine:
                  for t in BRANCH_TERMS]
         for i in reversed(range(len(maps))):
             g_rgb, g_fre = grads[0][i], grads[1][i]
-            if g_rgb is None or g_fre is None:
-                continue
+            if g_rgb is None or g_fre is None or not (bool(g_rgb.any()) and bool(g_fre.any())):
+                continue  # a term that does not reach this map (or vanishes on it, e.g. AT's
+                # normalised attention of a 1 x 1 map): the next stage up
             with torch.no_grad():
                 ratio = (g_fre.flatten(1).float().norm(dim=1)
                          / g_rgb.flatten(1).float().norm(dim=1).clamp_min(1e-12))
