@@ -56,6 +56,9 @@ class MethodEntry:
     reports: dict[str, Any] = field(default_factory=dict)
     # allowed values of hyper-parameters: {name: {min, max, gt, lt, choices}} (kdbench.values)
     limits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what a stored run that records no value of a hyper-parameter used (one added to the
+    # method later with another default than the old behaviour)
+    legacy: dict[str, Any] = field(default_factory=dict)
 
     def knows(self, key: str) -> bool:
         return key in self.defaults or key in self.aliases
@@ -198,6 +201,10 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
                else check_limit_spec(spec, defaults[key]))
         if why:
             raise KdbenchError(f"{source}: method {name!r}: limits of {key!r}: {why}")
+    legacy = raw.get("legacy") or {}
+    if not isinstance(legacy, dict) or any(k not in defaults for k in legacy):
+        raise KdbenchError(f"{source}: method {name!r}: 'legacy' must map a hyper-parameter "
+                           "from 'defaults' to the value runs recorded without it used")
     defaults, limits = dict(defaults), dict(limits)
     if "both" in modes:
         for key, (default, spec) in BOTH_HPARAMS.items():
@@ -206,7 +213,7 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
     return MethodEntry(name, raw["entry"], list(modes), dict(defaults),
                        {k: dict(v or {}) for k, v in datasets.items()}, source,
                        [dict(v) for v in variants], {k: list(v) for k, v in aliases.items()},
-                       dict(reports), {k: dict(v) for k, v in limits.items()})
+                       dict(reports), {k: dict(v) for k, v in limits.items()}, dict(legacy))
 
 
 BUILT_IN_KINDS = ("runs", "comparison", "weighting", "ablation", "teacher", "cross", "cost",

@@ -117,15 +117,19 @@ class CRD(FeatureKD):
       memory banks (``self.banks[branch]``) are buffers only, allocated by
       :meth:`on_train_data` over the N training frames (index = a batch's ``pos``) and saved
       in the state dict, so a resumed run continues with the same banks and Z.
-    - Negatives: the reference's mode ``exact``: index 0 of the contrast set is the frame
-      itself, the k others are drawn uniformly from the frames of the other class(es) (its
-      ``cls_negative``), without replacement unless that pool has fewer than k frames; drawn
-      from torch's global random generator (seeded by the trainer, so a run is deterministic).
+    - Negatives: index 0 of the contrast set is the frame itself (the reference's mode
+      ``exact``); the k others are drawn uniformly, without replacement unless the pool has
+      fewer than k frames, from torch's global random generator (seeded by the trainer, so a
+      run is deterministic), out of ``negatives``: ``any`` (the default) every training
+      frame, ``other_class`` the frames of the other class(es), the reference's own rule (its
+      ``cls_negative``). With CIFAR-100's 100 classes the two are nearly the same draw; with
+      two classes ``other_class`` gives every fake frame the same pool of all real frames,
+      and the student stayed at the majority rate (docs/distillers.md).
     - k: the reference draws nce_k = 16384 negatives from CIFAR-100's 50000 training images;
-      here the same fraction of the training set is used, k = max(1, min(nce_k, N_other_c,
+      here the same fraction of the training set is used, k = max(1, min(nce_k, N_pool,
       round(nce_k * N / 50000))): never more than the reference's nce_k (which it also keeps
-      on ImageNet), and capped by the smallest other-class pool (so no frame is drawn twice
-      for a positive); the value is in ``run_info["nce_k_effective"]``. Each step gathers
+      on ImageNet), and capped by the smallest pool (so no frame is drawn twice for a
+      positive); the value is in ``run_info["nce_k_effective"]``. Each step gathers
       B (k+1) feat_dim fp32 values per bank side (2 per branch, kept for backward): at most
       about 0.5 GB per side at batch 64.
     - Data parallel: under torchrun each rank updates its own banks (and estimates its own Z)
@@ -141,7 +145,7 @@ class CRD(FeatureKD):
         self.nce_k = int(hparams.get("nce_k", 16384))
         self.nce_t = float(hparams.get("nce_t", 0.07))
         self.nce_m = float(hparams.get("nce_m", 0.5))
-        self.negatives = str(hparams.get("negatives", "other_class"))
+        self.negatives = str(hparams.get("negatives", "any"))
         ds = student.stage_channels[-1]
         self.banks = nn.ModuleDict()
         for branch in self.branches:

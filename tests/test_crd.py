@@ -1,6 +1,7 @@
 """CRD (contrastive representation distillation): the NCE loss and the memory bank against
-the reference's formulas written out here, the negatives drawn from the other class, the banks
-in the state dict, and the distiller's wiring (embeddings trained, banks not)."""
+the reference's formulas written out here, the negatives drawn from every frame or the other
+class, the banks in the state dict, and the distiller's wiring (embeddings trained, banks
+not)."""
 
 import math
 
@@ -125,7 +126,7 @@ def _batch(size: int = 16):
 
 
 def test_negatives_come_from_the_other_class_and_are_seeded():
-    d = CRD(TinyStudent(), StubTeacher(), "rgb", **HP)
+    d = CRD(TinyStudent(), StubTeacher(), "rgb", **{**HP, "negatives": "other_class"})
     d.on_train_data(LABELS)
     # round(16384 * 10 / 50000) = 3 <= the smaller other-class pool (4 real frames)
     assert d.k_eff == 3 and d.run_info["nce_k_effective"] == 3
@@ -138,7 +139,8 @@ def test_negatives_come_from_the_other_class_and_are_seeded():
     torch.manual_seed(1)
     assert torch.equal(d.contrast_indices(pos), idx)
     assert not torch.equal(d.contrast_indices(pos), idx)  # a fresh draw each step
-    big = CRD(TinyStudent(), StubTeacher(), "rgb", **{**HP, "nce_k": 10**6})
+    big = CRD(TinyStudent(), StubTeacher(), "rgb",
+              **{**HP, "nce_k": 10**6, "negatives": "other_class"})
     big.on_train_data(LABELS)
     assert big.k_eff == 4  # capped by the 4 real frames: a fake frame contrasts with all
     rows = big.contrast_indices(torch.tensor([3, 4]))[:, 1:]
@@ -148,6 +150,17 @@ def test_negatives_come_from_the_other_class_and_are_seeded():
     assert rows.shape == (2, 6) and (LABELS[rows] == 0).all()
     with pytest.raises(KdbenchError, match="two classes"):
         CRD(TinyStudent(), StubTeacher(), "rgb", **HP).on_train_data(torch.zeros(5).long())
+
+
+def test_negatives_any_draw_from_every_frame():
+    d = CRD(TinyStudent(), StubTeacher(), "rgb", **HP)  # the default: any
+    d.on_train_data(LABELS)
+    assert d.k_eff == 3  # round(16384 * 10 / 50000), under the 10 frames of the pool
+    torch.manual_seed(0)
+    pos = torch.tensor([0, 3, 5, 8, 9])
+    drawn = torch.cat([d.contrast_indices(pos)[:, 1:] for _ in range(50)])
+    assert set(drawn.flatten().tolist()) == set(range(10))  # both classes, every frame
+    assert all(len(set(row.tolist())) == 3 for row in drawn)  # without replacement
 
 
 def test_banks_are_in_the_state_dict_and_a_resume_continues_exactly():
@@ -221,7 +234,8 @@ def test_registry_resolves_crd(mode):
     assert entry.resolve() is CRD and entry.modes == ["rgb", "both"]
     hp = entry.hparams("synthetic")
     assert hp == {"beta": 0.8, "feat_dim": 128, "nce_k": 16384, "nce_t": 0.07, "nce_m": 0.5,
-                  "negatives": "other_class", "both_weighting": "sum"}
+                  "negatives": "any", "both_weighting": "sum"}
+    assert entry.legacy == {"negatives": "other_class"}  # what runs stored before it used
     teacher = BothTeacher() if mode == "both" else StubTeacher()
     d = entry.resolve()(TinyStudent(), teacher, mode, **hp)
     assert d.weight == 0.8 and set(d.banks) == ({"rgb", "freq"} if mode == "both" else {"rgb"})

@@ -309,8 +309,9 @@ def _finished_as(ctx: Context, run_dir: Path, spec: RunSpec, entry: MethodEntry,
     made with other settings than ``identity``."""
     done = finished_metrics(run_dir)
     if done is not None:
-        # a hyper-parameter added to the registry later is taken to have had its default
-        current = entry.hparams(spec.dataset)
+        # a hyper-parameter added to the registry later is taken to have had its default, or
+        # the value the registry's `legacy` names (a later default other than the old behaviour)
+        current = {**entry.hparams(spec.dataset), **entry.legacy}
         recorded = {"config": comparable_config(done.get("config", ctx.config),
                                                 spec.mode != "none"),
                     "hparams": {k: v for k, v in {**current, **done.get("hparams", {})}.items()
