@@ -188,3 +188,24 @@ def test_the_edge_students_plan_is_the_one_the_store_command_runs():
             f"--modes {','.join(MOBILE_PLAN['modes'])} "
             f"--seeds {','.join(map(str, MOBILE_PLAN['seeds']))}") in script
     assert f"--cross-dataset {MOBILE_PLAN['cross_dataset']}" in script
+
+
+def test_the_main_plan_is_the_one_the_store_command_runs():
+    from tools.readme_results import MAIN_PLAN
+
+    script = (ROOT / "tools" / "reference_store.sh").read_text().replace("\\\n    ", "")
+    commands = [line.strip() for line in script.splitlines()
+                if line.startswith("kdbench run --preset cpu") or line.startswith(
+                    "kdbench reproduce --preset cpu")]
+    assert len(commands) == len(MAIN_PLAN)
+    for line, (command, options) in zip(commands, MAIN_PLAN):
+        flags = {"methods": "--methods", "modes": "--modes", "seeds": "--seeds",
+                 "cross_dataset": "--cross-dataset", "preset": "--preset"}
+        assert line.startswith(f"kdbench {command} ")
+        for key, flag in flags.items():
+            if key in options:
+                value = options[key]
+                text = value if isinstance(value, str) else ",".join(map(str, value))
+                assert f"{flag} {text} " in line + " ", (key, line)
+        for sweep in options.get("sweeps", []):
+            assert f"--sweep {sweep} " in line

@@ -23,13 +23,12 @@ from kdbench.report import tables
 from kdbench.report.listing import collect_runs
 from kdbench.report.traces import trace_summary
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: tools/ is a package
+from tools.readme_mobile import MOBILE, MOBILE_PLAN, mobile_section  # noqa: E402, F401
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path("results") / "README.md"  # relative to ROOT
 COMMAND = "bash tools/reference_store.sh"
-MOBILE = Path("mobile")  # the edge students' store, inside results/
-# its plan, as tools/reference_store.sh runs it (tests/test_readme_results.py checks they agree)
-MOBILE_PLAN = {"preset": "mobile", "methods": ["vanilla", "reviewkd", "ofd", "pkt"],
-               "modes": ["both"], "seeds": [0, 1, 2], "cross_dataset": "synthetic_c23"}
 TABLES = ("ablation", "rotation", "alpha", "teacher")
 BASELINES = ["at", "pkt", "vid", "sp", "fitnet", "kd", "rkd", "nst", "reviewkd", "ofd", "crd"]
 # the main store's plan, step by step as tools/reference_store.sh runs it (checked by
@@ -310,64 +309,6 @@ def _cross_lines(runs: pd.DataFrame) -> str:
                         for k, v in sorted(missing.items())) + ".")
 
 
-def _mobile_section(results: Path) -> str:
-    """The edge students (results/mobile): the students table and where its teacher comes
-    from, every figure read from that store."""
-    from kdbench.plan import plan
-    from kdbench.report.students import students_report
-    from kdbench.request import RunRequest
-
-    store = results / MOBILE
-    if not (store / "runs").is_dir():
-        return ""
-    runs = collect_runs(store)
-    students = runs[runs["method"] != "teacher"]
-    done = students[students["status"] == "finished"]
-    planned = plan(RunRequest.make("run", results=store, device="cpu", **MOBILE_PLAN)).runs
-    finished = set(done["path"])
-    left = [r.name for r in planned if str(r.run_dir) not in finished
-            and str(r.run_dir.relative_to(Path.cwd())) not in finished]
-    report = students_report(runs, store, list(load_registry()), "auc")
-    teacher = runs[(runs["method"] == "teacher") & (runs["status"] == "finished")]
-    main = collect_runs(results)
-    main_teacher = main[(main["method"] == "teacher") & (main["status"] == "finished")]
-    seeds = ", ".join(str(int(s)) for s in sorted(done["seed"].dropna().unique()))
-    hours = float(done["wall_s"].fillna(0).sum()) / 3600
-
-    def acc(t: pd.DataFrame) -> str:
-        return f"{100 * t['acc'].iloc[0]:.2f} %" if len(t) else "(none)"
-
-    def first(t: pd.DataFrame) -> tuple[str, str]:
-        """(kdbench version, first epoch's training loss) of a teacher row's run."""
-        if not len(t):
-            return "?", "?"
-        folder = Path(t["path"].iloc[0])
-        version = read_json(folder / "metrics.json").get("versions", {}).get("kdbench", "?")
-        rows = read_jsonl(folder / "history.jsonl")
-        return version, f"{rows[0]['train_loss']:.4f}" if rows else "?"
-
-    (old_version, old_loss), (new_version, new_loss) = first(main_teacher), first(teacher)
-
-    state = (f" {len(left)} of the plan's {len(planned)} runs are not finished yet (the command "
-             f"above trains them, continuing where it stopped): {', '.join(left)}." if left
-             else "")
-    return f"""
-**Edge students** (`results/mobile/`, `kdbench table --kind students --results
-results/mobile`): `--preset mobile` trains `mobilenetv3_large_100`, `efficientnet_b0` and
-`resnet18_thin` from one teacher, for vanilla and the three distillers with the highest AUC in
-Table 3 (reviewkd, ofd, pkt; both mode), seeds {seeds or "(none yet)"}: {len(done)} finished
-runs, {hours:.1f} h of training in all.{state} They have a store of their own because the
-cpu teacher's checkpoint is not committed and this code, trained again with the same settings
-and thread count, does not give its weights bit for bit (kdbench {old_version} trained it; the
-first epoch's training loss was {old_loss}, kdbench {new_version}'s is {new_loss}): the edge
-students' teacher is that retraining, test acc {acc(teacher)} against the stored
-teacher's {acc(main_teacher)}, so the three students here share one teacher, and Table 3's
-resnet18_thin runs are not mixed in.
-The int8 latency is of each student's vanilla seed-0 run (`kdbench quantize RUN --int8`).
-
-{report.markdown()}"""
-
-
 def build_section(results: Path) -> str:
     """The reference results (results/README.md below its title), every figure read from
     ``results``."""
@@ -469,7 +410,7 @@ halves each branch's term, so that the total weight equals rgb mode's.
 `kdbench table --kind cross --results results`. {_cross_lines(runs)}
 
 {cross}
-{cost}{_mobile_section(results)}
+{cost}{mobile_section(results)}
 **Gradient cosine (Fig. 4)**, `kdbench plot gradsim --results results` (the default plan's
 runs; `--all-runs` adds the sweep variants). Its first panel, where the store has it, is the
 engine's cosine between the gradients of any method's RGB and frequency terms at the student's
