@@ -10,6 +10,7 @@ disagree.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from datetime import datetime, timedelta
@@ -140,6 +141,18 @@ def _both_vs_rgb(report: tables.Report) -> list[str]:
             lines.append(f"{where}{col.removesuffix(' both')} {diff} [{bounds}]{mark}"
                          + (f" ({t_p})" if t_p else ""))
     return lines
+
+
+def _without_intervals(report: tables.Report) -> tables.Report:
+    """A copy of a table built with ``ci=True`` as it is built without (the same marks; the
+    bootstrap runs once), its note on the printed intervals left out."""
+    plain = copy.deepcopy(report)
+    for row in plain.rows:
+        for c in row:
+            for part in ([*c.parts, c] if isinstance(c, tables.Cell) else []):
+                part.interval = ""
+    plain.notes = [n for n in plain.notes if not n.startswith("[d; lo, hi")]
+    return plain
 
 
 def _plural(n: int, word: str) -> str:
@@ -322,10 +335,9 @@ def build_section(results: Path) -> str:
     students = runs[runs["method"] != "teacher"]  # all finished (checked above)
     hours = float(runs["wall_s"].fillna(0).sum()) / 3600
     seeds = sorted(int(s) for s in students["seed"].dropna().unique())
-    acc = tables.build("comparison", runs, registry, "acc")
-    auc = tables.build("comparison", runs, registry, "auc")
     acc_ci = tables.build("comparison", runs, registry, "acc", ci=True)
     auc_ci = tables.build("comparison", runs, registry, "auc", ci=True)
+    acc, auc = _without_intervals(acc_ci), _without_intervals(auc_ci)
     others = "\n".join(tables.build(kind, runs, registry).markdown() for kind in TABLES)
     tokd = _tokd_note(results, acc, tables.build("rotation", runs, registry),
                       tables.build("ablation", runs, registry))
