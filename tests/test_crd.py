@@ -276,3 +276,29 @@ def test_a_resumed_training_run_continues_exactly(tiny_data, tmp_path):
     b = torch.load(tmp_path / "b/last.pt", weights_only=True)["learner"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (a["banks.rgb.z"] > 0).all() and a["banks.freq.memory_t"].shape == (12, 16)
+
+
+def test_a_stored_run_without_negatives_is_taken_for_the_reference_rule(tmp_path):
+    """registry `legacy`: runs stored before `negatives` existed drew from the other class, so
+    they are not the new default's runs."""
+    import json
+    from types import SimpleNamespace
+
+    from kdbench.config import RunSpec, resolve_config
+    from kdbench.train import runner
+
+    entry = load_registry()["crd"]
+    ctx = SimpleNamespace(config=resolve_config("cpu", "synthetic", {}))
+    old = {k: v for k, v in entry.hparams("synthetic").items() if k != "negatives"}
+    (tmp_path / "metrics.json").write_text(json.dumps(
+        {"status": "finished", "config": ctx.config, "hparams": old}))
+    for negatives, same in (("any", False), ("other_class", True)):
+        hp = entry.hparams("synthetic", {"negatives": negatives})
+        spec = RunSpec("synthetic", "resnet18_thin", "crd", "rgb", 0, hp)
+        ignored = CRD.ignored_hparams("rgb")
+        identity = runner._identity(ctx, spec, ignored)
+        if same:
+            assert runner._finished_as(ctx, tmp_path, spec, entry, ignored, identity)
+        else:
+            with pytest.raises(KdbenchError, match="negatives: 'other_class' -> 'any'"):
+                runner._finished_as(ctx, tmp_path, spec, entry, ignored, identity)

@@ -63,9 +63,10 @@ results/mobile`): `--preset mobile` trains `mobilenetv3_large_100`, `efficientne
 `resnet18_thin` from one teacher, for vanilla and the three distillers with the highest AUC in
 Table 3 (reviewkd, ofd, pkt; both mode), seeds {seeds or "(none yet)"}: {len(done)} finished
 runs, {hours:.1f} h of training in all.{state} They have a store of their own because the
-cpu teacher's checkpoint is not committed and this code, trained again with the same settings
-and thread count, does not give its weights bit for bit (kdbench {old_version} trained it; the
-first epoch's training loss was {old_loss}, kdbench {new_version}'s is {new_loss}): the edge
+cpu teacher's checkpoint is not committed, and training it again with the same settings and
+thread count on this machine does not give its weights bit for bit (kdbench {old_version}
+trained it on another machine's CPU; its first epoch's training loss was {old_loss}, kdbench
+{new_version}'s here is {new_loss}): the edge
 students' teacher is that retraining, test acc {acc(teacher)} against the stored
 teacher's {acc(main_teacher)}, so the three students here share one teacher, and Table 3's
 resnet18_thin runs are not mixed in.
