@@ -239,8 +239,8 @@ def _plan_state(results: Path) -> str:
     from kdbench.plan import plan
     from kdbench.request import RunRequest
 
-    finished = {str(Path(p).resolve()) for p, st in zip(collect_runs(results)["path"],
-                                                         collect_runs(results)["status"])
+    listing = collect_runs(results)
+    finished = {str(Path(p).resolve()) for p, st in zip(listing["path"], listing["status"])
                 if st == "finished"}
     planned, missing = set(), {}
     for command, options in MAIN_PLAN:
