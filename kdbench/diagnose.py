@@ -188,7 +188,7 @@ def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, steps: int, 
     from kdbench.models.students import create_student
     from kdbench.progress import progress_bar
     from kdbench.train.branch_terms import TRACE, BranchCosine
-    from kdbench.train.trainer import seed_everything
+    from kdbench.train.trainer import optimizer_for, seed_everything
 
     t0, label = time.perf_counter(), spec.label
     seed_everything(spec.seed)
@@ -199,10 +199,7 @@ def _one(ctx: Any, teacher: Any, spec: RunSpec, entry: MethodEntry, steps: int, 
     seed_everything(trainer.seed)  # as Trainer.fit
     trainer._prepare_models()
     params = [q for q in learner.trainable_modules().parameters() if q.requires_grad]
-    opt = (torch.optim.SGD(params, cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
-           if cfg.get("optimizer", "adam") == "sgd" else  # as Trainer.fit
-           torch.optim.Adam(params, cfg["lr"], (0.9, 0.999), weight_decay=cfg["weight_decay"]))
-    sched = torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
+    opt, sched = optimizer_for(params, cfg)
     learner.on_fit_start(cfg, max(len(ctx.splits["train"]) // cfg["batch_size"], 1))
     trainer._attach_teacher_cache()
     trainer.branch_cos = cos = BranchCosine(learner, every)

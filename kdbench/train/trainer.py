@@ -136,6 +136,19 @@ def _resumed_threads(label: str, ckpt: dict[str, Any], start: int) -> int:
     return start + 1
 
 
+def optimizer_for(params: list[nn.Parameter], cfg: dict[str, Any]
+                  ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.StepLR]:
+    """``train.optimizer`` (Adam with betas 0.9, 0.999, or SGD with momentum 0.9) at
+    ``train.lr`` and ``train.weight_decay``, and its StepLR(``step_size``, ``gamma``)."""
+    if cfg.get("optimizer", "adam") == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9,
+                                                     weight_decay=cfg["weight_decay"])
+    else:
+        opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
+                               weight_decay=cfg["weight_decay"])
+    return opt, torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
+
+
 class Trainer:
     """Train ``learner`` on ``splits['train']``, select on ``val``, report ``test``.
 
@@ -359,13 +372,7 @@ class Trainer:
         self._prepare_models()
         self._forward = distributed.data_parallel(self.learner, self.device, self.sync_bn)
         params = [p for p in self.learner.trainable_modules().parameters() if p.requires_grad]
-        if cfg.get("optimizer", "adam") == "sgd":
-            opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9,
-                                  weight_decay=cfg["weight_decay"])
-        else:
-            opt = torch.optim.Adam(params, lr=cfg["lr"], betas=(0.9, 0.999),
-                                   weight_decay=cfg["weight_decay"])
-        sched = torch.optim.lr_scheduler.StepLR(opt, cfg["step_size"], cfg["gamma"])
+        opt, sched = optimizer_for(params, cfg)
         start, history, best, wall = 0, [], None, 0.0
         steps_per_epoch = max(len(self.splits["train"]) // cfg["batch_size"], 1)
         if hasattr(self.learner, "on_fit_start"):
