@@ -116,6 +116,8 @@ SPEED_SETTINGS = {"workers", "eval_batch_size", "channels_last", "compile", "tea
 # settings that only act when a run is data-parallel (torchrun): like the number of ranks,
 # they do not name a run (one run's result is the same up to BatchNorm statistics)
 PARALLEL_SETTINGS = {"sync_bn"}
+# the trace file of train.gradsim_every: <run>/gradcos.jsonl
+GRADCOS_TRACE = "gradcos"
 # settings that only add output files: they do not name a run either
 OUTPUT_SETTINGS = {"tensorboard", "gradsim_every"}
 # settings added after runs were stored (kdbench 0.4): at their default (_BASE) a run's identity

@@ -301,8 +301,8 @@ CLAIM_TESTS = ("others_both_below_rgb", "above", "best", "above_teacher", "best_
 
 
 def _check_claims(spec: Any, known: set[str], bad: Any) -> None:
-    """``claims: [{claim, test, paper, a: {method?, mode, set?}, b: {...}, sweep, at, trace,
-    field, tolerance}]`` (kdbench.report.claims tests each)."""
+    """``claims: [{claim, test, paper, a: {method?, mode, set?}, b: {...}, sweep, value,
+    trace, field, tolerance}]`` (kdbench.report.claims tests each)."""
     if not isinstance(spec, list):
         raise bad("claims must be a list of {claim, test, paper, ...} rows")
     for row in spec:

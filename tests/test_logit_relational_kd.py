@@ -279,7 +279,7 @@ def test_kd_weights_and_targets():
 def test_the_registry_resolves_each_method_in_both_modes(name):
     entry = load_registry()[name]
     assert entry.modes == ["rgb", "both"]
-    assert entry.hparams("synthetic") == HP[name]
+    assert entry.hparams("synthetic") == {**HP[name], "both_weighting": "sum"}
     cls = entry.resolve()
     assert cls is CLASSES[name]
     for mode in entry.modes:

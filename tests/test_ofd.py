@@ -222,7 +222,7 @@ def test_registry_resolves_ofd_in_both_modes(teacher):
     entry = load_registry()["ofd"]
     assert entry.resolve() is OFD
     assert entry.modes == ["rgb", "both"]
-    assert entry.hparams("synthetic") == {"beta": 1.0}
+    assert entry.hparams("synthetic") == {"beta": 1.0, "both_weighting": "sum"}
     for mode in entry.modes:
         d = entry.resolve()(create_student("resnet18_thin"), teacher, mode,
                             **entry.hparams("synthetic"))

@@ -155,7 +155,7 @@ def test_registry_resolves_reviewkd_in_both_modes():
     assert entry.modes == ["rgb", "both"]
     hp = entry.hparams("synthetic")
     assert hp == {"beta": 1.0, "warmup_frac": pytest.approx(20 / 240, abs=1e-5),
-                  "max_mid_channel": 512}
+                  "max_mid_channel": 512, "both_weighting": "sum"}
     cls = entry.resolve()
     assert cls is ReviewKD
     for mode in entry.modes:

@@ -168,7 +168,7 @@ def _effective(sel: pd.DataFrame, key: str, value: Any) -> Any:
 
 def _peak(g: _Group, row: dict) -> Verdict:
     key, cells = _sweep_cells(g, row)
-    at = row["at"][key]
+    target = row["value"][key]
     cells = [(v, s) for v, s in cells if not s.empty]
     if len(cells) < 3:
         return _missing(f"the {row['sweep']} sweep")
@@ -177,29 +177,29 @@ def _peak(g: _Group, row: dict) -> Verdict:
     if clamped:
         ran = ", ".join(f"{key}={v} ran as {key}={used[str(v)]}" for v in clamped)
         return ("-", "untestable", f"{ran} (clamped to what the store's input size "
-                f"allows), so the values around {key}={at} cannot be told apart")
+                f"allows), so the values around {key}={target} cannot be told apart")
     means = {str(v): s[METRIC].mean() for v, s in cells}
     best = max(means, key=means.get)
     last = str(cells[-1][0])
-    c = compared(dict(cells)[at] if at in dict(cells) else cells[0][1], cells[-1][1], METRIC)
+    c = compared(dict(cells).get(target, cells[0][1]), cells[-1][1], METRIC)
     measured = ", ".join(f"{v}: {100 * m:.2f}" for v, m in means.items())
-    ok = best == str(at) and c is not None and c.interval().lo > 0
-    return (measured + (f"; {key}={at} - {key}={last}: {_diff_text(c)}" if c else ""),
+    ok = best == str(target) and c is not None and c.interval().lo > 0
+    return (measured + (f"; {key}={target} - {key}={last}: {_diff_text(c)}" if c else ""),
             "yes" if ok else "no", "" if ok else f"the highest mean is at {key}={best}"
-            if best != str(at) else "the drop after the peak has an interval holding 0")
+            if best != str(target) else "the drop after the peak has an interval holding 0")
 
 
 def _flat(g: _Group, row: dict) -> Verdict:
     key, cells = _sweep_cells(g, row)
-    at = next(s for v, s in cells if str(v) == str(row["at"][key]))
-    tests = [c for v, s in cells if str(v) != str(row["at"][key])
-             if (c := compared(s, at, METRIC, label=f"{key}={v}")) is not None]
+    target = next(s for v, s in cells if str(v) == str(row["value"][key]))
+    tests = [c for v, s in cells if str(v) != str(row["value"][key])
+             if (c := compared(s, target, METRIC, label=f"{key}={v}")) is not None]
     if not tests:
         return _missing(f"the {row['sweep']} sweep")
     holm(tests)
     moved = [c.label for c in tests if c.marked]
     spread = [c.diff for c in tests]
-    measured = (f"vs {key}={row['at'][key]}: {_pts(min(spread))} ... {_pts(max(spread))}; "
+    measured = (f"vs {key}={row['value'][key]}: {_pts(min(spread))} ... {_pts(max(spread))}; "
                 f"{len(moved)} of {len(tests)} differ (Holm)")
     return measured, "yes" if not moved else "no", "" if not moved else \
         f"{', '.join(moved)} differ"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from kdbench.config import GRADCOS_TRACE as TRACE
 from kdbench.errors import KdbenchError
 from kdbench.report.listing import read_or_skip
-from kdbench.train.branch_terms import TRACE
 
 TITLE = ("any method: cos(grad L_rgb, grad L_fre) at the student's last shared stage,\n"
          "per epoch (mean ± std over seeds)")

@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from kdbench.config import GRADCOS_TRACE
 from kdbench.errors import KdbenchError
 
 log = logging.getLogger(__name__)
 
 BRANCH_TERMS = ("loss_kd_rgb", "loss_kd_freq")
-TRACE = "gradcos"  # <run>/gradcos.jsonl
+TRACE = GRADCOS_TRACE  # <run>/gradcos.jsonl
 
 
 def branch_factor(learner: Any) -> float:
