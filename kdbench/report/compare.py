@@ -52,6 +52,6 @@ def compare_cells(runs: pd.DataFrame, a: str, b: str, metrics: list[str],
     notes = [f"A = {a}, B = {b}; % over the seeds both ran ({seeds}); A - B [interval]: "
              "'no difference' when the interval holds 0; t p: the paired t-test over the "
              "seeds (3 seeds or more).", procedure_note(tests, "A - B")]
-    notes += mark_notes(rows, pd.concat([sa, sb]))
+    notes += mark_notes(rows)
     return Report(f"{a} vs {b}", ["metric", "A", "B", "A - B [interval]", "t p", "verdict"],
                   rows, notes)

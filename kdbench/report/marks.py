@@ -72,21 +72,20 @@ def cell_marks(c: Any, sel: pd.DataFrame) -> Any:
         c.mark += OTHER_TEACHER
     if "collapsed" in sel and sel["collapsed"].fillna("").astype(bool).any():
         c.mark += COLLAPSED
+        bad = sel[sel["collapsed"].fillna("").astype(bool)]
+        c.flagged = [(r.method + (f"@{r.variant}" if r.variant else ""), r.mode, r.seed,
+                      r.collapsed) for r in bad.itertuples()]
     for part in c.parts or [c]:
         if part.n >= 2 and not math.isnan(part.std) and part.std == 0:
             part.mark += TIED
     return c
 
 
-def collapsed_note(runs: pd.DataFrame) -> str:
-    """⊘'s note: which runs collapsed and how."""
-    bad = runs[runs.get("collapsed", pd.Series("", index=runs.index)).fillna("").astype(bool)]
-    if bad.empty:
-        return ""
+def collapsed_note(flagged: list[tuple]) -> str:
+    """⊘'s note: which runs of the table's cells collapsed, and how."""
     groups: dict[tuple, list] = {}
-    for r in bad.itertuples():
-        label = r.method + (f"@{r.variant}" if r.variant else "")
-        groups.setdefault((label, r.mode), []).append((r.seed, r.collapsed))
+    for label, mode, seed, reason in sorted(set(flagged)):
+        groups.setdefault((label, mode), []).append((seed, reason))
     parts = [f"{label} {mode} seed{'s' * (len(v) > 1)} {','.join(str(s) for s, _ in v)} "
              f"({v[0][1]})" for (label, mode), v in sorted(groups.items())]
     return (f"{COLLAPSED}: a run of this cell collapsed (its test predictions put "
@@ -95,7 +94,7 @@ def collapsed_note(runs: pd.DataFrame) -> str:
             + "; ".join(parts) + ".")
 
 
-def mark_notes(rows: list[list[Any]], runs: pd.DataFrame) -> list[str]:
+def mark_notes(rows: list[list[Any]]) -> list[str]:
     """The notes of the marks the table's cells carry."""
     marks = "".join(c.mark + "".join(p.mark for p in getattr(c, "parts", []))
                     for row in rows for c in row if hasattr(c, "mark"))
@@ -103,7 +102,8 @@ def mark_notes(rows: list[list[Any]], runs: pd.DataFrame) -> list[str]:
     if OTHER_TEACHER in marks:
         notes.append(OTHER_TEACHER_NOTE)
     if COLLAPSED in marks:
-        notes.append(collapsed_note(runs))
+        notes.append(collapsed_note([f for row in rows for c in row
+                                     for f in getattr(c, "flagged", [])]))
     if TIED in marks:
         notes.append(TIED_NOTE)
     return notes

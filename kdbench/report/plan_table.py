@@ -33,5 +33,5 @@ def plan_report(results: Path, runs: list[Path], teacher: Path | None) -> Report
     notes = ["test accuracy and AUC in %, mean ± std over seeds (number of seeds)"]
     if left:
         notes.append(f"{left} of the plan's {len(runs)} runs not finished")
-    notes += mark_notes(rows, mine)
+    notes += mark_notes(rows)
     return Report(f"this plan's runs in {results}", ["model", "mode", "acc", "auc"], rows, notes)

@@ -66,7 +66,7 @@ def students_report(runs: pd.DataFrame, results: Path, methods: list[str],
              "model's latency (onnxruntime CPU, median of timed batches of 1 and of 32 after "
              "warm-up" + (f", {'/'.join(map(str, threads))} threads" if threads else "")
              + "); '-': no run of the student quantized yet (`kdbench quantize RUN --int8`)."]
-    notes += mark_notes(rows, runs)
+    notes += mark_notes(rows)
     return Report(f"Students: test {' / '.join(names)} beside their cost", columns, rows, notes)
 
 

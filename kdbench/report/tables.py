@@ -39,6 +39,7 @@ class Cell:
     interval: str = ""  # a paired difference and its interval, shown after the cell
     parts: list[Cell] = field(default_factory=list)
     metric: str = ""  # a part's metric
+    flagged: list[tuple] = field(default_factory=list)  # its collapsed runs (report.marks)
 
     def text(self, scale: float = 100.0, count: bool = True) -> str:
         if self.parts:  # the number of seeds once when the metrics share it
@@ -384,7 +385,7 @@ def build(kind: str, runs: pd.DataFrame, registry: dict, metric: Metrics = "acc"
     Cells are marked † (a run distilled from other teacher weights than the stored ones), ⊘ (a
     collapsed run) and ≡ (seeds tied exactly), each with its note."""
     report = _build(kind, runs, registry, metric, ci)
-    report.notes += mark_notes(report.rows, runs)
+    report.notes += mark_notes(report.rows)
     return report
 
 
