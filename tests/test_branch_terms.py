@@ -121,3 +121,15 @@ def test_gradcos_equals_the_cosine_by_hand():
     expected = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).mean()
     assert torch.allclose(tracer.rows[0]["cos"], expected, atol=1e-6)
     assert torch.allclose(per_sample_cosine(a, a), torch.ones(3))
+
+
+def test_gradcos_of_tokd_equals_its_own_cos_full(tiny_data, tmp_path):
+    """TOKD's gradsim trace takes the same gradients at S_B(x) after its backward pass."""
+    learner = _distiller("tokd", d=64, gradsim_every=1)
+    _trainer(tiny_data, tmp_path, learner, 1).fit()
+    ours = [json.loads(line) for line in (tmp_path / "gradcos.jsonl").read_text().splitlines()]
+    theirs = [json.loads(line) for line in (tmp_path / "gradsim.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r["cos_full"] for r in theirs}
+    assert ours and all(r["stage"] == 4 for r in ours)
+    for r in ours:
+        assert r["cos"] == pytest.approx(by_step[r["step"]], abs=1e-5)
