@@ -58,7 +58,8 @@ def _pts(x: float) -> str:
 
 def _diff_text(c: Comparison) -> str:
     iv = c.interval()
-    return f"{_pts(iv.diff)} [{_pts(iv.lo)}, {_pts(iv.hi)}] ({len(c.seeds)} seeds)"
+    n = len(c.seeds)
+    return f"{_pts(iv.diff)} [{_pts(iv.lo)}, {_pts(iv.hi)}] ({n} seed{'s' * (n != 1)})"
 
 
 def _missing(*names: str) -> Verdict:
@@ -230,7 +231,8 @@ def _trace(g: _Group, row: dict, negative: bool) -> Verdict:
         return ("-", "untestable", f"no {row['trace']}.jsonl with {row['field']} in the runs of "
                 f"{g.name(row['a'])}")
     mean, lo, hi = _seed_interval(values)
-    measured = f"{row['field']} {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] ({len(values)} runs)"
+    n = len(values)
+    measured = f"{row['field']} {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] ({n} run{'s' * (n != 1)})"
     if negative:
         return measured, "yes" if hi < 0 else "no", "" if hi < 0 else (
             "positive: the terms agree here" if lo > 0 else "the interval holds 0")
