@@ -13,6 +13,7 @@ the step costs O(d^2 B) through the Woodbury identity instead of a d x d solve.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -260,6 +261,11 @@ class Rotation(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
 
+def _keep(store: dict[str, Tensor], key: str, grad: Tensor) -> None:
+    """A tensor hook: ``store[key] = grad`` (the gradient itself left as it is)."""
+    store[key] = grad
+
+
 class TOKD(Distiller):
     """TOKD: both teacher branches distilled into S_B(x) through projectors and rotations.
 
@@ -373,11 +379,12 @@ class TOKD(Distiller):
             ft = getattr(t, f"{b}_proj")
             fs, ft = match_spatial(fs, ft)
             losses[f"loss_kd_{b}"] = self.alpha[b] * tokd_kd_loss(fs, ft, self.kd_reduction)
-        self._step_state = {"m": ms, "R": rots} if len(self.branches) == 2 else {}
+        self._step_state = ({"m": ms, "R": rots, "grad": self._grads}
+                            if len(self.branches) == 2 else {})
         return s.logits, losses
 
     def _rotated_inputs(self, z: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """m_k for each branch (gradients retained when two branches are distilled): the
+        """m_k for each branch (their gradients kept when two branches are distilled): the
         rotated S_B(x), flattened ([B, C*H*W]) in flat mode, [B, C, H, W] in channel mode."""
         flat = self.rotation_mode == "flat"
         base = z.flatten(1).float() if flat else z.float()
@@ -388,6 +395,7 @@ class TOKD(Distiller):
                         f"S_B(x); rotating all {d} (d_effective={d})")
         self.run_info["d_effective"] = d
         ms, rots = {}, {}
+        self._grads: dict[str, Tensor] = {}
         for b in self.branches:
             if self.rotate:
                 r = self.rotations[b].matrix(d)  # a buffer: no gradient from L_S
@@ -398,7 +406,9 @@ class TOKD(Distiller):
             else:
                 m = base.clone() if len(self.branches) == 2 else base
             if len(self.branches) == 2 and m.requires_grad:
-                m.retain_grad()
+                # dL/dm_k, assigned (not accumulated like retain_grad): the backward pass's
+                # value is kept even when a trace took this gradient before it
+                m.register_hook(functools.partial(_keep, self._grads, b))
             ms[b] = m
         return ms, rots
 
@@ -407,10 +417,10 @@ class TOKD(Distiller):
         Returns 0-dim tensors (``rot_cos``) and the float ``rot_lr``: nothing here waits for
         the device."""
         state, self._step_state = self._step_state, {}
-        if not state or any(m.grad is None for m in state["m"].values()):
+        if not state or any(b not in state["grad"] for b in self.branches):
             return {}
         d = self.run_info["d_effective"]
-        grads = [state["m"][b].grad for b in self.branches]
+        grads = [state["grad"][b] for b in self.branches]
         record = bool(self.gradsim_every) and step % self.gradsim_every == 0
         out: dict[str, Any] = {}
         with torch.no_grad(), torch.autocast(grads[0].device.type, enabled=False):

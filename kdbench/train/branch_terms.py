@@ -62,8 +62,11 @@ class BranchCosine:
     pull the same way) - 1. Recorded as ``{step, epoch, stage, cos, norm_ratio}`` in the
     learner's trace ``gradcos`` (norm_ratio: mean |grad L_fre| / |grad L_rgb|).
 
-    The gradients are taken with ``torch.autograd.grad`` before the step's backward pass, which
-    leaves every parameter's gradient, and so the run's numbers, as they were.
+    The gradients are taken with ``torch.autograd.grad`` before the step's backward pass: they
+    reach no parameter's gradient, so the run's numbers are as without the trace (tested).
+    They do fire the ``retain_grad`` of a tensor in the graph, which accumulates: a method that
+    reads a gradient of its own (as TOKD's rotations do) takes it with a tensor hook that
+    assigns (``Tensor.register_hook``), so the backward pass's value is the one it keeps.
     """
 
     def __init__(self, learner: nn.Module, every: int) -> None:
