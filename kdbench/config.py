@@ -46,7 +46,7 @@ _BASE: dict[str, Any] = {
         "tensorboard": False,
         # steps between records of gradcos.jsonl in a both-mode run: the cosine of the RGB and
         # frequency distillation gradients at the student's last shared stage (0: off)
-        "gradsim_every": 10,
+        "gradcos_every": 10,
     },
     "teacher": {
         "backbone": "resnet18_thin",
@@ -74,7 +74,7 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
               "teacher_cache_gb": {"min": 0}, "amp": {"choices": ["auto", True, False]},
               "channels_last": {"choices": ["auto", True, False]},
               "sync_bn": {"choices": [True, False]},
-              "tensorboard": {"choices": [True, False]}, "gradsim_every": {"min": 0}},
+              "tensorboard": {"choices": [True, False]}, "gradcos_every": {"min": 0}},
     "teacher": {"proj_dim": {"min": 1}, "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0},
                 "kind": {"choices": list(TEACHER_KINDS)}},
     "student": {},
@@ -116,10 +116,11 @@ SPEED_SETTINGS = {"workers", "eval_batch_size", "channels_last", "compile", "tea
 # settings that only act when a run is data-parallel (torchrun): like the number of ranks,
 # they do not name a run (one run's result is the same up to BatchNorm statistics)
 PARALLEL_SETTINGS = {"sync_bn"}
-# the trace file of train.gradsim_every: <run>/gradcos.jsonl
+# the trace file of train.gradcos_every: <run>/gradcos.jsonl
 GRADCOS_TRACE = "gradcos"
 # settings that only add output files: they do not name a run either
-OUTPUT_SETTINGS = {"tensorboard", "gradsim_every"}
+# (gradsim_every: gradcos_every's first name, in the configs runs recorded with it)
+OUTPUT_SETTINGS = {"tensorboard", "gradcos_every", "gradsim_every"}
 # settings added after runs were stored (kdbench 0.4): at their default (_BASE) a run's identity
 # and its teacher folder's name leave them out, so the runs stored before them are still found
 ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix"),

@@ -190,6 +190,10 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
             or any(k not in defaults for k in v["set"]) for v in variants):
         raise KdbenchError(f"{source}: method {name!r}: 'variants' must be a list of "
                            "{set: {hyper-parameter: value}, modes: [...]} mappings")
+    defaults = dict(defaults)
+    if "both" in modes:  # the engine's both-mode hyper-parameters, before the checks use them
+        for key, (default, _) in BOTH_HPARAMS.items():
+            defaults.setdefault(key, default)
     reports = raw.get("reports") or {}
     _check_reports(name, reports, defaults, aliases, modes, source)
     limits = raw.get("limits") or {}
@@ -201,15 +205,14 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
                else check_limit_spec(spec, defaults[key]))
         if why:
             raise KdbenchError(f"{source}: method {name!r}: limits of {key!r}: {why}")
+    limits = dict(limits)
+    if "both" in modes:
+        for key, (_, spec) in BOTH_HPARAMS.items():
+            limits.setdefault(key, spec)
     legacy = raw.get("legacy") or {}
     if not isinstance(legacy, dict) or any(k not in defaults for k in legacy):
         raise KdbenchError(f"{source}: method {name!r}: 'legacy' must map a hyper-parameter "
                            "from 'defaults' to the value runs recorded without it used")
-    defaults, limits = dict(defaults), dict(limits)
-    if "both" in modes:
-        for key, (default, spec) in BOTH_HPARAMS.items():
-            defaults.setdefault(key, default)
-            limits.setdefault(key, spec)
     return MethodEntry(name, raw["entry"], list(modes), dict(defaults),
                        {k: dict(v or {}) for k, v in datasets.items()}, source,
                        [dict(v) for v in variants], {k: list(v) for k, v in aliases.items()},

@@ -18,7 +18,7 @@ from kdbench.train.trainer import Trainer, seed_everything
 
 def _trainer(data, run_dir, learner, every=1):
     cfg = resolve_config("quick", "synthetic", {"train": {"epochs": 1, "batch_size": 4,
-                                                          "gradsim_every": every}})
+                                                          "gradcos_every": every}})
     splits = {s: FrameSplit(data.frames, data.split(s)) for s in ("train", "val", "test")}
     return Trainer(learner, splits, cfg["train"], 16, run_dir, torch.device("cpu"), seed=0,
                    progress=False)

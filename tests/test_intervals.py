@@ -109,3 +109,10 @@ def test_t_test_equals_scipys_paired_test():
     c = Comparison(float(d.mean()), np.zeros(10), d, (0, 1, 2, 3), True, 10)
     assert c.t_test == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
     assert Comparison(0.0, np.zeros(3), d[:2], (0, 1), True, 3).t_test is None
+
+
+def test_a_comparison_without_replicates_is_never_declared_and_stops_nothing():
+    empty = Comparison(0.0, np.full(100, np.nan), np.zeros(3), (0, 1, 2), True, 100)
+    cs = holm([empty, _fixed(0.0), _fixed(0.0)])
+    assert [c.marked for c in cs] == [False, True, True]  # m = 2: the NaN one is not counted
+    assert cs[1].level == pytest.approx(1 - 0.05 / 2)

@@ -151,3 +151,15 @@ def test_plot_gradcos_draws_any_method_per_epoch_and_gradsim_adds_it(tmp_path, c
     (empty / "runs").mkdir(parents=True)
     assert main(["plot", "gradcos", "--results", str(empty)]) == 2
     assert "kdbench diagnose" in capsys.readouterr().err
+
+
+def test_a_run_stored_before_a_legacy_setting_is_listed_under_its_old_value(tmp_path):
+    """crd's `negatives` came with another default than the old behaviour (registry legacy):
+    a crd run that recorded no `negatives` is the reference rule's, not the default's."""
+    old = _run(tmp_path, "crd", "rgb", 0, _preds(0.8, 0), extra={"hparams": {"beta": 0.8}})
+    new = _run(tmp_path, "crd", "rgb", 1, _preds(0.8, 1),
+               extra={"hparams": {"beta": 0.8, "negatives": "any"}})
+    listing = collect_runs(tmp_path).set_index("seed")
+    assert listing.loc[0, "variant"] == "negatives=other_class"
+    assert listing.loc[1, "variant"] == ""
+    assert old.is_dir() and new.is_dir()

@@ -240,8 +240,9 @@ def _plan_state(results: Path) -> str:
     from kdbench.request import RunRequest
 
     listing = collect_runs(results)
-    finished = {str(Path(p).resolve()) for p, st in zip(listing["path"], listing["status"])
-                if st == "finished"}
+    finished = {str(Path(r.path).resolve()) for r in listing.itertuples()
+                if r.status == "finished" and r.method != "teacher"  # and as its folder says:
+                and (r.variant or "") == Path(r.path).parts[-3].partition("@")[2]}
     planned, missing = set(), {}
     for command, options in MAIN_PLAN:
         request = RunRequest.make(command, results=results, device="cpu", **options)

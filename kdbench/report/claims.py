@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.config import variant_tag
+from kdbench.errors import KdbenchError
 from kdbench.report.intervals import Comparison, holm, two_level_bootstrap
 from kdbench.report.listing import read_or_skip
 from kdbench.report.tables import Report, compared, seed_predictions
@@ -227,9 +228,10 @@ def _seed_interval(values: list[float], n_boot: int = 2000) -> tuple[float, floa
 
 def _trace(g: _Group, row: dict, negative: bool) -> Verdict:
     values = _trace_means(g.cell(row["a"]), row["trace"], row["field"])
-    if not values:
-        return ("-", "untestable", f"no {row['trace']}.jsonl with {row['field']} in the runs of "
-                f"{g.name(row['a'])}")
+    if len(values) < 2:
+        return ("-", "untestable", f"{len(values)} run{'s' * (len(values) != 1)} of "
+                f"{g.name(row['a'])} with {row['field']} in {row['trace']}.jsonl; an interval "
+                "needs two or more")
     mean, lo, hi = _seed_interval(values)
     n = len(values)
     measured = f"{row['field']} {mean:+.3f} [{lo:+.3f}, {hi:+.3f}] ({n} run{'s' * (n != 1)})"
@@ -282,7 +284,7 @@ def claims(runs: pd.DataFrame, registry: dict) -> Report:
                 g = _Group(group, teachers, registry, dataset, owner)
                 try:
                     measured, verdict, why = TESTS[row["test"]](g, row)
-                except (KeyError, StopIteration, ValueError) as exc:
+                except (KdbenchError, KeyError, StopIteration, ValueError) as exc:
                     measured, verdict, why = "-", "untestable", f"cannot test: {exc}"
                 rows.append([row["claim"], f"{dataset} / {student}", row.get("paper", ""),
                              measured, verdict + (f": {why}" if why else "")])

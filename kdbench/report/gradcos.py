@@ -46,7 +46,9 @@ def gradcos_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per curve (dataset, student, method): the mean cos over all its epochs and seeds, the
     std over seeds of each seed's mean, the seeds, the (epoch) records and the stage it was
     taken at."""
-    rows = []
+    rows: list[dict] = []
+    if df.empty:
+        return pd.DataFrame(rows)
     for (ds, student, method), g in df.groupby(["dataset", "student", "method"], sort=True):
         per_seed = g.groupby("seed")["cos"].mean()
         rows.append({"curve": f"{ds}/{student}/{method}/both", "mean cos": float(per_seed.mean()),
@@ -94,7 +96,7 @@ def plot_gradcos(results: Path, out: Path, dataset: str | None = None) -> pd.Dat
     if df.empty:
         raise KdbenchError(f"no {TRACE}.jsonl of a finished both-mode run under {results}/runs; "
                            "train any method in both mode (kdbench records it every "
-                           "train.gradsim_every steps), or measure it without a run: "
+                           "train.gradcos_every steps), or measure it without a run: "
                            "`kdbench diagnose --dataset D`")
     fig, ax = plt.subplots(figsize=(8, 4.5))
     draw_gradcos(ax, df)

@@ -164,21 +164,23 @@ def two_level_bootstrap(a: dict[int, Predictions], b: dict[int, Predictions], me
 
 
 def holm(comparisons: list[Comparison], alpha: float = ALPHA) -> list[Comparison]:
-    """Holm's step-down correction across ``comparisons`` (in place, returned): the i-th
-    smallest bootstrap p is declared while p <= alpha / (m - i + 1); each comparison's interval
-    level is that of its step (the first undeclared step's for all after it), so an interval
-    excludes 0 exactly when its difference is declared."""
-    m = len(comparisons)
-    order = sorted(range(m), key=lambda i: comparisons[i].p_value)
+    """Holm's step-down correction across ``comparisons`` (in place, returned): sorted by
+    bootstrap p, the i-th of the m comparisons with a p is declared while its interval at level
+    1 - alpha / (m - i + 1) excludes 0; each comparison's interval level is that of its step
+    (the first undeclared step's for all after it), so a declared difference's interval
+    excludes 0. A comparison without replicates (NaN p) is never declared and not counted."""
+    valid = [c for c in comparisons if not math.isnan(c.p_value)]
+    for c in comparisons:
+        c.marked, c.level = False, 1 - alpha
+    m = len(valid)
     stopped = None
-    for rank, i in enumerate(order):
-        step = alpha / (m - rank)
-        c = comparisons[i]
-        if stopped is None and c.p_value <= step:
-            c.marked, c.level = True, 1 - step
+    for rank, c in enumerate(sorted(valid, key=lambda c: c.p_value)):
+        level = 1 - alpha / (m - rank)
+        if stopped is None and c.interval(level).excludes_zero:
+            c.marked, c.level = True, level
         else:
-            stopped = step if stopped is None else stopped
-            c.marked, c.level = False, 1 - stopped
+            stopped = level if stopped is None else stopped
+            c.level = stopped
     return comparisons
 
 

@@ -41,13 +41,19 @@ def teacher_label(kind: str | None, backbone: str, freq_backbone: str | None = N
     return f"2 x {backbone}" if freq == backbone else f"{backbone} + {freq}"
 
 
-def collect_runs(results: Path) -> pd.DataFrame:
-    """One row per run folder (students and teachers), finished or not."""
+def collect_runs(results: Path, registry: dict | None = None) -> pd.DataFrame:
+    """One row per run folder (students and teachers), finished or not. A run that recorded
+    no value of a hyper-parameter whose registry ``legacy`` value differs from today's default
+    is listed under that value's variant (e.g. ``crd@negatives=other_class``), so it is not
+    taken for a run of the default."""
+    from kdbench.registry import load_registry
+
+    registry = load_registry() if registry is None else registry
     rows = []
     for kind in ("teachers", "runs"):
         for folder in sorted({p.parent for p in (Path(results) / kind).rglob("*")
                               if p.name in ("metrics.json", "last.pt", "history.jsonl")}):
-            rows.append(_row(folder, kind, Path(results)))
+            rows.append(_row(folder, kind, Path(results), registry))
     teachers = {r["path"]: r["teacher_sha256"] for r in rows if r["method"] == "teacher"}
     for r in rows:  # distilled from other weights than the stored teacher's (it was retrained)
         stored = teachers.get(r.pop("teacher_path", None))
@@ -55,7 +61,19 @@ def collect_runs(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS + EXTRA)
 
 
-def _row(folder: Path, kind: str, results: Path) -> dict:
+def _legacy_variant(variant: str, entry, recorded: dict) -> str:
+    """``variant`` plus ``key=value`` for each ``legacy`` hyper-parameter the run did not
+    record and whose legacy value is not today's default."""
+    extra = {k: v for k, v in entry.legacy.items()
+             if k not in recorded and entry.defaults.get(k) != v}
+    if not extra:
+        return variant
+    tags = dict(t.split("=", 1) for t in variant.split(",") if "=" in t)
+    tags.update({k: str(v) for k, v in extra.items()})
+    return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+
+def _row(folder: Path, kind: str, results: Path, registry: dict) -> dict:
     metrics_path = folder / "metrics.json"
     m = read_or_skip(metrics_path) if metrics_path.is_file() else {}
     damaged = m is None
@@ -67,6 +85,8 @@ def _row(folder: Path, kind: str, results: Path) -> dict:
     else:
         dataset, student, label, mode, seed = (list(parts) + [None] * 5)[:5]
         method, _, variant = (label or "").partition("@")
+        if method in registry and isinstance((m or {}).get("hparams"), dict):
+            variant = _legacy_variant(variant, registry[method], m["hparams"])
         number = seed[4:] if seed and seed.startswith("seed") else ""
         base = {"dataset": dataset, "student": student, "method": method, "variant": variant,
                 "mode": mode, "seed": int(number) if number.isdigit() else seed}

@@ -30,14 +30,15 @@ OTHER_TEACHER_NOTE = ("†: a run of this cell distilled from other teacher weig
                       "stored teacher's (its recorded sha256 differs: the teacher was trained "
                       "again to other weights); re-run it with --restart.")
 TIED_NOTE = ("≡: every seed of the cell has exactly the same value (for acc: the same number "
-             "of test frames right); the runs differ (see their AUC), the tie is not a bug.")
+             "of test frames right); where their AUC differs, the runs are different models "
+             "that tie.")
 
 
 def collapse_reason(folder: Path, metrics: dict[str, Any]) -> str:
     """Why the finished run in ``folder`` collapsed ("" when it did not): (nearly) every test
     frame predicted in one class (at the 0.5 threshold of the accuracy), or a training
-    accuracy that never exceeded the majority rate by :data:`LEAVES` (the rate of the
-    training frames where recorded, else of the test frames)."""
+    accuracy that never exceeded the majority rate by :data:`LEAVES` (the rate of the test
+    frames, which FF++-style splits share with the training frames)."""
     path = folder / PREDICTIONS
     if path.is_file():
         try:
@@ -49,8 +50,7 @@ def collapse_reason(folder: Path, metrics: dict[str, Any]) -> str:
             if max(fake, 1 - fake) >= ONE_CLASS:
                 which = "fake" if fake >= 0.5 else "real"
                 return f"{100 * max(fake, 1 - fake):.1f} % of the test frames called {which}"
-    fraction = metrics.get("train_fake_fraction", (metrics.get("test") or {})
-                           .get("fake_fraction"))
+    fraction = (metrics.get("test") or {}).get("fake_fraction")
     history = folder / "history.jsonl"
     if fraction is None or not history.is_file():
         return ""
@@ -75,8 +75,8 @@ def cell_marks(c: Any, sel: pd.DataFrame) -> Any:
         bad = sel[sel["collapsed"].fillna("").astype(bool)]
         c.flagged = [(r.method + (f"@{r.variant}" if r.variant else ""), r.mode, r.seed,
                       r.collapsed) for r in bad.itertuples()]
-    for part in c.parts or [c]:
-        if part.n >= 2 and not math.isnan(part.std) and part.std == 0:
+    for part in c.parts or [c]:  # equal floats can give a std of 1e-16, not 0
+        if part.n >= 2 and not math.isnan(part.std) and part.std < 1e-9:
             part.mark += TIED
     return c
 

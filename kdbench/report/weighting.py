@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from kdbench.config import variant_tag
 from kdbench.report.intervals import holm, procedure_note
 from kdbench.report.marks import cell_marks
 from kdbench.report.tables import (
@@ -22,7 +23,7 @@ from kdbench.report.tables import (
     metric_names,
 )
 
-MEAN = "both_weighting=mean"
+MEAN = variant_tag({"both_weighting": "mean"}, {})  # the mean runs' folder tag
 
 
 def weighting(runs: pd.DataFrame, methods: list[str], metric: Metrics = "acc") -> Report:
@@ -38,15 +39,17 @@ def weighting(runs: pd.DataFrame, methods: list[str], metric: Metrics = "acc") -
     with_mean = set(done[done["variant"].fillna("") == MEAN]["method"])
     order = [m for m in methods if m in with_mean] + sorted(with_mean - set(methods))
     used = []
-    for (dataset, student), group in done.groupby(["dataset", "student"], sort=True):
+    for (dataset, student), group in students.groupby(["dataset", "student"], sort=True):
         for method in order:
             mine = group[group["method"] == method]
-            sels = {"rgb": mine[(mine["mode"] == "rgb") & (mine["variant"].fillna("") == "")],
-                    "sum": mine[(mine["mode"] == "both") & (mine["variant"].fillna("") == "")],
-                    "mean": mine[(mine["mode"] == "both") & (mine["variant"] == MEAN)]}
+            variant = mine["variant"].fillna("")
+            sels = {"rgb": mine[(mine["mode"] == "rgb") & (variant == "")],
+                    "sum": mine[(mine["mode"] == "both") & (variant == "")],
+                    "mean": mine[(mine["mode"] == "both") & (variant == MEAN)]}
             if sels["mean"].empty:
                 continue
-            used += list(sels.values())
+            used += list(sels.values())  # unfinished ones too: the notes name them
+            sels = {k: sel[sel["status"] == "finished"] for k, sel in sels.items()}
             cells = [cell_marks(metric_cell(sels[k], metric), sels[k])
                      for k in ("rgb", "sum", "mean")]
             diffs = []

@@ -303,19 +303,24 @@ def run_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         return "trained", _train_one(ctx, spec, entry, teacher, run_dir, name, identity)
 
 
+def recorded_hparams(entry: MethodEntry, spec: RunSpec, recorded: dict[str, Any],
+                     ignored: set[str]) -> dict[str, Any]:
+    """A stored run's hyper-parameters as this registry names them: one added to the registry
+    later is taken to have had its default, or the value the entry's ``legacy`` names (a later
+    default other than the old behaviour); the ones ``ignored`` in its mode are left out."""
+    current = {**entry.hparams(spec.dataset), **entry.legacy}
+    return {k: v for k, v in {**current, **recorded}.items() if k not in ignored}
+
+
 def _finished_as(ctx: Context, run_dir: Path, spec: RunSpec, entry: MethodEntry,
                  ignored: set[str], identity: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics of the finished run in ``run_dir`` (None if unfinished); an error if it was
     made with other settings than ``identity``."""
     done = finished_metrics(run_dir)
     if done is not None:
-        # a hyper-parameter added to the registry later is taken to have had its default, or
-        # the value the registry's `legacy` names (a later default other than the old behaviour)
-        current = {**entry.hparams(spec.dataset), **entry.legacy}
         recorded = {"config": comparable_config(done.get("config", ctx.config),
                                                 spec.mode != "none"),
-                    "hparams": {k: v for k, v in {**current, **done.get("hparams", {})}.items()
-                                if k not in ignored}}
+                    "hparams": recorded_hparams(entry, spec, done.get("hparams", {}), ignored)}
         _check_same_run(run_dir, recorded, identity, "a finished run")
     return done
 
@@ -335,6 +340,8 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         begun = read_json(started)
         if spec.mode == "none":  # kdbench 0.3 kept the teacher's settings of any run
             begun.get("config", {}).pop("teacher", None)
+        begun["hparams"] = recorded_hparams(entry, spec, begun.get("hparams", {}),
+                                            entry.resolve().ignored_hparams(spec.mode))
         _check_same_run(run_dir, begun, identity, "an unfinished run")
         log.info(f"continue {name}: {progress_of(run_dir)} (--restart discards it)")
     elif distributed.is_main():

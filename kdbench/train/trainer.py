@@ -396,7 +396,7 @@ class Trainer:
             if self.device.type == "cpu":  # the CPU's thread count shapes the numbers
                 threads_from = _resumed_threads(self.label, ckpt, start)
         self._attach_teacher_cache()
-        self.branch_cos = BranchCosine(self.learner, int(cfg.get("gradsim_every", 0)))
+        self.branch_cos = BranchCosine(self.learner, int(cfg.get("gradcos_every", 0)))
         self.events = EventLog(self.run_dir, bool(cfg.get("tensorboard")) and distributed.is_main())
         n = len(self.splits["train"])
         with progress_bar(self.progress) as bar:
