@@ -1,4 +1,6 @@
-"""Paired bootstrap of the difference of a metric between two cells of a table.
+"""The weighted metrics every bootstrap of kdbench computes, and the test-video-only paired
+bootstrap (kdbench 0.3's procedure; the tables now use :mod:`kdbench.report.intervals`, which
+also resamples the seeds, and this one stays as the test level alone, for comparison).
 
 Frames of one video are not independent, so the bootstrap resamples test *videos* (with
 replacement, every frame of a drawn video comes along) and weighs each frame by how often its
