@@ -44,7 +44,7 @@ def teacher_label(kind: str | None, backbone: str, freq_backbone: str | None = N
 def collect_runs(results: Path, registry: dict | None = None) -> pd.DataFrame:
     """One row per run folder (students and teachers), finished or not. A run that recorded
     no value of a hyper-parameter whose registry ``legacy`` value differs from today's default
-    is listed under that value's variant (e.g. ``crd@negatives=other_class``), so it is not
+    is listed under that value's variant (``m@key=old value``), so it is not
     taken for a run of the default."""
     from kdbench.registry import load_registry
 

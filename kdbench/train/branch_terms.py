@@ -65,7 +65,7 @@ class BranchCosine:
     The gradients are taken with ``torch.autograd.grad`` before the step's backward pass: they
     reach no parameter's gradient, so the run's numbers are as without the trace (tested).
     They do fire the ``retain_grad`` of a tensor in the graph, which accumulates: a method that
-    reads a gradient of its own (as TOKD's rotations do) takes it with a tensor hook that
+    reads a gradient of its own (for a rotation update, say) takes it with a tensor hook that
     assigns (``Tensor.register_hook``), so the backward pass's value is the one it keeps.
     """
 
