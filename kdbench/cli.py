@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kdbench.cli_parser import build_parser
-from kdbench.errors import KdbenchError
+from kdbench.errors import KdbenchError, os_error_line
 from kdbench.logs import to_stderr
 from kdbench.progress import keeping
 from kdbench.request import request_options
@@ -299,10 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:  # disk full, permission denied, ...: say which file
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"kdbench: error: {exc.strerror or exc}{where}; finished runs and epochs are kept "
-              "- free space or fix the permissions, then run the same command again",
-              file=sys.stderr)
+        print(os_error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         from kdbench.progress import kept_on_interrupt

@@ -29,3 +29,11 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     """An exception's message on one line (whitespace folded, at most ``limit`` characters),
     or its type's name when it has none: the reason part of a one-line error."""
     return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
+def os_error_line(exc: OSError) -> str:
+    """The one line a disk-full or permission error is reported with: what, which file, and
+    that the finished work is kept."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return (f"kdbench: error: {exc.strerror or exc}{where}; finished runs and epochs are kept "
+            "- free space or fix the permissions, then run the same command again")

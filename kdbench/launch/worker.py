@@ -34,6 +34,7 @@ def serve() -> None:
     """Serve jobs from stdin until it closes."""
     if sys.platform == "linux" and len(sys.argv) > 1:
         die_with_parent(int(sys.argv[1]))
+    from kdbench.errors import os_error_line
     from kdbench.launch.jobs import run_job
     from kdbench.logs import to_stderr
     from kdbench.request import RunRequest
@@ -50,6 +51,9 @@ def serve() -> None:
         counts: dict[str, int] = {}
         try:
             code, counts = run_job(RunRequest.from_json(job["request"]), job.get("threads"))
+        except OSError as exc:  # disk full, permission denied: one line, as the CLI says it
+            print(os_error_line(exc), file=sys.stderr)
+            code = 2
         except BaseException:  # noqa: BLE001 - reported in the log and as a status
             traceback.print_exc()
             code = 1
