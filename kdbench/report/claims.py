@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdbench.config import variant_tag
 from kdbench.errors import KdbenchError
 from kdbench.report.intervals import Comparison, holm, two_level_bootstrap
 from kdbench.report.listing import read_or_skip
-from kdbench.report.tables import Report, compared, seed_predictions
+from kdbench.report.tables import Report, _variant, compared, seed_predictions
 from kdbench.train.predictions import PREDICTIONS, load_predictions
 
 METRIC = "acc"
@@ -40,8 +39,7 @@ class _Group:
     def cell(self, spec: dict[str, Any]) -> pd.DataFrame:
         method = spec.get("method", self.owner)
         entry = self.registry.get(method)
-        changes = dict(spec.get("set") or {})
-        variant = (variant_tag(entry.hparams(self.dataset, changes), entry.hparams(self.dataset))
+        variant = (_variant(entry, self.dataset, dict(spec.get("set") or {}))
                    if entry is not None else "")
         r = self.runs
         return r[(r["method"] == method) & (r["mode"] == spec["mode"])

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kdbench.errors import KdbenchError
-from kdbench.report.paired import CHUNK, N_BOOT, Interval, _metric, _Videos
+from kdbench.report.paired import (
+    CHUNK,
+    N_BOOT,
+    Interval,
+    _metric,
+    _Videos,
+    check_same_frames,
+)
 from kdbench.train.predictions import Predictions
 
 ALPHA = 0.05
@@ -118,15 +125,6 @@ class Comparison:
         return ("↑" if self.diff > 0 else "↓") if self.marked else ""
 
 
-def _check_same_frames(runs: list[Predictions]) -> None:
-    ref = runs[0]
-    for p in runs:
-        if len(p) != len(ref) or not (np.array_equal(p.video, ref.video)
-                                      and np.array_equal(p.label, ref.label)):
-            raise KdbenchError("the runs were tested on different frames (another dataset "
-                               "or preparation); compare runs of one test split")
-
-
 def two_level_bootstrap(a: dict[int, Predictions], b: dict[int, Predictions], metric: str,
                         n_boot: int = N_BOOT, seed: int = 0, label: str = "") -> Comparison:
     """``metric(A) - metric(B)`` over the seeds both ran, resampled at two levels (seeds, then
@@ -135,7 +133,7 @@ def two_level_bootstrap(a: dict[int, Predictions], b: dict[int, Predictions], me
     if not seeds:
         raise KdbenchError(f"the two cells share no seed (A: {sorted(a)}, B: {sorted(b)}); "
                            "run both with the same --seeds to compare them")
-    _check_same_frames([a[s] for s in seeds] + [b[s] for s in seeds])
+    check_same_frames([a[s] for s in seeds] + [b[s] for s in seeds])
     videos = _Videos(a[seeds[0]])
     cluster_of, clustered = identity_clusters(list(videos.keys))
     n_clusters = int(cluster_of.max()) + 1

@@ -131,6 +131,16 @@ def _metric(name: str, p: Predictions, videos: _Videos, counts: np.ndarray) -> n
     return fn[name](p.prob, p.label, frame_w)
 
 
+def check_same_frames(runs: list[Predictions]) -> None:
+    """All ``runs`` were tested on the same frames (a one-line error otherwise)."""
+    ref = runs[0]
+    for p in runs:
+        if len(p) != len(ref) or not (np.array_equal(p.video, ref.video)
+                                      and np.array_equal(p.label, ref.label)):
+            raise KdbenchError("the runs were tested on different frames (another dataset "
+                               "or preparation); compare runs of one test split")
+
+
 def paired_bootstrap(a: dict[int, Predictions], b: dict[int, Predictions], metric: str,
                      n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> Interval:
     """The difference ``metric(A) - metric(B)``, A's and B's runs paired by seed (the keys),
@@ -139,13 +149,8 @@ def paired_bootstrap(a: dict[int, Predictions], b: dict[int, Predictions], metri
     if not seeds:
         raise KdbenchError(f"the two cells share no seed (A: {sorted(a)}, B: {sorted(b)}); "
                            "run both with the same --seeds to compare them")
-    ref = a[seeds[0]]
-    for p in [a[s] for s in seeds] + [b[s] for s in seeds]:
-        if len(p) != len(ref) or not (np.array_equal(p.video, ref.video)
-                                      and np.array_equal(p.label, ref.label)):
-            raise KdbenchError("the runs were tested on different frames (another dataset "
-                               "or preparation); compare runs of one test split")
-    videos = _Videos(ref)
+    check_same_frames([a[s] for s in seeds] + [b[s] for s in seeds])
+    videos = _Videos(a[seeds[0]])
     ones = np.ones((1, len(videos.keys)))
     diff = float(np.mean([_metric(metric, a[s], videos, ones)[0]
                           - _metric(metric, b[s], videos, ones)[0] for s in seeds]))
