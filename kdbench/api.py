@@ -20,6 +20,7 @@ methods, models, bench), :mod:`kdbench.data.commands` (synth, prepare) and
 
 from __future__ import annotations
 
+from kdbench.compress.api import compress
 from kdbench.config import DEFAULT_RESULTS
 from kdbench.data.commands import PREPARE_SOURCES, prepare, synth
 from kdbench.deploy.api import export, predict, quantize
@@ -57,6 +58,7 @@ __all__ = [
     "RunRequest",
     "RunSummary",
     "bench",
+    "compress",
     "compare",
     "diagnose",
     "evaluate",

@@ -127,7 +127,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     options = {"results": args.results, "dataset": args.dataset, "all_runs": args.all_runs,
                "registry": args.registry}
-    api.plot(args.figure, out=args.out, **options)
+    api.plot(args.figure, out=args.out, x=args.x, **options)
     if args.figure in [*reporting.trace_kinds(args.registry), "gradcos"]:  # each curve's means
         for _, row in reporting.trace_means(args.figure, **options).iterrows():
             panels = [c for c in row.index if c.startswith("mean ")]
@@ -204,12 +204,35 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from kdbench import api
 
     if not args.int8:
-        raise KdbenchError("say the precision: `kdbench quantize RUN_DIR --int8` (the only one "
-                           "so far)")
+        raise KdbenchError("say the precision: `kdbench quantize RUN_DIR --int8` (static, the "
+                           "default) or `--int8 dynamic` (the Linear layers alone)")
     with keeping(EXPORT_KEPT):
-        record = api.quantize(args.run, calib=args.calib, data_root=args.data_root,
-                              threads=args.threads)
+        record = api.quantize(args.run, int8=args.int8, calib=args.calib,
+                              data_root=args.data_root, threads=args.threads)
     return _print_deploy(record)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from kdbench import api
+
+    with keeping("the parent run is untouched; an interrupted fine-tuning continues from its "
+                 "last epoch with the same command"):
+        out, m = api.compress(args.run, prune=args.prune, target=args.target, scope=args.scope,
+                              steps=args.steps, finetune=args.finetune,
+                              finetune_with=args.finetune_with,
+                              finetune_mode=args.finetune_mode, data_root=args.data_root,
+                              device=args.device, threads=args.threads,
+                              progress=not args.no_progress, registry=args.registry)
+    c, t, p = m["compression"], m["test"], m["parent"]
+    what = "weights zeroed" if c["technique"] == "unstructured" else "parameters removed"
+    print(f"{out}: {100 * c['achieved']:.1f} % of the {what}; {m['params'] / 1e6:.3f} M "
+          f"parameters ({m['nonzero_params'] / 1e6:.3f} M non-zero), {m['gflops']:.4f} GFLOPs, "
+          f"{m['gzip_mb']:.2f} MB gzipped; test acc {100 * t['acc']:.2f} AUC {100 * t['auc']:.2f} "
+          f"(parent {100 * p['test']['acc']:.2f} / {100 * p['test']['auc']:.2f})")
+    if c["technique"] == "unstructured":
+        print("unstructured pruning keeps dense tensors: latency and GFLOPs do not change; "
+              "the gain is the compressed file size")
+    return 0
 
 
 def cmd_methods(args: argparse.Namespace) -> int:

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kdbench import __version__
+from kdbench.compress.settings import FINETUNE_MODES, SCOPES, TECHNIQUES
 from kdbench.config import DEFAULT_RESULTS, METRIC_NAMES
+from kdbench.deploy.api import INT8
+from kdbench.report.pareto import AXES
 from kdbench.request import PRESET_NAMES, add_arguments
 
 
@@ -89,6 +92,33 @@ def _deployed_run(parser: argparse.ArgumentParser) -> None:
     _threads(parser)
 
 
+def _compress(sub) -> None:
+    comp = sub.add_parser("compress", help="prune a finished run's student into a child run "
+                          "(optionally fine-tuned, with any distiller), tested like a run")
+    comp.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>)")
+    comp.add_argument("--prune", required=True, choices=TECHNIQUES,
+                      help="unstructured: L1 magnitude masks (weights zeroed, dense tensors); "
+                      "structured: channels removed with Torch-Pruning (a smaller model)")
+    comp.add_argument("--target", type=float, required=True,
+                      help="fraction in (0, 1): of the weights zeroed (unstructured) or of the "
+                      "parameters removed, as measured (structured)")
+    comp.add_argument("--scope", choices=SCOPES, default=SCOPES[0],
+                      help="unstructured: the fraction in every layer, or over all layers")
+    comp.add_argument("--steps", type=_at_least(1), default=1,
+                      help="structured: prune in this many steps, fine-tuned between them")
+    comp.add_argument("--finetune", type=_at_least(0), default=0, metavar="EPOCHS",
+                      help="epochs of fine-tuning after pruning (0: tested as pruned)")
+    comp.add_argument("--finetune-with", default=None, metavar="METHOD",
+                      help="a registered distiller to fine-tune with, against the run's teacher "
+                      "(default: cross-entropy alone)")
+    comp.add_argument("--finetune-mode", choices=FINETUNE_MODES, default=FINETUNE_MODES[0],
+                      help="the distiller's mode when --finetune-with names one")
+    comp.add_argument("--data-root", type=Path, default=None,
+                      help="prepared folder of the run's dataset (default: as for kdbench run)")
+    _threads(comp)
+    _common(comp, results=False, device=True, progress=True)
+
+
 def _request(parser: argparse.ArgumentParser, command: str) -> None:
     """The options of a run request (:mod:`kdbench.request`), plus the retired --resume."""
     add_arguments(parser, command, _at_least)
@@ -148,12 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="figures from the result store")
     plot.add_argument("figure", help="curves: train loss and val acc per epoch; deploy: AUC "
-                      "against CPU latency of exported students; or a trace or sweep a registry "
-                      "method declares (`kdbench plot x` lists them)")
+                      "against CPU latency of exported students; pareto: AUC against cost of "
+                      "every compressed and uncompressed model, the front drawn; or a trace or "
+                      "sweep a registry method declares (`kdbench plot x` lists them)")
     _common(plot)
     plot.add_argument("--dataset", default=None, help="only this dataset's runs")
     plot.add_argument("--out", default=None,
                       help="PNG, SVG or PDF path (default: <results>/<figure>.png)")
+    plot.add_argument("--x", choices=tuple(AXES), default="gflops",
+                      help="pareto: the cost axis (GFLOPs, ONNX batch-32 latency or file MB)")
     plot.add_argument("--all-runs", action="store_true",
                       help="curves and traces: also the sweep and ablation variants (default: "
                       "the runs of the default plan, i.e. each method and its registry "
@@ -243,9 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     quant = sub.add_parser("quantize", help="int8 post-training static quantization of a "
                            "run's exported student (onnxruntime), then tested and timed")
     _deployed_run(quant)
-    quant.add_argument("--int8", action="store_true", help="int8 weights and activations (QDQ)")
+    quant.add_argument("--int8", nargs="?", const="static", default=None, choices=tuple(INT8),
+                       help="static (default): int8 weights and activations (QDQ), calibrated; "
+                       "dynamic: int8 weights of the Linear layers alone, activations at run "
+                       "time (the convolutions stay fp32)")
     quant.add_argument("--calib", type=_at_least(1), default=256,
                        help="training frames the activation ranges are calibrated on")
+
+    _compress(sub)
 
     methods = sub.add_parser("methods", help="list the registered distillers")
     _common(methods, results=False)

@@ -220,7 +220,7 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
 
 
 BUILT_IN_KINDS = ("runs", "comparison", "weighting", "ablation", "teacher", "cross", "cost",
-                  "curves", "deploy", "students", "claims", "gradcos")
+                  "curves", "deploy", "students", "claims", "gradcos", "compression", "pareto")
 
 
 SWEEP_KEYS = ("title", "mode", "sweep")
@@ -289,11 +289,16 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes
                 raise bad("diagnose must be {mode: both, set: {hyper-parameter: value}}")
         elif kind == "claims":
             _check_claims(spec, known, bad)
+        elif kind == "compression":
+            if not isinstance(spec, dict) or set(spec) != {"mode"} or spec["mode"] not in modes \
+                    or spec["mode"] == "none":
+                raise bad("compression must be {mode: rgb|both}: the compression plan "
+                          "fine-tunes its structured 90 % models with this method in that mode")
         else:
             hint = (f" (a sweep is declared as sweeps: {{{kind}: {{title, mode, sweep}}}})"
                     if isinstance(spec, dict) and "sweep" in spec else "")
             raise bad(f"unknown report kind {kind!r}; use ablation, teacher, sweeps, traces, "
-                      f"bench, diagnose or claims{hint}")
+                      f"bench, diagnose, claims or compression{hint}")
     both = set(reports.get("sweeps") or {}) & set(reports.get("traces") or {})
     if both:
         raise bad(f"{sorted(both)[0]!r} is both a sweep and a trace; rename one")

@@ -68,7 +68,7 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "weighting", "ablation", *_declared(reg, "sweeps"), "teacher",
-            "cross", "cost", "deploy", "students", "claims"]
+            "cross", "cost", "deploy", "students", "claims", "compression"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -117,6 +117,10 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
         from kdbench.report.deploy import deploy_records, deploy_report
 
         return deploy_report(deploy_records(Path(results)))
+    if kind == "compression":
+        from kdbench.report.compression import compression_report
+
+        return compression_report(Path(results))
     if kind == "students":
         from kdbench.report.students import students_report
 
@@ -249,19 +253,20 @@ def _cost(preset: str | None, dataset: str | None, student: str | Sequence[str] 
 
 def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
          out: PathLike | None = None, dataset: str | None = None, all_runs: bool = False,
-         registry: RegistryArg = None) -> Path:
+         registry: RegistryArg = None, x: str = "gflops") -> Path:
     """Draw ``figure`` from the store and return its path (default
     ``<results>/<figure>.png``): ``curves`` (loss and validation accuracy per epoch), a
     declared trace (e.g. a gradient-cosine trace against the step) or a declared sweep (the
-    metric against the swept value). ``all_runs`` also draws the sweep and ablation variants
-    in curves and traces."""
+    metric against the swept value), ``deploy`` or ``pareto`` (test AUC against ``x``:
+    gflops, latency or size, of every model of the compression table). ``all_runs`` also
+    draws the sweep and ablation variants in curves and traces."""
     from kdbench.report.figures import plot_curves, plot_sweep
     from kdbench.report.traces import plot_trace
 
     reg = _registry(registry)
     traces = _declared(reg, "traces")
-    _known(figure, [*traces, *_declared(reg, "sweeps"), "curves", "deploy", "gradcos"],
-           "figure")
+    _known(figure, [*traces, *_declared(reg, "sweeps"), "curves", "deploy", "gradcos",
+                    "pareto"], "figure")
     path = Path(out) if out else Path(results) / f"{figure}.png"
     if path.suffix.lower() not in PLOT_FORMATS:
         raise KdbenchError(f"{path}: a figure is written as {', '.join(PLOT_FORMATS)}; give "
@@ -285,6 +290,11 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
             raise KdbenchError(f"no deploy/deploy.json in {results}; measure a student first "
                                "with `kdbench export RUN_DIR --format onnx`")
         points = plot_deploy(records, path)
+        detail = f"{points} point{'s' * (points != 1)}"
+    elif figure == "pareto":
+        from kdbench.report.pareto import plot_pareto
+
+        points = plot_pareto(Path(results), path, x)
         detail = f"{points} point{'s' * (points != 1)}"
     elif figure == "curves":
         lines, n = plot_curves(runs(results, dataset), path, None if all_runs else reg)

@@ -111,6 +111,13 @@ class RunRequest:
     with_reports: bool = _opt(
         False, "--with-reports", "also the runs the registry's report tables need (as "
         "reproduce)", kind="bool", commands=("run",))
+    compression: bool = _opt(
+        False, "--compression", "then the compression plan on the vanilla runs: pruned "
+        "(unstructured, structured) at 60-90 %, fine-tuned; structured 90 % with the distiller "
+        "the registry names for it; each model "
+        "and Table 3's three best distillers exported and quantized; the compression table and "
+        "the Pareto figure (pip install 'kdbench[compress]')", kind="bool",
+        commands=("reproduce",))
     threads: int | None = _opt(
         None, "--threads", "CPU threads of each run: a number, or auto (the default: the usable "
         "cores divided among the kdbench processes working on this machine, fixed when the run "

@@ -74,6 +74,10 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
     default ``"auto"``): ``synthetic_c23`` after ``synthetic``, nothing after a real dataset;
     ``"none"``: no cross test. ``options`` as for :func:`run`."""
     request = RunRequest.make("reproduce", preset=preset, dataset=dataset, **options)
+    if request.compression and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise KdbenchError("reproduce --compression runs its plan in one process: make the "
+                           "runs under torchrun without --compression, then run `kdbench "
+                           "reproduce --compression` alone")
     t0, started_at = time.perf_counter(), utc_now()
     p = plan(request)
     summary = execute(p)
@@ -82,6 +86,8 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
     if not distributed.is_main() or not _waited(request, summary):
         return summary
     write_reports(p)
+    if request.compression:
+        write_compression(p)
     wall = time.perf_counter() - t0
     out = request.results
     import torch
@@ -134,6 +140,22 @@ def write_reports(p: Plan) -> None:
             reporting.plot(figure, results=out, registry=registry)
         except KdbenchError as exc:  # e.g. a sweep with no finished run: say so, go on
             log.warning(f"plot {figure} skipped: {exc}")
+
+
+def write_compression(p: Plan) -> None:
+    """reproduce --compression: the compression plan on the first student's vanilla runs of
+    the plan's seeds, then the compression table and the Pareto figure."""
+    from kdbench import reporting
+    from kdbench.compress.plan import run_plan
+    from kdbench.files import atomic_write_text
+
+    r = p.request
+    student = p.runs[0].spec.student if p.runs else "resnet18_thin"
+    run_plan(r.results, r.dataset, student, r.seeds, registry=r.registry,
+             data_root=r.data_root, device=r.device, threads=r.threads, progress=r.progress)
+    atomic_write_text(r.results / "tables" / "compression.md",
+                      reporting.report("compression", results=r.results).markdown())
+    reporting.plot("pareto", results=r.results)
 
 
 def cross_test_rest(runs_dir: Path, dataset: str, data_root: Path | None, device: str | None,

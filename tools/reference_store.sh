@@ -16,8 +16,9 @@ kdbench run --preset cpu --methods at,pkt,vid,sp,fitnet,kd,rkd,nst,reviewkd,ofd,
     --sweep both_weighting=mean --seeds 0,1,2,3,4 --cross-dataset synthetic_c23 \
     --results results "${WORKERS[@]}"
 # the ablation and sweep tables at three seeds, then every table (claims and weighting too)
-# and figure of the store
-kdbench reproduce --preset cpu --seeds 0,1,2 --results results "${WORKERS[@]}"
+# and figure of the store; then the compression plan on the vanilla runs of seeds 0-2, its
+# table and Pareto figure (docs/compression.md)
+kdbench reproduce --preset cpu --seeds 0,1,2 --compression --results results "${WORKERS[@]}"
 # edge students, all three from one teacher, in a store of their own (results/mobile): the
 # cpu teacher's weights are not committed, and this code does not retrain them bit for bit
 # (see results/README.md); vanilla and the three distillers with the highest AUC in Table 3

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 PathLike = str | os.PathLike
 EXPORT_FORMATS = ("onnx",)
 ONNX_FILE, INT8_FILE = "student.onnx", "student.int8.onnx"
+# --int8 static | dynamic -> (deploy.json format, file)
+INT8 = {"static": ("onnx_int8", INT8_FILE),
+        "dynamic": ("onnx_int8_dynamic", "student.int8-dynamic.onnx")}
 REPEATS = (20, 5)  # timed calls at batch 1 and at batch 32
 DEFAULT_CALIB = 256
 
@@ -87,6 +90,8 @@ def _what(deployed: DeployedStudent) -> str:
 
 def _label(metrics: dict[str, Any]) -> str:
     m = metrics
+    if m.get("label"):  # a compressed child run: its parent's label + its compression
+        return str(m["label"])
     variant = f"@{m['variant']}" if m.get("variant") else ""
     return f"{m['student']}/{m['method']}{variant}/{m['mode']}/seed{m['seed']}"
 
@@ -161,6 +166,11 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
                                                       deployed.size)
         onnx_probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
                                                  test, deployed.size)
+        from kdbench.train.predictions import save_predictions
+
+        # the int8 files' paired differences are taken against these (the same runtime)
+        save_predictions(out / "predictions_onnx_fp32.npz", onnx_probs, test.labels.numpy(),
+                         test.videos)
         params = count_params(deployed.model)
         entries = {
             "pytorch_fp32": measure.student_entry(
@@ -180,15 +190,21 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
     return record
 
 
-def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLike | None = None,
-             threads: int | None = None, repeats: tuple[int, int] = REPEATS) -> dict[str, Any]:
-    """Post-training static int8 quantization of a run's exported student (exported first
-    when ``deploy/student.onnx`` is missing): onnxruntime's ``quantize_static`` (QDQ,
-    per-channel int8 weights, uint8 activations) calibrated on ``calib`` evenly spaced training
-    frames, to ``<run>/deploy/student.int8.onnx``; then tested on the run's test split and
-    timed like the fp32 model, into ``deploy.json``. Returns that record."""
+def quantize(run_dir: PathLike, *, int8: str = "static", calib: int = DEFAULT_CALIB,
+             data_root: PathLike | None = None, threads: int | None = None,
+             repeats: tuple[int, int] = REPEATS) -> dict[str, Any]:
+    """Post-training int8 quantization of a run's exported student (exported first when
+    ``deploy/student.onnx`` is missing). ``int8`` static: onnxruntime's ``quantize_static``
+    (QDQ, per-channel int8 weights, uint8 activations) calibrated on ``calib`` evenly spaced
+    training frames, to ``<run>/deploy/student.int8.onnx``; dynamic: the Linear layers alone,
+    weights int8 and activations quantized at run time (the convolutions stay fp32), to
+    ``student.int8-dynamic.onnx``. Then tested on the run's test split (per-frame predictions
+    in ``deploy/predictions_<format>.npz``) and timed like the fp32 model, into
+    ``deploy.json``. Returns that record."""
     from kdbench.deploy.inputs import check_run
 
+    if int8 not in INT8:
+        raise KdbenchError(f"unknown --int8 {int8!r}; choose one of {', '.join(INT8)}")
     check_run(Path(run_dir))  # before torch is imported
     if calib < 1:
         raise KdbenchError(f"--calib must be at least 1 frame, got {calib}")
@@ -197,31 +213,45 @@ def quantize(run_dir: PathLike, *, calib: int = DEFAULT_CALIB, data_root: PathLi
     require_deploy_extra()
     threads = _threads(threads)
     from kdbench.deploy import measure
-    from kdbench.deploy.onnx_files import onnx_probabilities, quantize_int8, session
+    from kdbench.deploy.onnx_files import (
+        onnx_probabilities,
+        quantize_int8,
+        quantize_linear_dynamic,
+        session,
+    )
     from kdbench.deploy.student_file import from_run
     from kdbench.models.cost import count_params
+    from kdbench.train.predictions import save_predictions
 
     deployed = from_run(Path(run_dir))
     out = deployed.run_dir / measure.DEPLOY_DIR
     if not (out / ONNX_FILE).is_file():
         export(run_dir, data_root=data_root, threads=threads, repeats=repeats)
+    key, name = INT8[int8]
     splits = _open_run_data(deployed, data_root, ("train", "test"))
     train, test = splits["train"], splits["test"]
-    picks = measure.evenly(len(train), calib)
-    images = measure.split_images(train, picks, deployed.size).numpy()
-    quantize_int8(out / ONNX_FILE, out / INT8_FILE, images, _what(deployed))
+    extra: dict[str, Any] = {"int8": int8}
+    if int8 == "static":
+        picks = measure.evenly(len(train), calib)
+        images = measure.split_images(train, picks, deployed.size).numpy()
+        quantize_int8(out / ONNX_FILE, out / name, images, _what(deployed))
+        extra["calibration_frames"] = len(picks)
+    else:
+        quantize_linear_dynamic(out / ONNX_FILE, out / name, _what(deployed))
     with measure.torch_threads(threads):
-        sess = session(out / INT8_FILE, threads)
+        sess = session(out / name, threads)
         probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
                                             test, deployed.size)
+        save_predictions(out / f"predictions_{key}.npz", probs, test.labels.numpy(),
+                         test.videos)
         entry = measure.student_entry(
-            count_params(deployed.model), out, INT8_FILE, measure.onnx_predictor(sess),
-            deployed.size, repeats, probs, test, calibration_frames=len(picks))
-    record = measure.update_record(deployed.run_dir, {"onnx_int8": entry}, {
+            count_params(deployed.model), out, name, measure.onnx_predictor(sess),
+            deployed.size, repeats, probs, test, **extra)
+    record = measure.update_record(deployed.run_dir, {key: entry}, {
         "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
         "size": deployed.size, **measure.machine(threads, repeats)})
     t = entry["test"]
-    log.info(f"wrote {out / INT8_FILE}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer "
+    log.info(f"wrote {out / name}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer "
              f"{t['eer']:.4f} video-auc {t['video_auc']:.4f}")
     fp32 = record["formats"].get("onnx_fp32", {})
     if fp32:

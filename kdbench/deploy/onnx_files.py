@@ -175,3 +175,23 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray,
                 "report this with your onnxruntime version") from None
         finally:
             pre.unlink(missing_ok=True)
+
+
+def quantize_linear_dynamic(fp32: Path, out: Path, what: str = "the student") -> None:
+    """Dynamic int8 quantization of the Linear layers only (ONNX ``MatMul``/``Gemm``; the
+    convolutions stay fp32), as Karathanasis et al. (2025) quantize with PyTorch's
+    ``quantize_dynamic``: onnxruntime's ``quantize_dynamic`` with int8 weights, activations
+    quantized at run time. A failure is one line naming ``what``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(out)
+    with atomic_path(out) as tmp, warnings.catch_warnings(), _quiet_root_logger():
+        warnings.simplefilter("ignore")
+        try:
+            quantize_dynamic(str(fp32), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
+                             weight_type=QuantType.QInt8)
+        except Exception as exc:  # noqa: BLE001 - an operator onnxruntime cannot quantize
+            raise KdbenchError(
+                f"dynamic int8 quantization of {what} failed in onnxruntime's quantize_dynamic "
+                f"({_first_line(exc)}); its fp32 file {fp32} is unaffected and deployable; "
+                "report this with your onnxruntime version") from None

@@ -10,7 +10,8 @@ from typing import Any
 from kdbench.report.tables import Report
 
 DISPLAY = {"teacher_pytorch_fp32": "teacher, PyTorch fp32", "pytorch_fp32": "PyTorch fp32",
-           "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX int8"}
+           "onnx_fp32": "ONNX fp32", "onnx_int8": "ONNX int8",
+           "onnx_int8_dynamic": "ONNX int8 dynamic (Linear)"}
 COLUMNS = ["run", "model / format", "params (M)", "file (MB)", "ms/img b1", "ms/img b32",
            "acc", "AUC"]
 
@@ -87,15 +88,15 @@ def _pct(value: float) -> str:
 
 
 def plot_deploy(records: list[dict[str, Any]], out: Path) -> int:
-    """Test AUC against CPU latency at batch 32 (log scale), one point per model and format;
-    returns the number of points."""
-    from kdbench.report.figures import _pyplot, save_figure
+    """Test AUC against CPU latency at batch 32 (log scale, 1-2-5 ticks), one point per model
+    and format, every label inside the axes; returns the number of points."""
+    from kdbench.report.figures import _pyplot, fit_labels, label_points, log_ticks, save_figure
 
     plt = _pyplot()
     rows = [r for r in deploy_rows(records) if not math.isnan(r["auc"])]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     markers = {"teacher_pytorch_fp32": "s", "pytorch_fp32": "o", "onnx_fp32": "^",
-               "onnx_int8": "D"}
+               "onnx_int8": "D", "onnx_int8_dynamic": "v"}
     for key, label in DISPLAY.items():
         pts = [r for r in rows if r["key"] == key]
         if pts:
@@ -104,21 +105,19 @@ def plot_deploy(records: list[dict[str, Any]], out: Path) -> int:
     # a student's point: method/mode, with its student too when the store has several
     students = {r["run"].split("/")[0] for r in rows if not r["key"].startswith("teacher")}
     first = 0 if len(students) > 1 else 1
-    for r in rows:
-        name = r["run"] if r["key"].startswith("teacher") else "/".join(
-            r["run"].split("/")[first:3])
-        ax.annotate(name, (r["b32"], 100 * r["auc"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+    names = [r["run"] if r["key"].startswith("teacher") else "/".join(r["run"].split("/")[first:3])
+             for r in rows]
     ax.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("CPU latency at batch 32 (ms / image, log scale)")
     ax.set_ylabel("test AUC (%)")
     ax.set_title("Accuracy against latency of the deployed students")
     ax.grid(alpha=0.3)
     if rows:
         ax.legend(fontsize=8)
+    labels = label_points(ax, [r["b32"] for r in rows], [100 * r["auc"] for r in rows], names)
+    log_ticks(ax.xaxis)
+    fig.tight_layout()
+    fit_labels(ax, labels)  # the layout shrank the axes: every label inside them again
     save_figure(fig, out)
+    plt.close(fig)
     return len(rows)

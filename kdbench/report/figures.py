@@ -3,8 +3,11 @@ Fig. 3, Table 5 as a figure) and the train / validation curves of each run."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kdbench.errors import KdbenchError
@@ -166,3 +169,126 @@ def plot_curves(runs: pd.DataFrame, out: Path, registry: dict | None = None) -> 
     save_figure(fig, out)
     plt.close(fig)
     return len(curves), sum(n for _, n in curves.values())
+
+
+# ------------------------------------------------ shared helpers: log ticks, labels in the axes
+
+
+def log_ticks(axis) -> None:
+    """Readable ticks on a log-scaled ``axis`` (e.g. ``ax.xaxis``), for its current limits:
+    major ticks at 1, 2, 5 x 10^k (1 x 10^k over more than 4 decades, 1..9 x 10^k within
+    less than 0.7 of one), labelled plainly ("0.5", "1", "20"); minor ticks without labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    subs = ((1.0,) if decades > 4 else (1.0, 2.0, 5.0) if decades > 0.7
+            else tuple(float(s) for s in range(1, 10)))
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(s) for s in range(2, 10)),
+                                      numticks=12))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def label_points(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
+                 fontsize: float = 7, flip: float = 0.7, pad: float = 4.0,
+                 margin: float = 0.05) -> list:
+    """Annotate each point with its text, every label inside the axes: the limits are set to
+    the points plus ``margin`` of their span on each side (in the axis' scale: log-space
+    margins on a log axis); a label goes to the right of its point, or to its left when the
+    point lies in the right ``1 - flip`` of the axes, and above it (below it in the top tenth,
+    or where above would cover an earlier label more); then :func:`fit_labels`. Set the axes'
+    scales first; returns the annotations."""
+    for which, values in (("x", xs), ("y", ys)):
+        _set_limits(ax, which, [float(v) for v in values], margin)
+    to_axes = ax.transData + ax.transAxes.inverted()
+    anns = []
+    for x, y, text in zip(xs, ys, texts):
+        fx, fy = to_axes.transform((x, y))
+        left, below = fx > flip, fy > 0.9
+        anns.append(ax.annotate(text, (x, y), xytext=(-pad if left else pad,
+                                                      -pad if below else pad / 2),
+                                textcoords="offset points", fontsize=fontsize,
+                                ha="right" if left else "left",
+                                va="top" if below else "bottom",
+                                annotation_clip=True, clip_on=False))
+    _declutter(ax, anns, pad)
+    fit_labels(ax, anns)
+    return anns
+
+
+def _declutter(ax, anns: list, pad: float) -> None:
+    """Move a label to the other side of its point vertically where it covers the labels
+    before it less there."""
+    if len(anns) < 2:
+        return
+    renderer = ax.figure.canvas.get_renderer()
+
+    def covered(box, boxes) -> float:
+        return sum(max(0.0, min(box.x1, b.x1) - max(box.x0, b.x0))
+                   * max(0.0, min(box.y1, b.y1) - max(box.y0, b.y0)) for b in boxes)
+
+    placed = [anns[0].get_window_extent(renderer)]
+    for a in anns[1:]:
+        box = a.get_window_extent(renderer)
+        here = covered(box, placed)
+        if here > 0:
+            dx, dy = a.xyann
+            a.xyann, va = (dx, -pad if dy > 0 else pad / 2), a.get_va()
+            a.set_va("top" if va == "bottom" else "bottom")
+            other = a.get_window_extent(renderer)
+            if covered(other, placed) < here:
+                box = other
+            else:
+                a.xyann = (dx, dy)
+                a.set_va(va)
+        placed.append(box)
+
+
+def fit_labels(ax, anns: list, tries: int = 6, pad_px: float = 3.0) -> None:
+    """Widen the axes' limits (in their scales) until every annotation of ``anns`` is drawn
+    inside the axes (at most ``tries`` draws; call it again after a layout change)."""
+    if not anns:
+        return
+    for _ in range(tries):
+        ax.figure.canvas.draw()
+        box = ax.get_window_extent()
+        ext = [a.get_window_extent() for a in anns]
+        over = {"left": max(box.x0 - e.x0 for e in ext), "right": max(e.x1 - box.x1 for e in ext),
+                "bottom": max(box.y0 - e.y0 for e in ext), "top": max(e.y1 - box.y1 for e in ext)}
+        if max(over.values()) <= 0:
+            return
+        px = {k: v + pad_px if v > 0 else 0.0 for k, v in over.items()}
+        _widen(ax, "x", px["left"], px["right"], box.width)
+        _widen(ax, "y", px["bottom"], px["top"], box.height)
+
+
+def _set_limits(ax, which: str, values: list[float], margin: float) -> None:
+    """``which`` axis' limits: the values' range plus ``margin`` of it each side, in its scale."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    values = [v for v in values if math.isfinite(v) and (axis.get_scale() != "log" or v > 0)]
+    if not values:
+        return
+    tf = axis.get_transform()
+    t = tf.transform(np.array([min(values), max(values)], float))
+    span = (t[1] - t[0]) or 1.0
+    lo, hi = tf.inverted().transform(np.array([t[0] - margin * span, t[1] + margin * span]))
+    (ax.set_xlim if which == "x" else ax.set_ylim)(float(lo), float(hi))
+
+
+def _widen(ax, which: str, lo_px: float, hi_px: float, size_px: float) -> None:
+    """Move ``which`` axis' limits out so its content shrinks by ``lo_px`` / ``hi_px`` pixels
+    at the low / high end (together at most 80 % of the axes)."""
+    if lo_px + hi_px <= 0 or size_px <= 0:
+        return
+    lo, hi = lo_px / size_px, hi_px / size_px
+    if lo + hi > 0.8:
+        lo, hi = 0.8 * lo / (lo + hi), 0.8 * hi / (lo + hi)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    get, put = (ax.get_xlim, ax.set_xlim) if which == "x" else (ax.get_ylim, ax.set_ylim)
+    tf = axis.get_transform()
+    t0, t1 = tf.transform(np.array(get(), float))
+    span = (t1 - t0) / (1 - lo - hi)
+    new = tf.inverted().transform(np.array([t0 - lo * span, t1 + hi * span]))
+    put(float(new[0]), float(new[1]))

@@ -20,10 +20,18 @@ CROSS_DIR = "cross"  # <run>/cross/<dataset>.json and .npz
 
 
 def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
-    """The student of a finished run at its best validation epoch, and the run's metrics."""
+    """The student of a finished run at its best validation epoch, and the run's metrics (a
+    structurally pruned child run's student reshaped to its recorded structure first)."""
+    from kdbench.compress.settings import STRUCTURE_FILE
+    from kdbench.files import read_json
+
     metrics = finished_student_run(run_dir)
     state = load_checkpoint(run_dir / "best.pt")
     student = create_student(metrics["student"])
+    if (Path(run_dir) / STRUCTURE_FILE).is_file():
+        from kdbench.compress.structure_file import apply_structure
+
+        apply_structure(student, read_json(Path(run_dir) / STRUCTURE_FILE))
     prefix = "student."
     student.load_state_dict({k[len(prefix):]: v for k, v in state.items()
                              if k.startswith(prefix)})

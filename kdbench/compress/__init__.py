@@ -1,0 +1,2 @@
+"""Compression of trained detectors: pruning (unstructured masks, structured channels) and the
+child runs it makes."""
