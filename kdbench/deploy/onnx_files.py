@@ -169,10 +169,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray,
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
         except Exception as exc:  # noqa: BLE001 - an operator onnxruntime cannot quantize
-            raise KdbenchError(
-                f"int8 quantization of {what} failed in onnxruntime's quantize_static "
-                f"({_first_line(exc)}); its fp32 file {fp32} is unaffected and deployable; "
-                "report this with your onnxruntime version") from None
+            raise _failed("int8 quantization", "quantize_static", what, fp32, exc) from None
         finally:
             pre.unlink(missing_ok=True)
 
@@ -191,7 +188,12 @@ def quantize_linear_dynamic(fp32: Path, out: Path, what: str = "the student") ->
             quantize_dynamic(str(fp32), str(tmp), op_types_to_quantize=["MatMul", "Gemm"],
                              weight_type=QuantType.QInt8)
         except Exception as exc:  # noqa: BLE001 - an operator onnxruntime cannot quantize
-            raise KdbenchError(
-                f"dynamic int8 quantization of {what} failed in onnxruntime's quantize_dynamic "
-                f"({_first_line(exc)}); its fp32 file {fp32} is unaffected and deployable; "
-                "report this with your onnxruntime version") from None
+            raise _failed("dynamic int8 quantization", "quantize_dynamic", what, fp32,
+                          exc) from None
+
+
+def _failed(step: str, function: str, what: str, fp32: Path, exc: Exception) -> KdbenchError:
+    """The one line a failed quantization raises."""
+    return KdbenchError(f"{step} of {what} failed in onnxruntime's {function} "
+                        f"({_first_line(exc)}); its fp32 file {fp32} is unaffected and "
+                        "deployable; report this with your onnxruntime version")

@@ -90,7 +90,7 @@ def _pct(value: float) -> str:
 def plot_deploy(records: list[dict[str, Any]], out: Path) -> int:
     """Test AUC against CPU latency at batch 32 (log scale, 1-2-5 ticks), one point per model
     and format, every label inside the axes; returns the number of points."""
-    from kdbench.report.figures import _pyplot, fit_labels, label_points, log_ticks, save_figure
+    from kdbench.report.figures import _pyplot, label_points, save_labelled
 
     plt = _pyplot()
     rows = [r for r in deploy_rows(records) if not math.isnan(r["auc"])]
@@ -115,9 +115,5 @@ def plot_deploy(records: list[dict[str, Any]], out: Path) -> int:
     if rows:
         ax.legend(fontsize=8)
     labels = label_points(ax, [r["b32"] for r in rows], [100 * r["auc"] for r in rows], names)
-    log_ticks(ax.xaxis)
-    fig.tight_layout()
-    fit_labels(ax, labels)  # the layout shrank the axes: every label inside them again
-    save_figure(fig, out)
-    plt.close(fig)
+    save_labelled(fig, ax, labels, out)
     return len(rows)

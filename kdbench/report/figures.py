@@ -292,3 +292,13 @@ def _widen(ax, which: str, lo_px: float, hi_px: float, size_px: float) -> None:
     span = (t1 - t0) / (1 - lo - hi)
     new = tf.inverted().transform(np.array([t0 - lo * span, t1 + hi * span]))
     put(float(new[0]), float(new[1]))
+
+
+def save_labelled(fig, ax, labels: list, out: Path) -> None:
+    """A labelled log-x figure's end: 1-2-5 ticks, the layout, every label inside the shrunk
+    axes again (:func:`fit_labels`), written to ``out`` and closed."""
+    log_ticks(ax.xaxis)
+    fig.tight_layout()
+    fit_labels(ax, labels)
+    save_figure(fig, out)
+    _pyplot().close(fig)

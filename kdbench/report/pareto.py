@@ -71,7 +71,7 @@ def plot_pareto(results: Path, out: Path, x: str = "gflops") -> int:
     MB of the model's file) on a log axis, one marker shape per technique family, the Pareto
     front as a step line with its points and the teacher labelled inside the axes (the table
     names every point); writes ``out`` and returns the number of points."""
-    from kdbench.report.figures import _pyplot, fit_labels, label_points, log_ticks, save_figure
+    from kdbench.report.figures import _pyplot, label_points, save_labelled
 
     points = pareto_points(results, x)
     if not points:
@@ -102,9 +102,5 @@ def plot_pareto(results: Path, out: Path, x: str = "gflops") -> int:
     named = [p in front or p["family"] == "teacher" for p in points]  # the table names all
     labels = label_points(ax, [p["x"] for p in points], [p["auc"] for p in points],
                           [p["name"] if k else "" for p, k in zip(points, named)])
-    log_ticks(ax.xaxis)
-    fig.tight_layout()
-    fit_labels(ax, labels)  # the layout shrank the axes: every label inside them again
-    save_figure(fig, out)
-    plt.close(fig)
+    save_labelled(fig, ax, labels, out)
     return len(points)
