@@ -169,7 +169,7 @@ def test_a_run_without_checkpoint_a_teacher_a_missing_extra_and_an_untraceable_m
     assert "has no best.pt" in capsys.readouterr().err
     teacher = next((results / "teachers/ff_c40").iterdir())
     assert main(["compress", str(teacher), "--prune", "structured", "--target", "0.5"]) == 2
-    assert "is a teacher" in capsys.readouterr().err
+    assert "is a dual-branch teacher" in capsys.readouterr().err
     child, _ = _compress(store, prune="structured", target=0.9, finetune=1)
     assert main(["compress", str(child), "--prune", "structured", "--target", "0.5"]) == 2
     assert "is a compressed child run; compress its parent" in capsys.readouterr().err
@@ -188,3 +188,26 @@ def test_a_run_without_checkpoint_a_teacher_a_missing_extra_and_an_untraceable_m
                  "--data-root", str(store[1])]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("kdbench: error: Torch-Pruning cannot trace")
+
+
+@pytest.mark.slow
+def test_a_single_branch_teacher_is_pruned_as_a_detector(store, tmp_path):
+    """The review prunes the detector itself: a single-branch teacher's classifier, pruned,
+    fine-tuned with cross-entropy, tested, loaded and exported like a student."""
+    results, prepared = store
+    api.run("kd", "ff_c40", data_root=prepared, preset="quick", modes=["rgb"],
+            results=tmp_path / "S", settings={"data.size": 16, "data.frames": 4,
+                                              "train.epochs": 1, "teacher.kind": "single"},
+            progress=False)
+    teacher = next((tmp_path / "S/teachers/ff_c40").iterdir())
+    out, m = api.compress(teacher, prune="structured", target=0.7, finetune=1,
+                          data_root=prepared, progress=False)
+    assert out.parts[-5:] == (teacher.name, "teacher", "none", "seed0", "structured-70-ft1")
+    assert m["detector"] == "single_teacher" and m["parent"]["label"] == f"teacher/{teacher.name}"
+    assert abs(m["compression"]["achieved"] - 0.7) <= 0.01
+    assert m["parent"]["params"] < 1.2 * count_params(load_student(out)[0]) / 0.3
+    record = api.export(out, data_root=prepared, threads=1, repeats=(2, 2), teacher=False)
+    assert record["formats"]["onnx_fp32"]["max_abs_diff"] <= 1e-4
+    with pytest.raises(Exception, match="cross-entropy alone"):
+        api.compress(teacher, prune="structured", target=0.7, finetune=1, finetune_with="kd",
+                     data_root=prepared, progress=False)

@@ -27,10 +27,15 @@ def _check_parent(run: Path) -> dict[str, Any]:
                                f"({m.get('parent', {}).get('path', 'the runs/... folder')}) "
                                "with the settings combined (e.g. a higher --target, --steps)")
         if m.get("role") == "teacher":
-            raise KdbenchError(
-                f"{run} is a teacher: kdbench compress prunes a student run (its RGB and "
-                "frequency branches are coupled through the RFAMs, so a dual-branch teacher "
-                "is not pruned); give a runs/<dataset>/<student>/<method>/<mode>/seed<k> folder")
+            if m.get("kind") != "single":
+                raise KdbenchError(
+                    f"{run} is a dual-branch teacher: its RGB and frequency branches are "
+                    "coupled through the RFAMs, so kdbench does not prune it; prune a student "
+                    "run, or a single-branch teacher (teacher.kind=single)")
+            if m.get("status") != "finished":
+                raise KdbenchError(f"{run} is not a finished teacher; finish it with "
+                                   "`kdbench run`")
+            return m
     return check_run(Path(run))
 
 
@@ -54,7 +59,9 @@ def compress(run: PathLike, *, prune: str, target: float, scope: str = "layer",
                     finetune_mode)
     reg = load_registry([Path(p) for p in registry or []])
     check(c, reg)
-    _check_parent(Path(run))
+    if _check_parent(Path(run)).get("role") == "teacher" and c.finetune_with:
+        raise KdbenchError("a pruned teacher is fine-tuned with cross-entropy alone (it has no "
+                           "teacher of its own); leave --finetune-with out")
     if c.prune == "structured":
         from kdbench.compress.structured import require_torch_pruning
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdbench.compress import structure_file, structured, unstructured
+from kdbench.compress import structure_file, structured, teacher_model, unstructured
 from kdbench.compress.settings import (
     LR_NOTE,
     STRUCTURE_FILE,
@@ -82,7 +82,13 @@ class _Work:
         self.parent, self.c, self.registry = Path(parent), c, registry
         self.device, self.progress = device, progress
         self.results, _ = store_of(self.parent)
-        self.student, self.metrics = load_student(self.parent)
+        recorded = read_json(self.parent / "metrics.json")
+        self.of_teacher = recorded.get("role") == "teacher"
+        if self.of_teacher:  # a single-branch teacher: its classifier is the detector
+            self.student = teacher_model.load_teacher(self.parent, recorded)
+            self.metrics = teacher_model.as_parent(recorded)
+        else:
+            self.student, self.metrics = load_student(self.parent)
         m = self.metrics
         self.config = _finetune_config(m["config"], c.finetune, device)
         self.size = int(m["config"]["data"]["size"])
@@ -154,8 +160,9 @@ def _prune(work: _Work, student: nn.Module, folder: Path, label: str) -> dict[st
     reference = count_params(student)
     done: dict[str, Any] = {}
     for k in range(1, c.steps + 1):
+        head = getattr(student, "fc", None)  # a student's classifier (others: found by tracing)
         done = structured.prune_structured(student, example, c.target * k / c.steps,
-                                           forward=_logits, ignore=[student.fc],
+                                           forward=_logits, ignore=[head] if head else [],
                                            reference_params=reference)
         if k < c.steps:
             _recalibrate(student, work.splits["train"], work.size,
@@ -194,7 +201,8 @@ def _finished_child(out: Path, parent: Path) -> dict[str, Any] | None:
         return None
     done = read_json(out / "metrics.json")
     made_from = done.get("parent", {}).get("best_sha256")
-    if made_from and made_from != file_sha256(Path(parent) / "best.pt"):
+    if made_from and made_from != _parent_sha(Path(parent), read_json(Path(parent) /
+                                                                       "metrics.json")):
         raise KdbenchError(f"{out} was made from other weights of {parent} (trained again "
                            "since); delete that folder to make it from these")
     log.info(f"skip {out}: finished (test auc {done['test']['auc']:.4f})")
@@ -206,7 +214,8 @@ def _make(parent: Path, c: Compression, registry: dict[str, MethodEntry], out: P
     t0 = time.perf_counter()
     work = _Work(parent, c, registry, data_root, device, progress)
     m = work.metrics
-    label = f"{_parent_label(m)}+{c.tag()}"
+    parent_label = f"teacher/{Path(parent).name}" if work.of_teacher else _parent_label(m)
+    label = f"{parent_label}+{c.tag()}"
     seed_everything(int(m["seed"]))
     student = work.student.to(device)
     parent_params, parent_gflops = count_params(student), gflops(student, work.size)
@@ -231,11 +240,12 @@ def _make(parent: Path, c: Compression, registry: dict[str, MethodEntry], out: P
         **{k: m.get(k) for k in ("student", "method", "variant", "mode", "seed", "dataset",
                                  "preset", "prepared")},
         "parent": {"path": str(Path(parent).resolve().relative_to(work.results)),
-                   "label": _parent_label(m), "method": m.get("method"),
+                   "label": parent_label, "method": m.get("method"),
                    "variant": m.get("variant"), "mode": m.get("mode"),
                    "params": parent_params, "gflops": parent_gflops, "test": m.get("test"),
                    "threshold": m.get("threshold"),
-                   "best_sha256": file_sha256(Path(parent) / "best.pt")},
+                   "best_sha256": _parent_sha(Path(parent), m)},
+        **({"detector": teacher_model.DETECTOR} if work.of_teacher else {}),
         "compression": {**c.record(), **pruned,
                         "bn_recalibration_frames": seen,
                         "finetune_optimizer": (work.config["train"].get("optimizer", "adam")
@@ -268,6 +278,13 @@ def _make(parent: Path, c: Compression, registry: dict[str, MethodEntry], out: P
              f"GFLOPs; test acc {t['acc']:.4f} auc {t['auc']:.4f} (parent "
              f"{m['test']['auc']:.4f}) in {metrics['wall_time_s']:.0f} s")
     return metrics
+
+
+def _parent_sha(parent: Path, m: dict[str, Any]) -> str | None:
+    """The sha256 of the parent's weights: its best.pt, or (a teacher loaded from a
+    checkpoint) the recorded sha256 of that file."""
+    best = parent / "best.pt"
+    return file_sha256(best) if best.is_file() else m.get("weights_sha256")
 
 
 def _what(c: Compression) -> str:

@@ -133,5 +133,11 @@ def store_of(parent: Path) -> tuple[Path, Path]:
 def child_dir(parent: Path, c: Compression) -> Path:
     """``<results>/compressed/<the parent's path under the store>/<tag>``."""
     results, rel = store_of(parent)
-    return results / COMPRESSED / Path(*rel.parts[1:]) / (
-        c.tag() if rel.parts[0] == "runs" else f"teacher-{c.tag()}")
+    if rel.parts[0] == "runs":
+        return results / COMPRESSED / Path(*rel.parts[1:]) / c.tag()
+    # a teacher (teachers/<dataset>/<folder>): laid out as a run, method "teacher", mode none
+    from kdbench.files import read_json
+
+    seed = int(read_json(Path(parent) / "metrics.json").get("seed") or 0)
+    return results / COMPRESSED / Path(*rel.parts[1:]) / "teacher" / "none" / f"seed{seed}" \
+        / c.tag()

@@ -27,7 +27,12 @@ def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
 
     metrics = finished_student_run(run_dir)
     state = load_checkpoint(run_dir / "best.pt")
-    student = create_student(metrics["student"])
+    from kdbench.compress.teacher_model import DETECTOR, architecture
+
+    if metrics.get("detector") == DETECTOR:  # a pruned single-branch teacher
+        student = architecture(metrics["config"])
+    else:
+        student = create_student(metrics["student"])
     if (Path(run_dir) / STRUCTURE_FILE).is_file():
         from kdbench.compress.structure_file import apply_structure
 
