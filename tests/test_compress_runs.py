@@ -211,3 +211,12 @@ def test_a_single_branch_teacher_is_pruned_as_a_detector(store, tmp_path):
     with pytest.raises(Exception, match="cross-entropy alone"):
         api.compress(teacher, prune="structured", target=0.7, finetune=1, finetune_with="kd",
                      data_root=prepared, progress=False)
+
+
+@pytest.mark.slow
+def test_iterative_structured_pruning_fine_tunes_between_its_steps(store):
+    out, m = _compress(store, prune="structured", target=0.8, steps=2, finetune=1)
+    assert out.name == "structured-80-x2-ft1" and (out / "step1" / "best.pt").is_file()
+    assert abs(m["compression"]["achieved"] - 0.8) <= 0.01  # of the parent's parameters
+    assert m["compression"]["reference_params"] == m["parent"]["params"]
+    assert count_params(load_student(out)[0]) == m["params"]
