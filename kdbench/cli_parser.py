@@ -95,7 +95,8 @@ def _deployed_run(parser: argparse.ArgumentParser) -> None:
 def _compress(sub) -> None:
     comp = sub.add_parser("compress", help="prune a finished run's student into a child run "
                           "(optionally fine-tuned, with any distiller), tested like a run")
-    comp.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>)")
+    comp.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>), or a "
+                      "single-branch teacher's (teachers/<dataset>/<folder>)")
     comp.add_argument("--prune", required=True, choices=TECHNIQUES,
                       help="unstructured: L1 magnitude masks (weights zeroed, dense tensors); "
                       "structured: channels removed with Torch-Pruning (a smaller model)")

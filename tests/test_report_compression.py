@@ -334,3 +334,15 @@ def test_log_ticks_are_1_2_5_with_plain_labels():
     assert shown == ["0.2", "0.5", "1", "2", "5", "10"]
     assert not any(t.get_text() for t in ax.xaxis.get_minorticklabels())
     plt.close(fig)
+
+
+def test_the_readme_section_tests_the_reviews_claim_on_each_90_percent_model(store, tmp_path):
+    from tools.readme_compression import compression_section
+
+    section = compression_section(store["root"])
+    assert section.startswith("## Compression") and "| ΔAUC vs parent |" in section
+    claims = [line for line in section.splitlines() if line.startswith("- structured")]
+    assert len(claims) == 1 and "at 89.8 % (3 seeds)" in claims[0]  # the 0.9 model only
+    assert ("does not hold here" in claims[0]) != ("holds here" in claims[0].replace(
+        "does not hold here", ""))
+    assert compression_section(tmp_path) == ""  # no compressed runs: no section

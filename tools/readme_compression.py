@@ -18,11 +18,14 @@ def _verdict(entry: dict, comparison) -> str:
     if comparison is None:
         return f"- {entry['technique']}: no paired predictions, untestable"
     iv = comparison.interval()
-    held = "holds" if iv.lo <= 0 <= iv.hi or comparison.diff >= 0 else "does not hold"
-    return (f"- {entry['technique']} at {100 * entry['achieved']:.1f} % "
-            f"({len(entry['seeds'])} seeds): AUC {100 * entry['auc']:.2f}, "
-            f"ΔAUC {comparison.text()} against the uncompressed parent: the claim {held} "
-            "(an interval that holds 0, or a gain)")
+    if iv.hi < 0:
+        held = "does not hold here (the whole interval is a loss)"
+    else:
+        held = "holds here (no loss the interval can tell from 0, or a gain)"
+    n = len(entry["seeds"])
+    return (f"- {entry['technique']} at {100 * entry['achieved']:.1f} % ({n} "
+            f"seed{'s' * (n != 1)}): AUC {100 * entry['auc']:.2f}, ΔAUC {comparison.text()} "
+            f"against the uncompressed parent: the claim {held}")
 
 
 def compression_section(results: Path) -> str:
