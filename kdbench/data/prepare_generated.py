@@ -1,0 +1,194 @@
+"""AI-generated image datasets (ForenSynths, Synthbuster, GenImage) listed for preparation: an
+image is a one-frame video; each comes with its manifest row (generator, family, content class,
+pair id). Layouts: docs/datasets.md."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kdbench.data.prepare import SPLITS, VideoItem
+from kdbench.data.video import IMAGE_SUFFIXES
+from kdbench.errors import DataError
+
+log = logging.getLogger(__name__)
+REAL_DIRS, FAKE_DIRS = {"0_real", "nature"}, {"1_fake", "ai"}
+# the family of each generator folder name (lower case); any other generator is "other"
+FAMILY = {
+    # ForenSynths (Wang et al. 2020): its test folders
+    "progan": "gan", "stylegan": "gan", "stylegan2": "gan", "biggan": "gan", "cyclegan": "gan",
+    "stargan": "gan", "gaugan": "gan", "whichfaceisreal": "gan", "crn": "other",
+    "imle": "other", "seeingdark": "other", "san": "other", "deepfake": "other",
+    # Synthbuster (Bammey 2023): all diffusion models
+    "dalle2": "diffusion", "dalle3": "diffusion", "firefly": "diffusion", "glide": "diffusion",
+    "midjourney-v5": "diffusion", "stable-diffusion-1-3": "diffusion",
+    "stable-diffusion-1-4": "diffusion", "stable-diffusion-2": "diffusion",
+    "stable-diffusion-xl": "diffusion",
+}
+# GenImage (Zhu et al. 2023): its archives' folders -> the generator's name and family
+GENIMAGE = {
+    "imagenet_midjourney": ("midjourney", "diffusion"),
+    "imagenet_ai_0419_sdv4": ("sd-v1.4", "diffusion"),
+    "imagenet_ai_0424_sdv5": ("sd-v1.5", "diffusion"),
+    "imagenet_ai_0508_adm": ("adm", "diffusion"),
+    "imagenet_glide": ("glide", "diffusion"),
+    "imagenet_ai_0424_wukong": ("wukong", "diffusion"),
+    "imagenet_ai_0419_vqdm": ("vqdm", "diffusion"),
+    "imagenet_ai_0419_biggan": ("biggan", "gan"),
+}
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image to prepare and its manifest fields. ``pair``: the id that ties a fake to the
+    real it was made from (Synthbuster: the RAISE id), "" where there is none."""
+
+    item: VideoItem
+    generator: str
+    family: str
+    content: str = ""
+    pair: str = ""
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _row(path: Path, root: Path, label: int, split: str, generator: str, content: str = "",
+         pair: str = "", family: str | None = None) -> ImageRow:
+    family = "real" if label == 0 else (family or FAMILY.get(generator.lower(), "other"))
+    item = VideoItem(str(path), path.relative_to(root).as_posix(), label,
+                     generator if label else "real", split)
+    return ImageRow(item, generator, family, content, pair)
+
+
+def _labelled(folder: Path) -> Iterable[tuple[Path, int]]:
+    """The images under ``folder``'s real and fake folders (0_real / 1_fake, nature / ai)."""
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        name = sub.name.lower()
+        if name in REAL_DIRS | FAKE_DIRS:
+            for path in _images(sub):
+                yield path, int(name in FAKE_DIRS)
+
+
+def forensynths_items(root: Path) -> list[ImageRow]:
+    """ForenSynths (CNNDetection): ``train/`` and ``val/`` hold ProGAN's 20 classes, each with
+    ``0_real`` and ``1_fake``; ``test/<generator>/[<class>/]{0_real,1_fake}``: each test
+    generator with its own reals (their generator is that folder's, family real)."""
+    root = Path(root)
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise DataError(f"{root} is not a ForenSynths folder: --root must hold train/, val/ and "
+                        "test/ (progan_train, progan_val and CNN_synth_testset unpacked there)")
+    rows: list[ImageRow] = []
+    for split in ("train", "val"):
+        for content in sorted(p for p in (root / split).glob("*") if p.is_dir()):
+            rows += [_row(p, root, label, split, "progan", content.name)
+                     for p, label in _labelled(content)]
+    for gen in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+        flat = any(p.name.lower() in REAL_DIRS | FAKE_DIRS for p in gen.iterdir())
+        for content in [gen] if flat else sorted(p for p in gen.iterdir() if p.is_dir()):
+            rows += [_row(p, root, label, "test", gen.name, "" if flat else content.name)
+                     for p, label in _labelled(content)]
+    return _checked(rows, root)
+
+
+def synthbuster_items(root: Path, raise_root: Path, seed: int = 0,
+                      fractions: tuple[float, float] = (0.1, 0.1)) -> list[ImageRow]:
+    """Synthbuster: ``<generator>/<RAISE id>.png`` for each of its diffusion models; the reals
+    are RAISE-1k's images in ``raise_root`` named by the same id (TIFF or PNG; NEF raw files
+    are not read). Each fake was prompted from the real of its id, so the split is drawn per
+    id (seeded; ``fractions``: val and test): no id in two splits."""
+    root, raise_root = Path(root), Path(raise_root)
+    if not root.is_dir():
+        raise DataError(f"Synthbuster folder {root} not found; --root must hold one folder of "
+                        "images per generator")
+    if not raise_root.is_dir():
+        raise DataError(f"RAISE-1k folder {raise_root} not found; give the real photographs "
+                        "with --raise DIR (Synthbuster's download has no reals)")
+    fakes = [(p, gen.name) for gen in sorted(d for d in root.iterdir() if d.is_dir())
+             for p in _images(gen)]
+    reals = [p for p in _images(raise_root)]
+    ids = sorted({p.stem for p, _ in fakes} | {p.stem for p in reals})
+    split_of = _id_splits(ids, seed, fractions)
+    rows = [_row(p, root, 1, split_of[p.stem], gen, pair=p.stem) for p, gen in fakes]
+    rows += [_row(p, raise_root, 0, split_of[p.stem], "raise", pair=p.stem) for p in reals]
+    return _checked(rows, root)
+
+
+def _id_splits(ids: list[str], seed: int, fractions: tuple[float, float]) -> dict[str, str]:
+    """Each id's split: a seeded permutation cut into val, test (``fractions``) and train."""
+    order = [ids[k] for k in np.random.default_rng(seed).permutation(len(ids))]
+    n_val, n_test = (round(f * len(ids)) for f in fractions)
+    out = {i: "val" for i in order[:n_val]}
+    out |= {i: "test" for i in order[n_val:n_val + n_test]}
+    return out | {i: "train" for i in order[n_val + n_test:]}
+
+
+def read_skip_lists(files: Iterable[Path]) -> set[str]:
+    """The paths GenImage's published lists name (``data/corrupted_files/*.txt``,
+    ``data/improper_png_header/*.txt``: one path per line, from the generator's folder,
+    led by ``./`` or ``./data/``), normalised to ``<folder>/<split>/<label>/<file>``."""
+    skip: set[str] = set()
+    for path in files:
+        for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.strip().removeprefix("./").removeprefix("data/")
+            if line:
+                skip.add(line)
+    return skip
+
+
+def genimage_items(root: Path, skip: set[str] | None = None, seed: int = 0,
+                   val_fraction: float = 0.1) -> list[ImageRow]:
+    """GenImage: ``<generator folder>/{train,val}/{ai,nature}``. Its ``val`` is the
+    benchmark's test split; a seeded ``val_fraction`` of each generator's train images (both
+    labels) is held out as kdbench's val. Files named in ``skip`` (its corrupt-file lists)
+    are left out and counted. The reals of each generator folder are ImageNet photographs of
+    the same classes (generator: that folder's, family real); the content class is the
+    ImageNet class id where the file name leads with it."""
+    root = Path(root)
+    folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    if not any((d / "train").is_dir() for d in folders):
+        raise DataError(f"{root} is not a GenImage folder: --root must hold the generators' "
+                        "folders, each with train/ and val/ (ai/ and nature/ in each)")
+    skip = skip or set()
+    rows: list[ImageRow] = []
+    skipped = 0
+    rng = np.random.default_rng(seed)
+    for folder in folders:
+        generator, family = GENIMAGE.get(folder.name, (folder.name, None))
+        for split in ("train", "val"):
+            if not (folder / split).is_dir():
+                continue
+            for path, label in _labelled(folder / split):
+                if path.relative_to(root).as_posix() in skip:
+                    skipped += 1
+                    continue
+                target = "test" if split == "val" else (
+                    "val" if rng.random() < val_fraction else "train")
+                rows.append(_row(path, root, label, target, generator, _imagenet_class(path),
+                                 family=family))
+    if skipped:
+        log.info("left out %d images named in GenImage's lists of corrupt files", skipped)
+    return _checked(rows, root)
+
+
+def _imagenet_class(path: Path) -> str:
+    """The leading ImageNet class number of a GenImage file name (``033_sdv4_00134.png``), or
+    "" when the name does not lead with one."""
+    head = path.stem.split("_", 1)[0]
+    return head if head.isdigit() else ""
+
+
+def _checked(rows: list[ImageRow], root: Path) -> list[ImageRow]:
+    if not rows:
+        raise DataError(f"no images under {root}'s real and fake folders; images must end in "
+                        f"{', '.join(IMAGE_SUFFIXES)}")
+    for split in SPLITS:
+        if not any(r.item.split == split for r in rows):
+            log.warning("%s has no %s images; training needs train and val", root, split)
+    return rows

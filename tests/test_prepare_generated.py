@@ -1,0 +1,98 @@
+"""The AI-generated image datasets' layouts listed for preparation: ForenSynths, Synthbuster
+(splits by RAISE id), GenImage (its val as the test split, its corrupt-file lists)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kdbench.data.prepare_generated import (
+    forensynths_items,
+    genimage_items,
+    read_skip_lists,
+    synthbuster_items,
+)
+from kdbench.errors import DataError
+
+
+def _image(path: Path, value: int = 0, suffix: str = ".png") -> Path:
+    path = path.with_suffix(suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((4, 4, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_forensynths_lists_progan_classes_and_each_test_generator_with_its_reals(tmp_path):
+    for split in ("train", "val"):
+        for cls in ("cat", "car"):
+            for k in range(2):
+                _image(tmp_path / split / cls / "0_real" / f"r{k}")
+                _image(tmp_path / split / cls / "1_fake" / f"f{k}")
+    _image(tmp_path / "test/biggan/0_real/a")  # flat
+    _image(tmp_path / "test/biggan/1_fake/b")
+    _image(tmp_path / "test/stylegan/bedroom/0_real/c", suffix=".jpg")  # with classes
+    _image(tmp_path / "test/stylegan/bedroom/1_fake/d")
+    rows = forensynths_items(tmp_path)
+    assert Counter(r.item.split for r in rows) == {"train": 8, "val": 8, "test": 4}
+    train = [r for r in rows if r.item.split == "train"]
+    assert {r.generator for r in train} == {"progan"} and {r.content for r in train} == {"cat",
+                                                                                       "car"}
+    test = {r.item.video: r for r in rows if r.item.split == "test"}
+    assert test["test/biggan/0_real/a.png"].generator == "biggan"  # its own reals
+    assert test["test/biggan/0_real/a.png"].family == "real"
+    assert test["test/biggan/1_fake/b.png"].family == "gan"
+    assert test["test/stylegan/bedroom/1_fake/d.png"].content == "bedroom"
+    assert test["test/stylegan/bedroom/0_real/c.jpg"].item.label == 0
+    with pytest.raises(DataError, match="not a ForenSynths folder"):
+        forensynths_items(tmp_path / "test")
+
+
+def test_synthbuster_splits_by_raise_id_so_no_id_is_in_two_splits(tmp_path):
+    ids = [f"r{k:08x}t" for k in range(30)]
+    for gen in ("dalle2", "stable-diffusion-xl"):
+        for i in ids:
+            _image(tmp_path / "sb" / gen / i)
+    for i in ids:
+        _image(tmp_path / "raise" / i, suffix=".tif")
+    rows = synthbuster_items(tmp_path / "sb", tmp_path / "raise", seed=3)
+    assert len(rows) == 90 and Counter(r.item.label for r in rows) == {1: 60, 0: 30}
+    split_of: dict[str, set[str]] = {}
+    for r in rows:
+        split_of.setdefault(r.pair, set()).add(r.item.split)
+    assert all(len(s) == 1 for s in split_of.values())  # an id's fakes and real: one split
+    assert Counter(next(iter(s)) for s in split_of.values()) == {"train": 24, "val": 3,
+                                                               "test": 3}
+    assert {r.family for r in rows if r.item.label} == {"diffusion"}
+    assert rows == synthbuster_items(tmp_path / "sb", tmp_path / "raise", seed=3)  # seeded
+    with pytest.raises(DataError, match="--raise DIR"):
+        synthbuster_items(tmp_path / "sb", tmp_path / "nothing")
+
+
+def test_genimage_takes_val_as_test_holds_out_val_and_skips_listed_corrupt_files(tmp_path):
+    root = tmp_path / "genimage"
+    for folder in ("imagenet_ai_0419_sdv4", "imagenet_ai_0419_biggan"):
+        for split, n in (("train", 20), ("val", 3)):
+            for k in range(n):
+                _image(root / folder / split / "ai" / f"{k:03d}_x_{k}")
+                _image(root / folder / split / "nature" / f"n{k}", suffix=".JPEG")
+    listed = tmp_path / "corrupted_files" / "imagenet_ai_0419_sdv4.txt"
+    listed.parent.mkdir()
+    listed.write_text("./imagenet_ai_0419_sdv4/train/nature/n0.JPEG\n"
+                      "./data/imagenet_ai_0419_sdv4/train/ai/001_x_1.png\n")
+    skip = read_skip_lists([listed])
+    rows = genimage_items(root, skip, seed=0)
+    videos = {r.item.video for r in rows}
+    assert "imagenet_ai_0419_sdv4/train/nature/n0.JPEG" not in videos
+    assert "imagenet_ai_0419_sdv4/train/ai/001_x_1.png" not in videos
+    assert len(rows) == 2 * (40 + 6) - 2
+    assert Counter(r.item.split for r in rows)["test"] == 12  # GenImage's val
+    assert 0 < Counter(r.item.split for r in rows)["val"] < 20
+    fakes = {r.generator: r.family for r in rows if r.item.label}
+    assert fakes == {"sd-v1.4": "diffusion", "biggan": "gan"}
+    assert {r.content for r in rows if r.item.label} >= {"000", "019"}  # ImageNet class ids
+    with pytest.raises(DataError, match="not a GenImage folder"):
+        genimage_items(tmp_path / "corrupted_files")
