@@ -13,7 +13,10 @@ from PIL import Image
 from kdbench.data.prepare_generated import (
     forensynths_items,
     genimage_items,
+    manifest,
+    parse_reencode,
     read_skip_lists,
+    reencode,
     synthbuster_items,
 )
 from kdbench.errors import DataError
@@ -96,3 +99,31 @@ def test_genimage_takes_val_as_test_holds_out_val_and_skips_listed_corrupt_files
     assert {r.content for r in rows if r.item.label} >= {"000", "019"}  # ImageNet class ids
     with pytest.raises(DataError, match="not a GenImage folder"):
         genimage_items(tmp_path / "corrupted_files")
+
+
+def test_the_manifest_keeps_each_images_original_format_and_size(tmp_path):
+    _image(tmp_path / "train/cat/0_real/r", suffix=".jpg")
+    _image(tmp_path / "train/cat/1_fake/f")
+    _image(tmp_path / "test/san/1_fake/g")
+    (tmp_path / "test/san/0_real").mkdir(parents=True)
+    (tmp_path / "test/san/0_real/broken.png").write_bytes(b"not an image")
+    table = manifest(forensynths_items(tmp_path)).set_index("video")
+    assert table.loc["train/cat/0_real/r.jpg", ["format", "width", "family"]].tolist() == [
+        "jpeg", 4, "real"]
+    assert table.loc["train/cat/1_fake/f.png", "format"] == "png"
+    assert table.loc["test/san/0_real/broken.png", "format"] == "unreadable"
+    assert table.loc["test/san/1_fake/g.png", ["generator", "split"]].tolist() == ["san", "test"]
+
+
+def test_reencoding_gives_reals_and_fakes_one_compression(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    assert reencode(image, parse_reencode("none")) is image
+    assert np.array_equal(reencode(image, parse_reencode("png")), image)  # lossless
+    lossy = reencode(image, parse_reencode("jpeg:50"))
+    assert lossy.shape == image.shape and not np.array_equal(lossy, image)
+    assert np.abs(reencode(image, parse_reencode("jpeg:100")).astype(int) - image).mean() < \
+        np.abs(lossy.astype(int) - image).mean()
+    for bad in ("jpeg", "jpeg:0", "jpeg:101", "webp", "png:9"):
+        with pytest.raises(DataError, match="--reencode"):
+            parse_reencode(bad)
