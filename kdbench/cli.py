@@ -289,7 +289,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 methods=args.methods, splits=args.splits, frames=args.frames, size=args.size,
                 detector=args.detector, workers=args.workers, val_fraction=args.val_fraction,
                 seed=args.seed, name=args.name, json_file=args.json,
-                progress=not args.no_progress)
+                raise_root=args.raise_root, skip_lists=args.skip_lists, crop=args.crop,
+                reencode=args.reencode, progress=not args.no_progress)
     return 0
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from kdbench import __version__
 from kdbench.compress.settings import FINETUNE_MODES, SCOPES, TECHNIQUES
 from kdbench.config import DEFAULT_RESULTS, METRIC_NAMES
+from kdbench.data.commands import CROPS, PREPARE_SOURCES
 from kdbench.deploy.api import INT8
 from kdbench.report.pareto import AXES
 from kdbench.request import PRESET_NAMES, add_arguments
@@ -308,9 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(synth, results=False, registry=False, progress=True)
 
     prep = sub.add_parser("prepare", help="videos or images -> face crops + index")
-    prep.add_argument("source", choices=("ff++", "celebdf", "folder", "deepfakebench"),
+    prep.add_argument("source", choices=PREPARE_SOURCES,
                       help="ff++: FaceForensics++; celebdf: Celeb-DF v2; folder: real/ and "
-                      "fake/ image folders; deepfakebench: frames DeepfakeBench extracted")
+                      "fake/ image folders; deepfakebench: frames DeepfakeBench extracted; "
+                      "forensynths, synthbuster, genimage: AI-generated image datasets")
     prep.add_argument("--root", required=True,
                       help="the dataset as downloaded (deepfakebench: its rgb_dir)")
     prep.add_argument("--json", default=None,
@@ -334,6 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--seed", type=int, default=None, help="celebdf, folder: split seed (0)")
     prep.add_argument("--name", default=None,
                       help="folder (default folder), deepfakebench: the name for --dataset")
+    prep.add_argument("--raise", dest="raise_root", type=Path, default=None, metavar="DIR",
+                      help="synthbuster: the RAISE-1k photographs (its reals)")
+    prep.add_argument("--skip-list", dest="skip_lists", type=Path, action="append", default=[],
+                      metavar="FILE", help="genimage: a published list of corrupt files "
+                      "(repeatable)")
+    prep.add_argument("--crop", choices=tuple(CROPS), default=None,
+                      help="forensynths, synthbuster, genimage: center (the central square, "
+                      "default) or resize (the whole image)")
+    prep.add_argument("--reencode", default=None, metavar="none|png|jpeg:Q",
+                      help="image sources: write every image in one format first, so reals and "
+                      "fakes do not differ by their files' compression")
     _common(prep, results=False, registry=False, progress=True)
     return p
 

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -14,11 +16,10 @@ from kdbench.data.prepare_generated import (
     forensynths_items,
     genimage_items,
     manifest,
-    parse_reencode,
     read_skip_lists,
-    reencode,
     synthbuster_items,
 )
+from kdbench.data.reencode import parse_reencode, reencode
 from kdbench.errors import DataError
 
 
@@ -127,3 +128,47 @@ def test_reencoding_gives_reals_and_fakes_one_compression(tmp_path):
     for bad in ("jpeg", "jpeg:0", "jpeg:101", "webp", "png:9"):
         with pytest.raises(DataError, match="--reencode"):
             parse_reencode(bad)
+
+
+def _forensynths_tree(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for cls in ("cat", "car"):
+            for k in range(n):
+                _image(root / split / cls / "0_real" / f"r{k}", int(rng.integers(0, 120)),
+                       ".jpg")
+                _image(root / split / cls / "1_fake" / f"f{k}", int(rng.integers(120, 256)))
+    for gen in ("biggan", "san"):
+        for k in range(3):
+            _image(root / "test" / gen / "0_real" / f"r{k}", int(rng.integers(0, 120)), ".jpg")
+            _image(root / "test" / gen / "1_fake" / f"f{k}", int(rng.integers(120, 256)))
+    (root / "test/san/1_fake/broken.png").write_bytes(b"not an image")
+
+
+@pytest.mark.slow
+def test_prepare_forensynths_writes_the_manifest_and_a_run_trains_on_it(tmp_path, capsys):
+    from kdbench import api
+    from kdbench.cli import main
+
+    _forensynths_tree(tmp_path / "fs")
+    out = tmp_path / "prep"
+    assert main(["prepare", "forensynths", "--root", str(tmp_path / "fs"), "--out", str(out),
+                 "--size", "16", "--reencode", "jpeg:90", "--workers", "1",
+                 "--no-progress"]) == 0
+    assert "failed 1 images" in capsys.readouterr().err  # the unreadable one, counted
+    table = pd.read_csv(out / "manifest.csv")
+    assert len(table) == 49 and table["prepared"].sum() == 48
+    assert set(table.loc[table.label == 0, "format"]) == {"jpeg"}
+    assert set(table.loc[(table.label == 1) & table.prepared, "format"]) == {"png"}
+    meta = json.loads((out / "prepared.json").read_text())
+    assert meta["reencode"] == "jpeg:90" and meta["crop"] == "center" and meta["failed"] == 1
+    summary = api.run("vanilla", "forensynths", data_root=out, preset="quick",
+                      results=tmp_path / "R", settings={"data.size": 16, "train.epochs": 1},
+                      progress=False)
+    assert summary.trained == 1
+    assert main(["prepare", "forensynths", "--root", str(tmp_path / "fs"), "--out",
+                 str(tmp_path / "p2"), "--reencode", "jpeg:0"]) == 2
+    assert "--reencode 'jpeg:0'" in capsys.readouterr().err
+    assert main(["prepare", "synthbuster", "--root", str(tmp_path / "fs"), "--out",
+                 str(tmp_path / "p3")]) == 2
+    assert "needs --raise" in capsys.readouterr().err

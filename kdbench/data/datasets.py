@@ -18,6 +18,10 @@ REAL_DATASETS = {
     "ff_raw": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression raw --out DIR",
     "celebdf": "kdbench prepare celebdf --root <Celeb-DF folder> --out DIR",
     "folder": "kdbench prepare folder --root <folder of real/ and fake/ images> --out DIR",
+    "forensynths": "kdbench prepare forensynths --root <train/ val/ test/ folder> --out DIR",
+    "synthbuster": "kdbench prepare synthbuster --root <Synthbuster folder> --raise <RAISE-1k> "
+                   "--out DIR",
+    "genimage": "kdbench prepare genimage --root <GenImage folder> --out DIR",
 }
 EMBEDDED_DATASETS = ("synthetic", "synthetic_c23")  # generated on first use (synthetic/domains)
 DATASETS = (*EMBEDDED_DATASETS, *REAL_DATASETS)

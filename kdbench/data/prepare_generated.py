@@ -4,7 +4,6 @@ pair id). Layouts: docs/datasets.md."""
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from collections.abc import Iterable
@@ -218,29 +217,3 @@ def manifest(rows: list[ImageRow]) -> pd.DataFrame:
                     "family": r.family, "content": r.content, "pair": r.pair, "format": fmt,
                     "width": width, "height": height, "split": r.item.split})
     return pd.DataFrame(out, columns=list(MANIFEST_COLUMNS))
-
-
-def parse_reencode(spec: str) -> tuple[str, int | None]:
-    """``none``, ``png`` or ``jpeg:Q`` (Q in 1..100) as (format, quality); one line otherwise."""
-    kind, _, quality = spec.lower().partition(":")
-    if kind in ("none", "png") and not quality:
-        return kind, None
-    if kind == "jpeg" and quality.isdigit() and 1 <= int(quality) <= 100:
-        return kind, int(quality)
-    raise DataError(f"--reencode {spec!r}: give none, png or jpeg:Q with a quality Q from 1 to "
-                    "100 (e.g. jpeg:95)")
-
-
-def reencode(image: np.ndarray, spec: tuple[str, int | None]) -> np.ndarray:
-    """``image`` (uint8 HxWx3) written in the format of ``spec`` and read back, so that reals
-    and fakes carry the same compression (``none``: unchanged; ``png`` is lossless)."""
-    kind, quality = spec
-    if kind == "none":
-        return image
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG" if kind == "jpeg" else "PNG",
-                                **({"quality": quality} if quality else {}))
-    buffer.seek(0)
-    return np.asarray(Image.open(buffer).convert("RGB"))
