@@ -82,7 +82,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     report = api.report(args.kind, results=args.results, metric=args.metric,
                         dataset=args.dataset, student=args.student, registry=args.registry,
                         preset=args.preset, size=args.size, device=args.device,
-                        measure=not args.no_measure, ci=args.ci)
+                        measure=not args.no_measure, ci=args.ci, data_root=args.data_root)
     text = report.render(args.format)
     if args.out:
         from kdbench.files import atomic_write_text

@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--size", type=_at_least(8), default=None,
                        help="cost: input size (default: the preset's)")
     table.add_argument("--no-measure", action="store_true", help="cost: skip the timing")
+    table.add_argument("--data-root", type=Path, default=None,
+                       help="shortcut: the prepared image dataset whose manifest.csv it reads")
     table.add_argument("--ci", action="store_true",
                        help="comparison: print both - rgb with its two-level bootstrap interval "
                        "at its Holm level and the paired t-test over seeds")

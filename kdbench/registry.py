@@ -220,7 +220,8 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
 
 
 BUILT_IN_KINDS = ("runs", "comparison", "weighting", "ablation", "teacher", "cross", "cost",
-                  "curves", "deploy", "students", "claims", "gradcos", "compression", "pareto")
+                  "curves", "deploy", "students", "claims", "gradcos", "compression", "pareto",
+                  "shortcut")
 
 
 SWEEP_KEYS = ("title", "mode", "sweep")

@@ -68,7 +68,7 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "weighting", "ablation", *_declared(reg, "sweeps"), "teacher",
-            "cross", "cost", "deploy", "students", "claims", "compression"]
+            "cross", "cost", "deploy", "students", "claims", "compression", "shortcut"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -97,7 +97,8 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
            metric: str | Sequence[str] | None = None, dataset: str | None = None,
            student: str | Sequence[str] | None = None, registry: RegistryArg = None,
            preset: str | None = None, size: int | None = None, device: str | None = None,
-           measure: bool = True, ci: bool = False) -> tables_Report:
+           measure: bool = True, ci: bool = False,
+           data_root: PathLike | None = None) -> tables_Report:
     """The table ``kind`` as a ``kdbench.report.tables.Report`` (``.markdown()``,
     ``.latex()``, ``.csv()``, ``.frame()``): mean ± std over seeds of ``metric``, or of
     several side by side in each cell (``"acc,auc"`` -> ``acc / auc``; None: auc for the
@@ -113,6 +114,10 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
     metrics = _metrics(metric or KIND_METRIC.get(kind, "acc"))
     if kind == "cost":
         return _cost(preset, dataset, student, size, device, measure)
+    if kind == "shortcut":  # a prepared image dataset's files, not the store's runs
+        from kdbench.data.shortcut import shortcut_report
+
+        return shortcut_report(data_root)
     if kind == "deploy":
         from kdbench.report.deploy import deploy_records, deploy_report
 

@@ -129,7 +129,8 @@ def write_reports(p: Plan) -> None:
     out, registry = r.results, list(r.registry)
     if p.cross:
         cross_test_rest(out / "runs" / r.dataset, p.cross[0], p.cross[1], r.device, r.progress)
-    for kind in [k for k in reporting.table_kinds(registry) if k not in ("runs", "cost")]:
+    for kind in [k for k in reporting.table_kinds(registry)
+                 if k not in ("runs", "cost", "shortcut")]:  # shortcut: a dataset's files
         atomic_write_text(out / "tables" / f"{kind}.md",
                           reporting.report(kind, results=out, registry=registry).markdown())
     cost = reporting.report("cost", preset=r.preset, dataset=r.dataset,

@@ -162,6 +162,11 @@ def test_prepare_forensynths_writes_the_manifest_and_a_run_trains_on_it(tmp_path
     assert set(table.loc[(table.label == 1) & table.prepared, "format"]) == {"png"}
     meta = json.loads((out / "prepared.json").read_text())
     assert meta["reencode"] == "jpeg:90" and meta["crop"] == "center" and meta["failed"] == 1
+    assert main(["table", "--kind", "shortcut", "--data-root", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "| format | 24 | 12 | 100.00 | 100.00 |" in shown  # JPEG reals, PNG fakes
+    assert main(["table", "--kind", "shortcut"]) == 2
+    assert "--data-root DIR" in capsys.readouterr().err
     summary = api.run("vanilla", "forensynths", data_root=out, preset="quick",
                       results=tmp_path / "R", settings={"data.size": 16, "train.epochs": 1},
                       progress=False)
@@ -172,3 +177,19 @@ def test_prepare_forensynths_writes_the_manifest_and_a_run_trains_on_it(tmp_path
     assert main(["prepare", "synthbuster", "--root", str(tmp_path / "fs"), "--out",
                  str(tmp_path / "p3")]) == 2
     assert "needs --raise" in capsys.readouterr().err
+
+
+def test_the_shortcut_baseline_sees_a_format_difference_and_nothing_where_there_is_none():
+    from kdbench.data.shortcut import shortcut_baseline
+
+    rng = np.random.default_rng(0)
+    n = 200
+    label = rng.integers(0, 2, n)
+    base = {"label": label, "split": np.where(np.arange(n) < 120, "train", "test"),
+            "width": rng.choice([256, 512], n), "height": rng.choice([256, 512], n)}
+    leaky = pd.DataFrame({**base, "format": np.where(label == 1, "png", "jpeg")})
+    rows = {r["features"]: r for r in shortcut_baseline(leaky)}
+    assert rows["format"]["auc"] == 1.0 and rows["format"]["acc"] == 1.0
+    assert abs(rows["size"]["auc"] - 0.5) < 0.2  # sizes drawn apart from the label
+    clean = pd.DataFrame({**base, "format": "jpeg"})
+    assert {r["features"]: r["auc"] for r in shortcut_baseline(clean)}["format"] == 0.5
