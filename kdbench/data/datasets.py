@@ -23,7 +23,8 @@ REAL_DATASETS = {
                    "--out DIR",
     "genimage": "kdbench prepare genimage --root <GenImage folder> --out DIR",
 }
-EMBEDDED_DATASETS = ("synthetic", "synthetic_c23")  # generated on first use (synthetic/domains)
+EMBEDDED_DATASETS = ("synthetic", "synthetic_c23", "synthetic_gen")  # generated on first use
+GENERATED_EMBEDDED = "synthetic_gen"  # images of five generators (synthetic/generated.py)
 DATASETS = (*EMBEDDED_DATASETS, *REAL_DATASETS)
 NAMED_SOURCES = ("folder", "deepfakebench")  # preparations whose --name is the dataset name
 INDEX_COLUMNS = ("row", "video", "frame", "label", "split")
@@ -174,6 +175,16 @@ def open_dataset(
     use under ``data_root`` (default: the cache); the real ones need ``data_root`` = a
     prepared folder."""
     check_dataset(name, data_root)
+    if name == GENERATED_EMBEDDED:
+        from kdbench.data.synthetic.generated import ensure_generated, generated_folder
+        from kdbench.train.store import wait_for_lock
+
+        root = Path(data_root) if data_root else default_data_root() / name
+        if not (generated_folder(root, size) / "prepared.json").is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            with wait_for_lock(root):
+                ensure_generated(root, size, progress)
+        return load_prepared(generated_folder(root, size), name, frames, require=require)
     if name in EMBEDDED_DATASETS:
         from kdbench.data.synthetic.domains import EMBEDDED
         from kdbench.data.synthetic.prepare import ensure_synthetic, prepared_folder
