@@ -3,6 +3,8 @@ same every time, and each generator's trace present as its docstring says."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,3 +76,34 @@ def test_a_run_trains_on_synthetic_gen(tmp_path, monkeypatch):
                       results=tmp_path / "R", settings={"data.size": 32, "train.epochs": 1},
                       progress=False)
     assert summary.trained == 1
+
+
+def test_a_protocol_keeps_its_generators_fakes_and_their_reals(tmp_path, monkeypatch):
+    from kdbench.data.generators import fake_generators, select, with_generators
+    from kdbench.errors import DataError
+
+    monkeypatch.setattr(generated, "PER_SPLIT", {"train": 2, "val": 1, "test": 1})
+    data = open_dataset("synthetic_gen", tmp_path, 16, 1, progress=False)
+    index = with_generators(data.index, data.root)
+    assert fake_generators(index) == sorted(GENERATORS)
+    held_out = "periodic"
+    kept = select(index, train=[g for g in GENERATORS if g != held_out], test=[held_out])
+    train = kept[kept.split.isin(["train", "val"])]
+    assert held_out not in set(train.generator) and len(train) == 4 * 2 * 3
+    assert set(kept.loc[kept.split == "test", "generator"]) == {held_out}
+    assert kept.loc[kept.split == "test", "label"].tolist().count(0) == 1  # its own real
+    assert len(select(index)) == len(index)
+    with pytest.raises(DataError, match="unknown generator 'periodc' \\(did you mean "
+                       "'periodic'\\?\\); the test split holds"):
+        select(index, test=["periodc"])
+
+
+def test_reals_of_no_generator_stay_in_every_selection():
+    from kdbench.data.generators import select, with_generators
+
+    index = pd.DataFrame({"row": range(6), "video": list("abcdef"), "label": [0, 0, 1, 1, 1, 1],
+                          "manipulation": ["real", "real", "A", "B", "A", "B"],
+                          "split": ["train", "test", "train", "train", "test", "test"]})
+    index = with_generators(index, Path("/nonexistent"))
+    kept = select(index, train=["A"], test=["B"])
+    assert kept["video"].tolist() == ["a", "b", "c", "f"]
