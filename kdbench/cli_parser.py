@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--crop", choices=tuple(CROPS), default=None,
                       help="forensynths, synthbuster, genimage: center (the central square, "
                       "default) or resize (the whole image)")
-    prep.add_argument("--reencode", default=None, metavar="none|png|jpeg:Q",
+    prep.add_argument("--reencode", default=None, metavar="none|jpeg:Q",
                       help="image sources: write every image in one format first, so reals and "
                       "fakes do not differ by their files' compression")
     _common(prep, results=False, registry=False, progress=True)

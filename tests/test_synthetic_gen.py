@@ -107,3 +107,8 @@ def test_reals_of_no_generator_stay_in_every_selection():
     index = with_generators(index, Path("/nonexistent"))
     kept = select(index, train=["A"], test=["B"])
     assert kept["video"].tolist() == ["a", "b", "c", "f"]
+
+
+def test_every_generator_draws_odd_sizes_too():
+    for name, (_, draw) in GENERATORS.items():
+        assert draw(np.random.default_rng(0), 33).shape == (33, 33, 3), name

@@ -93,6 +93,9 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
     recode = parse_reencode(reencode) if reencode else NONE
     if crop is not None and crop not in CROPS:
         raise KdbenchError(f"unknown --crop {crop!r}; choose one of {', '.join(CROPS)}")
+    if crop is not None and detector is not None:
+        raise KdbenchError("give --crop or --detector, not both: --crop center and resize are "
+                           "the image sources' crops, --detector a face detector's")
     root, out, seed = Path(root), Path(out), seed or 0
     noun, meta = "videos", {"source": source}
     detector = detector or (CROPS[crop or "center"] if source in GENERATED_SOURCES
@@ -142,7 +145,8 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
     if source in GENERATED_SOURCES:
         rows = _generated(source, root, seed, val_fraction, raise_root, skip_lists)
         dataset, frames, noun, items = source, 1, "images", [r.item for r in rows]
-        meta.update(seed=seed, crop=crop or "center", reencode=reencode or "none")
+        meta.update(seed=seed, crop=crop or ("center" if detector == "full" else detector),
+                    reencode=reencode or "none")
     if recode != NONE:
         meta.update(reencode=reencode)
     counts = prepare_items(items, out, dataset, frames, size, detector, workers, progress, meta,

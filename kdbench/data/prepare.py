@@ -168,7 +168,8 @@ def _check_cache(out: Path, dataset: str, frames: int, size: int, detector: str,
     if path.is_file():
         old = json.loads(path.read_text())
         if old != settings:
-            diff = ", ".join(f"{k} {old.get(k)!r}" for k in settings if old.get(k) != settings[k])
+            diff = ", ".join(f"{k} {old.get(k)!r}" for k in sorted(set(old) | set(settings))
+                             if old.get(k) != settings.get(k))
             raise DataError(
                 f"{out} was prepared with {diff}; use another --out, or delete {out} to start "
                 "over with the new settings"

@@ -4,6 +4,7 @@ pair id). Layouts: docs/datasets.md."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Iterable
@@ -148,7 +149,8 @@ def genimage_items(root: Path, skip: set[str] | None = None, seed: int = 0,
                    val_fraction: float = 0.1) -> list[ImageRow]:
     """GenImage: ``<generator folder>/{train,val}/{ai,nature}``. Its ``val`` is the
     benchmark's test split; a seeded ``val_fraction`` of each generator's train images (both
-    labels) is held out as kdbench's val. Files named in ``skip`` (its corrupt-file lists)
+    labels; drawn by a seeded hash of the file, a real by its name) is held out as kdbench's
+    val. Files named in ``skip`` (its corrupt-file lists)
     are left out and counted. The reals of each generator folder are ImageNet photographs of
     the same classes (generator: that folder's, family real); the content class is the
     ImageNet class id where the file name leads with it."""
@@ -160,7 +162,6 @@ def genimage_items(root: Path, skip: set[str] | None = None, seed: int = 0,
     skip = skip or set()
     rows: list[ImageRow] = []
     skipped = 0
-    rng = np.random.default_rng(seed)
     for folder in folders:
         generator, family = GENIMAGE.get(folder.name, (folder.name, None))
         for split in ("train", "val"):
@@ -170,13 +171,22 @@ def genimage_items(root: Path, skip: set[str] | None = None, seed: int = 0,
                 if path.relative_to(root).as_posix() in skip:
                     skipped += 1
                     continue
+                # a real by its file name (the same ImageNet photograph in two generators'
+                # folders lands in one split), a fake by its path; independent of the order
+                key = path.name if label == 0 else path.relative_to(root).as_posix()
                 target = "test" if split == "val" else (
-                    "val" if rng.random() < val_fraction else "train")
+                    "val" if _draw(key, seed) < val_fraction else "train")
                 rows.append(_row(path, root, label, target, generator, _imagenet_class(path),
                                  family=family))
     if skipped:
         log.info("left out %d images named in GenImage's lists of corrupt files", skipped)
     return _checked(rows, root)
+
+
+def _draw(key: str, seed: int) -> float:
+    """A uniform number in [0, 1) fixed by ``key`` and ``seed`` (a hash, not a sequence)."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
 def _imagenet_class(path: Path) -> str:

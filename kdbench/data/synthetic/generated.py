@@ -74,10 +74,15 @@ def _generator(name: str, family: str):
     return register
 
 
+def _half(size: int) -> int:
+    """The side drawn before a 2x upsampling (odd sizes: one more, cropped after)."""
+    return (size + 1) // 2
+
+
 @_generator("nearest-up", "gan")
 def _nearest_up(rng: np.random.Generator, size: int) -> np.ndarray:
-    small = _camera(scene(rng, size // 2), rng)
-    return to_uint8(small.repeat(2, axis=1).repeat(2, axis=2))
+    small = _camera(scene(rng, _half(size)), rng)
+    return to_uint8(small.repeat(2, axis=1).repeat(2, axis=2)[:, :size, :size])
 
 
 @_generator("periodic", "gan")
@@ -93,8 +98,9 @@ def _periodic(rng: np.random.Generator, size: int) -> np.ndarray:
 def _bilinear_up(rng: np.random.Generator, size: int) -> np.ndarray:
     from PIL import Image
 
-    small = to_uint8(_camera(scene(rng, size // 2), rng))
-    return np.asarray(Image.fromarray(small).resize((size, size), Image.BILINEAR), np.uint8)
+    small = to_uint8(_camera(scene(rng, _half(size)), rng))
+    up = Image.fromarray(small).resize((2 * _half(size),) * 2, Image.BILINEAR)
+    return np.asarray(up, np.uint8)[:size, :size]
 
 
 @_generator("denoised", "diffusion")
@@ -162,7 +168,7 @@ def ensure_generated(root, size: int, progress: bool = True):
         content="", pair="", format="png", width=size, height=size, prepared=True)
     atomic_write_text(out / MANIFEST, manifest.to_csv(index=False))
     atomic_write_json(out / "prepared.json", {
-        "dataset": "synthetic_gen", "frames": 1, "size": size, "detector": "none",
+        "dataset": "synthetic_gen", "frames": 1, "size": size, "detector": "full",
         "videos": len(index), "rows": len(index), "failed": 0, "seed": SEED,
         "generators": {n: f for n, (f, _) in GENERATORS.items()},
         "per_split": {s: int((index.split == s).sum()) for s in PER_SPLIT}})
