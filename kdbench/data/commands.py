@@ -143,10 +143,16 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
         meta.update(seed=seed)
     rows = None
     if source in GENERATED_SOURCES:
+        if val_fraction is not None and not 0 <= val_fraction < 1:
+            raise KdbenchError(f"--val-fraction must lie in [0, 1), got {val_fraction}")
         rows = _generated(source, root, seed, val_fraction, raise_root, skip_lists)
         dataset, frames, noun, items = source, 1, "images", [r.item for r in rows]
         meta.update(seed=seed, crop=crop or ("center" if detector == "full" else detector),
-                    reencode=reencode or "none")
+                    reencode=reencode or "none",
+                    **({"raise": str(raise_root)} if raise_root else {}),
+                    **({"skip_lists": [str(p) for p in skip_lists]} if skip_lists else {}),
+                    **({"val_fraction": 0.1 if val_fraction is None else val_fraction}
+                       if source == "genimage" else {}))
     if recode != NONE:
         meta.update(reencode=reencode)
     counts = prepare_items(items, out, dataset, frames, size, detector, workers, progress, meta,

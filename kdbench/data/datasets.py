@@ -132,6 +132,10 @@ def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None,
     return PreparedData(root, frames, index, meta)
 
 
+_SIZE = {"synthetic": "about 4 MB of videos plus the prepared frames",
+         GENERATED_EMBEDDED: "about 22 MB of drawn images at 64 px"}
+
+
 def check_dataset(name: str, data_root: Path | None, prefix: str = "--") -> None:
     """The checks of :func:`open_dataset` that need no data read: a known name, and a data
     folder that exists where one is needed (a one-line error otherwise). ``prefix``: of the
@@ -141,7 +145,7 @@ def check_dataset(name: str, data_root: Path | None, prefix: str = "--") -> None
         if data_root is not None and not Path(data_root).is_dir():
             raise DataError(
                 f"data folder {data_root} does not exist; create it (mkdir) to generate the "
-                f"{name} dataset there (about 4 MB of videos plus the prepared frames), or "
+                f"{name} dataset there ({_SIZE.get(name, _SIZE['synthetic'])}), or "
                 f"leave out {prefix}data-root to use the cache {default_data_root() / name}"
             )
         return

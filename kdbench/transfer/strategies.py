@@ -99,10 +99,11 @@ def apply(student: nn.Module, strategy: Strategy) -> nn.Module:
     if strategy.name == "partial":
         stages = getattr(student.backbone, "stages", None)
         if stages is None or strategy.k > len(stages):
-            have = "no separable stages" if stages is None else f"{len(stages)} stages"
+            have = ("no stages that can be trained apart (timm feature hooks)"
+                    if stages is None else f"{len(stages)} stages")
+            choose = f"partial:1..{len(stages)}, " if stages else ""
             raise KdbenchError(f"--strategy {strategy} does not fit {student.name}: it has "
-                               f"{have}; choose partial:1..{len(stages) if stages else 0}, "
-                               "linear, full, lora:R or adapter")
+                               f"{have}; choose {choose}linear, full, lora:R or adapter")
         for stage in list(stages)[-strategy.k:]:
             stage.requires_grad_(True)
         _head(student).requires_grad_(True)
