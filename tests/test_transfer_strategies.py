@@ -44,9 +44,9 @@ def test_lora_trains_under_a_tenth_of_full_and_merges_into_the_student():
     model = apply(student, parse_strategy("lora:4"))
     lora, total = trainable(model)
     assert 0 < lora < 0.1 * total
-    with torch.no_grad():  # move the LoRA weights off zero: merging must keep the function
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
+    with torch.no_grad():  # move the LoRA weights and the trained head copy: merging must
+        for name, p in model.named_parameters():  # keep the function, head included
+            if "lora_B" in name or ("modules_to_save" in name and "fc" in name):
                 p.add_(0.01)
     adapted = model(X).logits.detach()
     assert not torch.allclose(adapted, before)
@@ -77,3 +77,14 @@ def test_a_strategy_that_does_not_fit_is_one_line(spec, message):
     with pytest.raises(KdbenchError, match=message.replace("(", r"\(")) as info:
         apply(create_student("resnet18_thin"), parse_strategy(spec))
     assert "\n" not in str(info.value)
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_the_head_trains():
+    model = apply(create_student("resnet18_thin"), parse_strategy("linear")).train()
+    bn = model.backbone.stem[1]
+    before = bn.running_mean.clone()
+    model(X * 5 + 3)  # a training-mode forward pass on shifted inputs
+    assert torch.equal(bn.running_mean, before)
+    full = apply(create_student("resnet18_thin"), parse_strategy("full")).train()
+    full(X * 5 + 3)
+    assert not torch.equal(full.backbone.stem[1].running_mean, before)

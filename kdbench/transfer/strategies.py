@@ -87,9 +87,33 @@ def plain_convolutions(model: nn.Module) -> list[str]:
             if isinstance(m, nn.Conv2d) and m.groups == 1]
 
 
+def _eval_mode(module: nn.Module, _inputs: object) -> None:
+    module.training = False
+
+
+def freeze_batchnorm(model: nn.Module) -> int:
+    """Keep every BatchNorm whose parameters are frozen in eval mode while the model trains
+    (its running statistics neither used from the batch nor updated): a frozen layer is
+    frozen, as a linear probe means. Returns how many."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters(recurse=False)):
+            module.register_forward_pre_hook(_eval_mode)
+            count += 1
+    return count
+
+
 def apply(student: nn.Module, strategy: Strategy) -> nn.Module:
-    """The model to train for ``strategy``, its trainable parameters set (the others frozen);
-    a strategy the backbone cannot take is one line."""
+    """The model to train for ``strategy``, its trainable parameters set (the others frozen,
+    their BatchNorm layers kept in eval mode); a strategy the backbone cannot take is one
+    line."""
+    model = _apply(student, strategy)
+    freeze_batchnorm(model)
+    return model
+
+
+def _apply(student: nn.Module, strategy: Strategy) -> nn.Module:
     if strategy.name == "full":
         return student.requires_grad_(True)
     student.requires_grad_(False)
