@@ -221,3 +221,28 @@ def test_a_cache_resumed_with_other_reencoding_or_crop_settings_is_one_line(tmp_
     assert "was prepared with reencode 'jpeg:90'" in capsys.readouterr().err
     assert main([*common, "--out", out, "--crop", "resize", "--detector", "dlib"]) == 2
     assert "give --crop or --detector, not both" in capsys.readouterr().err
+
+
+def test_the_archives_folder_names_and_wrappers_are_understood(tmp_path):
+    for split in ("progan_train", "progan_val"):
+        _image(tmp_path / "fs" / split / "cat" / "0_real" / "r")
+        _image(tmp_path / "fs" / split / "cat" / "1_fake" / "f")
+    _image(tmp_path / "fs/CNN_synth_testset/crn/0_real/r")
+    _image(tmp_path / "fs/CNN_synth_testset/crn/1_fake/f")
+    rows = forensynths_items(tmp_path / "fs")
+    assert Counter(r.item.split for r in rows) == {"train": 2, "val": 2, "test": 2}
+    (tmp_path / "fs/CNN_synth_testset/empty").mkdir()
+    with pytest.raises(DataError, match="empty holds no images"):
+        forensynths_items(tmp_path / "fs")
+
+    ids = [f"r{k:08x}t" for k in range(10)]
+    for i in ids:
+        _image(tmp_path / "sb" / "synthbuster" / "dalle3" / i)  # a wrapper folder
+        _image(tmp_path / "raise" / i, suffix=".tif")
+    _image(tmp_path / "raise" / ids[0], suffix=".png")  # a converted copy: one real per id
+    _image(tmp_path / "raise" / "r99999999t", suffix=".tif")  # an id without fakes
+    rows = synthbuster_items(tmp_path / "sb", tmp_path / "raise")
+    reals = [r for r in rows if r.item.label == 0]
+    assert len(reals) == 10 and {Path(r.item.path).suffix for r in reals} == {".tif"}
+    with pytest.raises(DataError, match="none of Synthbuster's generator folders"):
+        synthbuster_items(tmp_path / "raise", tmp_path / "raise")

@@ -84,20 +84,35 @@ def forensynths_items(root: Path) -> list[ImageRow]:
     ``0_real`` and ``1_fake``; ``test/<generator>/[<class>/]{0_real,1_fake}``: each test
     generator with its own reals (their generator is that folder's, family real)."""
     root = Path(root)
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
-        raise DataError(f"{root} is not a ForenSynths folder: --root must hold train/, val/ and "
-                        "test/ (progan_train, progan_val and CNN_synth_testset unpacked there)")
+    folders = {split: _first_dir(root, names) for split, names in FORENSYNTHS.items()}
+    if folders["train"] is None or folders["test"] is None:
+        raise DataError(f"{root} is not a ForenSynths folder: --root must hold train/ (or "
+                        "progan_train/), val/ (progan_val/) and test/ (CNN_synth_testset/)")
     rows: list[ImageRow] = []
     for split in ("train", "val"):
-        for content in sorted(p for p in (root / split).glob("*") if p.is_dir()):
+        for content in sorted(p for p in (folders[split] or root / split).glob("*")
+                              if p.is_dir()):
             rows += [_row(p, root, label, split, "progan", content.name)
                      for p, label in _labelled(content)]
-    for gen in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
+    for gen in sorted(p for p in folders["test"].iterdir() if p.is_dir()):
         flat = any(p.name.lower() in REAL_DIRS | FAKE_DIRS for p in gen.iterdir())
-        for content in [gen] if flat else sorted(p for p in gen.iterdir() if p.is_dir()):
-            rows += [_row(p, root, label, "test", gen.name, "" if flat else content.name)
-                     for p, label in _labelled(content)]
+        found = [_row(p, root, label, "test", gen.name, "" if flat else content.name)
+                 for content in ([gen] if flat else sorted(p for p in gen.iterdir()
+                                                          if p.is_dir()))
+                 for p, label in _labelled(content)]
+        if not found:
+            raise DataError(f"{gen} holds no images in 0_real/ and 1_fake/ folders (directly "
+                            "or in class folders); is --root the folder above the test set?")
+        rows += found
     return _checked(rows, root)
+
+
+FORENSYNTHS = {"train": ("train", "progan_train"), "val": ("val", "progan_val"),
+               "test": ("test", "CNN_synth_testset")}  # the archives' names too
+
+
+def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
 
 
 def synthbuster_items(root: Path, raise_root: Path, seed: int = 0,
@@ -113,14 +128,41 @@ def synthbuster_items(root: Path, raise_root: Path, seed: int = 0,
     if not raise_root.is_dir():
         raise DataError(f"RAISE-1k folder {raise_root} not found; give the real photographs "
                         "with --raise DIR (Synthbuster's download has no reals)")
-    fakes = [(p, gen.name) for gen in sorted(d for d in root.iterdir() if d.is_dir())
-             for p in _images(gen)]
-    reals = [p for p in _images(raise_root)]
-    ids = sorted({p.stem for p, _ in fakes} | {p.stem for p in reals})
+    subs = sorted(d for d in root.iterdir() if d.is_dir())
+    if len(subs) == 1 and not any(d.name in SYNTHBUSTER for d in subs):  # a wrapper folder
+        root, subs = subs[0], sorted(d for d in subs[0].iterdir() if d.is_dir())
+    if not any(d.name in SYNTHBUSTER for d in subs):
+        raise DataError(f"{root} holds none of Synthbuster's generator folders "
+                        f"({', '.join(SYNTHBUSTER)}); give the folder that holds them")
+    fakes = [(p, gen.name) for gen in subs for p in _images(gen)]
+    faked = {p.stem for p, _ in fakes}
+    reals = _one_real_per_id(_images(raise_root), faked)
+    ids = sorted(faked)
     split_of = _id_splits(ids, seed, fractions)
     rows = [_row(p, root, 1, split_of[p.stem], gen, pair=p.stem) for p, gen in fakes]
     rows += [_row(p, raise_root, 0, split_of[p.stem], "raise", pair=p.stem) for p in reals]
     return _checked(rows, root)
+
+
+SYNTHBUSTER = ("dalle2", "dalle3", "firefly", "glide", "midjourney-v5", "stable-diffusion-1-3",
+               "stable-diffusion-1-4", "stable-diffusion-2", "stable-diffusion-xl")
+_PREFER = (".tif", ".tiff", ".png", ".jpg", ".jpeg")  # a RAISE id's files: the first kept
+
+
+def _one_real_per_id(paths: list[Path], faked: set[str]) -> list[Path]:
+    """One photograph per RAISE id that has fakes (TIFF over PNG over JPEG); the others
+    (thumbnails, ids without fakes) are left out and counted."""
+    best: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in faked and p.suffix.lower() in _PREFER:
+            held = best.get(p.stem)
+            if held is None or _PREFER.index(p.suffix.lower()) < _PREFER.index(
+                    held.suffix.lower()):
+                best[p.stem] = p
+    if len(paths) > len(best):
+        log.info("kept %d RAISE photographs, one per id with fakes; left out %d other files",
+                 len(best), len(paths) - len(best))
+    return [best[k] for k in sorted(best)]
 
 
 def _id_splits(ids: list[str], seed: int, fractions: tuple[float, float]) -> dict[str, str]:
