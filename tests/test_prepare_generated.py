@@ -246,3 +246,21 @@ def test_the_archives_folder_names_and_wrappers_are_understood(tmp_path):
     assert len(reals) == 10 and {Path(r.item.path).suffix for r in reals} == {".tif"}
     with pytest.raises(DataError, match="none of Synthbuster's generator folders"):
         synthbuster_items(tmp_path / "raise", tmp_path / "raise")
+
+
+def test_genimage_drive_and_readme_layouts_and_its_class_names(tmp_path):
+    drive = tmp_path / "drive" / "ADM" / "imagenet_ai_0508_adm"
+    _image(drive / "train/ai/007_adm_1")
+    _image(drive / "train/nature/n01440764_10", suffix=".JPEG")
+    _image(drive / "val/ai/008_adm_2")
+    _image(drive / "val/nature/ILSVRC2012_val_00000001", suffix=".JPEG")
+    readme = tmp_path / "drive" / "glide"  # a README-named folder holding train/ and val/
+    _image(readme / "train/ai/GLIDE_1000_200_08_808_glide_00033")
+    _image(readme / "val/ai/GLIDE_1000_200_08_809_glide_00034")
+    skip = {"imagenet_glide/val/ai/GLIDE_1000_200_08_809_glide_00034.png", "imagenet_x/a.png"}
+    rows = genimage_items(tmp_path / "drive", skip)
+    fakes = {r.generator: r.family for r in rows if r.item.label}
+    assert fakes == {"adm": "diffusion", "glide": "diffusion"}
+    content = {Path(r.item.path).stem: r.content for r in rows}
+    assert content == {"007_adm_1": "007", "n01440764_10": "n01440764", "008_adm_2": "008",
+                       "ILSVRC2012_val_00000001": "", "GLIDE_1000_200_08_808_glide_00033": "808"}

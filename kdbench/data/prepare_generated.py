@@ -197,32 +197,58 @@ def genimage_items(root: Path, skip: set[str] | None = None, seed: int = 0,
     the same classes (generator: that folder's, family real); the content class is the
     ImageNet class id where the file name leads with it."""
     root = Path(root)
-    folders = sorted(d for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-    if not any((d / "train").is_dir() for d in folders):
+    folders = _genimage_folders(root)
+    if not folders:
         raise DataError(f"{root} is not a GenImage folder: --root must hold the generators' "
-                        "folders, each with train/ and val/ (ai/ and nature/ in each)")
+                        "folders (imagenet_* or their Drive names), each with train/ and val/ "
+                        "(ai/ and nature/ in each)")
     skip = skip or set()
     rows: list[ImageRow] = []
-    skipped = 0
-    for folder in folders:
-        generator, family = GENIMAGE.get(folder.name, (folder.name, None))
+    matched: set[str] = set()
+    for folder, inner in folders:
+        generator, family = GENIMAGE.get(inner, (folder.name, None))
         for split in ("train", "val"):
-            if not (folder / split).is_dir():
-                continue
             for path, label in _labelled(folder / split):
-                if path.relative_to(root).as_posix() in skip:
-                    skipped += 1
+                listed = f"{inner}/{path.relative_to(folder).as_posix()}"  # the lists' paths
+                if listed in skip:
+                    matched.add(listed)
                     continue
                 # a real by its file name (the same ImageNet photograph in two generators'
                 # folders lands in one split), a fake by its path; independent of the order
-                key = path.name if label == 0 else path.relative_to(root).as_posix()
+                key = path.name if label == 0 else listed
                 target = "test" if split == "val" else (
                     "val" if _draw(key, seed) < val_fraction else "train")
                 rows.append(_row(path, root, label, target, generator, _imagenet_class(path),
                                  family=family))
-    if skipped:
-        log.info("left out %d images named in GenImage's lists of corrupt files", skipped)
+    if matched:
+        log.info("left out %d images named in GenImage's lists of corrupt files", len(matched))
+    if len(skip) > len(matched):
+        log.warning("%d paths of the skip lists match no image here (other generators, or "
+                    "files already gone)", len(skip) - len(matched))
     return _checked(rows, root)
+
+
+# GenImage's generator folders as its Drive and README name them -> the archive's inner name
+GENIMAGE_ALIASES = {"midjourney": "imagenet_midjourney",
+                    "stable_diffusion_v_1_4": "imagenet_ai_0419_sdv4",
+                    "stable_diffusion_v_1_5": "imagenet_ai_0424_sdv5",
+                    "adm": "imagenet_ai_0508_adm", "glide": "imagenet_glide",
+                    "wukong": "imagenet_ai_0424_wukong", "vqdm": "imagenet_ai_0419_vqdm",
+                    "biggan": "imagenet_ai_0419_biggan"}
+
+
+def _genimage_folders(root: Path) -> list[tuple[Path, str]]:
+    """(folder holding train/ and val/, its archive's inner name) per generator: the inner
+    ``imagenet_*`` folders at the top, or inside a Drive-named folder, or Drive-named folders
+    holding train/ and val/ themselves."""
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        inner = [c for c in d.iterdir() if c.is_dir() and c.name.startswith("imagenet_")]
+        if (d / "train").is_dir() or (d / "val").is_dir():
+            out.append((d, GENIMAGE_ALIASES.get(d.name.lower(), d.name)))
+        elif len(inner) == 1:
+            out.append((inner[0], inner[0].name))
+    return out
 
 
 def _draw(key: str, seed: int) -> float:
@@ -232,10 +258,17 @@ def _draw(key: str, seed: int) -> float:
 
 
 def _imagenet_class(path: Path) -> str:
-    """The leading ImageNet class number of a GenImage file name (``033_sdv4_00134.png``), or
-    "" when the name does not lead with one."""
-    head = path.stem.split("_", 1)[0]
-    return head if head.isdigit() else ""
+    """The ImageNet class of a GenImage file: the class number a fake's name leads with
+    (``033_sdv4_00134.png``) or holds fifth (GLIDE and VQDM: ``GLIDE_1000_200_08_808_...``),
+    the WordNet id a real's name leads with (``n03495258_123.JPEG``), else ""."""
+    parts = path.stem.split("_")
+    if parts[0].isdigit():
+        return parts[0]
+    if parts[0].upper() in ("GLIDE", "VQDM") and len(parts) > 4 and parts[4].isdigit():
+        return parts[4]
+    if len(parts[0]) == 9 and parts[0][0] == "n" and parts[0][1:].isdigit():
+        return parts[0]
+    return ""
 
 
 def _checked(rows: list[ImageRow], root: Path) -> list[ImageRow]:
