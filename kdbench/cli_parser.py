@@ -334,8 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "for folder) or full (face crops; default for deepfakebench)")
     prep.add_argument("--workers", type=_at_least(0), default=2, help="worker processes")
     prep.add_argument("--val-fraction", type=float, default=None,
-                      help="celebdf: share of identities held out for val (default 0.1)")
-    prep.add_argument("--seed", type=int, default=None, help="celebdf, folder: split seed (0)")
+                      help="celebdf: share of identities held out for val; genimage: share of "
+                      "its train images held out for val (default 0.1)")
+    prep.add_argument("--seed", type=int, default=None,
+                      help="celebdf, folder, synthbuster, genimage: split seed (0)")
     prep.add_argument("--name", default=None,
                       help="folder (default folder), deepfakebench: the name for --dataset")
     prep.add_argument("--raise", dest="raise_root", type=Path, default=None, metavar="DIR",

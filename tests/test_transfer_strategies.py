@@ -65,6 +65,8 @@ def test_the_adapter_starts_as_the_identity_and_trains_alone_with_the_head():
     assert {n.split(".")[0] for n in _trainable_names(model)} == {"adapter", "student"}
     assert {n for n in _trainable_names(model) if n.startswith("student.")} == {
         "student.fc.weight", "student.fc.bias"}
+    out = model(X, preact=True)  # the student interface, pre-activation maps included
+    assert len(out.preact) == len(out.feats) == 4 and model.fc is student.fc
 
 
 @pytest.mark.parametrize(("spec", "message"), [

@@ -65,11 +65,30 @@ class AdaptedStudent(nn.Module):
     def stage_channels(self) -> list[int]:
         return self.student.stage_channels
 
-    def forward(self, x: Tensor) -> StudentOut:
-        feats = self.student.backbone(x)
+    @property
+    def backbone(self) -> nn.Module:
+        return self.student.backbone
+
+    @property
+    def fc(self) -> nn.Module:
+        return self.student.fc
+
+    @property
+    def pool(self) -> nn.Module:
+        return self.student.pool
+
+    def forward(self, x: Tensor, preact: bool = False) -> StudentOut:
+        """As :meth:`Student.forward`, the last stage map passed through the adapter (its
+        pre-activation maps, when asked, are the backbone's)."""
+        maps: list[Tensor] = []
+        if preact:
+            with self.backbone.capture_preact() as maps:
+                feats = self.backbone(x)
+        else:
+            feats = self.backbone(x)
         feats = [*feats[:-1], self.adapter(feats[-1])]
-        pooled = self.student.pool(feats[-1]).flatten(1)
-        return StudentOut(logits=self.student.fc(pooled), feats=feats, pooled=pooled)
+        pooled = self.pool(feats[-1]).flatten(1)
+        return StudentOut(logits=self.fc(pooled), feats=feats, pooled=pooled, preact=maps)
 
 
 def _head(model: nn.Module) -> nn.Module:
