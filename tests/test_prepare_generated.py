@@ -170,6 +170,11 @@ def test_prepare_forensynths_writes_the_manifest_and_a_run_trains_on_it(tmp_path
                       results=tmp_path / "R", settings={"data.size": 16, "train.epochs": 1},
                       progress=False)
     assert summary.trained == 1
+    run = tmp_path / "R/runs/forensynths/resnet18_thin/vanilla/none/seed0"
+    assert json.loads((run / "metrics.json").read_text())["prepared"]["reencode"] == "jpeg:90"
+    scores, student = api.predict([tmp_path / "fs/test/biggan/1_fake/f0.png"], run=run,
+                                  progress=False)
+    assert student.reencode == "jpeg:90" and scores[0].error is None  # re-encoded as prepared
     assert main(["prepare", "forensynths", "--root", str(tmp_path / "fs"), "--out",
                  str(tmp_path / "p2"), "--reencode", "jpeg:0"]) == 2
     assert "--reencode 'jpeg:0'" in capsys.readouterr().err

@@ -65,7 +65,7 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
     failed, frames; missing_frames for listed frames). The AI-generated image datasets
     (``forensynths``, ``synthbuster`` with its reals in ``raise_root``, ``genimage`` with its
     corrupt-file ``skip_lists``) are prepared as one-frame videos, each image ``crop``ped
-    (center: its central square; resize: the whole image) after ``reencode`` (none, png,
+    (center: its central square; resize: the whole image) after ``reencode`` (none or
     jpeg:Q), with a per-image ``manifest.csv``."""
     from kdbench.data.prepare import FF_METHODS, ffpp_items, prepare_items, summary_line
 

@@ -250,7 +250,8 @@ def record_run(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch
         "config": ctx.config, "versions": versions(), "git_commit": ctx.commit,
         "device": str(ctx.device), **result, "params": count_params(model),
         # how the frames were cut from the videos (kdbench predict does it the same way)
-        "prepared": {k: ctx.data.meta.get(k) for k in ("detector", "size", "frames")},
+        "prepared": {k: ctx.data.meta.get(k) for k in ("detector", "size", "frames",
+                                                       "reencode")},
         "gflops": gflops(model, ctx.config["data"]["size"]), "finished_at": utc_now(),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)  # rank 0's call (distributed.on_main)
