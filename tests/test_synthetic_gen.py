@@ -112,3 +112,12 @@ def test_reals_of_no_generator_stay_in_every_selection():
 def test_every_generator_draws_odd_sizes_too():
     for name, (_, draw) in GENERATORS.items():
         assert draw(np.random.default_rng(0), 33).shape == (33, 33, 3), name
+
+
+def test_another_draw_gets_another_folder(tmp_path, monkeypatch):
+    from kdbench.data.synthetic.generated import generated_folder
+
+    first = generated_folder(tmp_path, 32)
+    monkeypatch.setattr(generated, "PER_SPLIT", {"train": 1, "val": 1, "test": 1})
+    assert generated_folder(tmp_path, 32) != first
+    assert generated_folder(tmp_path, 32) != generated_folder(tmp_path, 64)

@@ -118,13 +118,19 @@ def _recoloured(rng: np.random.Generator, size: int) -> np.ndarray:
 
 PER_SPLIT = {"train": 120, "val": 30, "test": 30}  # fakes of each generator (as many reals)
 SEED = 0
+VERSION = 1  # of the drawing code: a change to a generator makes a new folder
 
 
 def generated_folder(root, size: int):
-    """Where :func:`ensure_generated` writes the dataset at ``size`` px."""
+    """Where :func:`ensure_generated` writes the dataset at ``size`` px: named by what draws
+    it (the generators, the counts, the seed, :data:`VERSION`), so a stale draw is not
+    reused."""
+    import hashlib
+    import json
     from pathlib import Path
 
-    return Path(root) / f"prepared-gen-s{size}"
+    key = json.dumps([sorted(GENERATORS), PER_SPLIT, SEED, VERSION], sort_keys=True)
+    return Path(root) / f"prepared-gen-s{size}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def ensure_generated(root, size: int, progress: bool = True):
