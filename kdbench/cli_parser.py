@@ -121,6 +121,35 @@ def _compress(sub) -> None:
     _common(comp, results=False, device=True, progress=True)
 
 
+def _transfer(sub) -> None:
+    tr = sub.add_parser("transfer", help="adapt a finished run's student to another dataset or "
+                        "other generators (linear, partial:K, full, lora:R, adapter), as a new "
+                        "run")
+    tr.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>), or a "
+                    "single-branch teacher's (teachers/<dataset>/<folder>)")
+    tr.add_argument("--to", required=True, metavar="DATASET",
+                    help="the target dataset (as for kdbench run --dataset)")
+    tr.add_argument("--strategy", required=True, metavar="STRATEGY",
+                    help="linear (the head), partial:K (the last K stages and the head), full, "
+                    "lora:R (PEFT LoRA of rank R on the convolutions, the head trained, merged "
+                    "before export; pip install 'kdbench[transfer]') or adapter (a "
+                    "depthwise-separable block after the last stage)")
+    tr.add_argument("--epochs", type=_at_least(1), default=5,
+                    help="epochs of training on the target (default: 5)")
+    tr.add_argument("--shots", type=_at_least(1), default=None, metavar="N",
+                    help="N training images per class (default: the whole training split)")
+    tr.add_argument("--lr", type=float, default=None,
+                    help="learning rate, constant (default: the parent's initial one)")
+    tr.add_argument("--train-generators", default=None, metavar="A,B",
+                    help="the target's generators to train on (default: all)")
+    tr.add_argument("--test-generators", default=None, metavar="C,D",
+                    help="the target's generators to test on (default: all)")
+    tr.add_argument("--data-root", type=Path, default=None,
+                    help="prepared folder of the target dataset (default: as for kdbench run)")
+    _threads(tr)
+    _common(tr, results=False, device=True, progress=True)
+
+
 def _request(parser: argparse.ArgumentParser, command: str) -> None:
     """The options of a run request (:mod:`kdbench.request`), plus the retired --resume."""
     add_arguments(parser, command, _at_least)
@@ -288,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training frames the activation ranges are calibrated on")
 
     _compress(sub)
+    _transfer(sub)
 
     methods = sub.add_parser("methods", help="list the registered distillers")
     _common(methods, results=False)

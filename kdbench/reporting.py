@@ -68,7 +68,8 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "weighting", "ablation", *_declared(reg, "sweeps"), "teacher",
-            "cross", "cost", "deploy", "students", "claims", "compression", "shortcut"]
+            "cross", "cost", "deploy", "students", "claims", "compression", "shortcut",
+            "generators", "transfer"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -90,7 +91,7 @@ def _known(kind: str, kinds: list[str], what: str) -> None:
 
 
 # the metric a table shows when none is named (the students table compares detectors by AUC)
-KIND_METRIC = {"students": "auc"}
+KIND_METRIC = {"students": "auc", "generators": "auc,ap"}
 
 
 def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
@@ -126,6 +127,14 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
         from kdbench.report.compression import compression_report
 
         return compression_report(Path(results))
+    if kind == "transfer":
+        from kdbench.report.transfer import transfer_report
+
+        return transfer_report(Path(results))
+    if kind == "generators":
+        from kdbench.report.generators import generators_report
+
+        return generators_report(Path(results), dataset, metrics)
     if kind == "students":
         from kdbench.report.students import students_report
 

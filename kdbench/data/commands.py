@@ -158,7 +158,7 @@ def prepare(source: str, root: PathLike, out: PathLike, *, compression: str | No
     counts = prepare_items(items, out, dataset, frames, size, detector, workers, progress, meta,
                            recode)
     if rows is not None:
-        _write_manifest(rows, out)
+        _write_manifest(rows, out, workers)
     log.info(summary_line(counts, time.perf_counter() - t0, out, noun))
     return counts
 
@@ -176,7 +176,7 @@ def _generated(source: str, root: Path, seed: int, val_fraction: float | None,
     return gen.genimage_items(root, skip, seed, 0.1 if val_fraction is None else val_fraction)
 
 
-def _write_manifest(rows: list, out: Path) -> None:
+def _write_manifest(rows: list, out: Path, workers: int = 1) -> None:
     """``<out>/manifest.csv``: every listed image's manifest row, with whether it was
     prepared (an unreadable one was counted and skipped)."""
     import pandas as pd
@@ -184,7 +184,7 @@ def _write_manifest(rows: list, out: Path) -> None:
     from kdbench.data.prepare_generated import MANIFEST, manifest
     from kdbench.files import atomic_write_text
 
-    table = manifest(rows)
+    table = manifest(rows, workers)
     prepared = set(pd.read_csv(out / "index.csv", usecols=["video"])["video"].astype(str))
     table["prepared"] = table["video"].isin(prepared)
     atomic_write_text(out / MANIFEST, table.to_csv(index=False))

@@ -206,6 +206,26 @@ def open_dataset(
     return load_prepared(Path(data_root), name, frames, require)
 
 
+def open_configured(name: str, data_root: Path | None, data: dict, progress: bool = True,
+                    require: tuple[str, ...] = TRAIN_SPLITS) -> PreparedData:
+    """:func:`open_dataset` at a config's ``data`` size and frames, with each frame's generator
+    (:func:`kdbench.data.generators.with_generators`) and the config's generator protocol
+    applied (``train_generators``, ``test_generators``: one line for an unknown one)."""
+    from dataclasses import replace
+
+    from kdbench.config import GENERATOR_SETTINGS
+    from kdbench.data.generators import select, with_generators
+
+    prepared = open_dataset(name, data_root, int(data["size"]), int(data["frames"]), progress,
+                            require)
+    index = with_generators(prepared.index, prepared.root)
+    train, test = ([g for g in str(data.get(k) or "").split(",") if g]
+                   for k in GENERATOR_SETTINGS)
+    if train or test:
+        index = select(index, train, test)
+    return replace(prepared, index=index)
+
+
 def _is_named_folder(root: Path, name: str) -> bool:
     """Whether ``root`` is a `kdbench prepare folder|deepfakebench --name NAME` output."""
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kdbench.errors import DataError, did_you_mean
@@ -73,3 +74,12 @@ def select(index: pd.DataFrame, train: Sequence[str] = (),
         rows = index[index["split"] == split]
         parts.append(rows[keep(rows, names)])
     return pd.concat(parts).sort_values("row", kind="stable").reset_index(drop=True)
+
+
+def video_generators(index: pd.DataFrame, videos: Sequence[str]) -> np.ndarray | None:
+    """The generator of each of ``videos`` (as :func:`with_generators` put them in ``index``),
+    or None when the index has no generator column."""
+    if "generator" not in index:
+        return None
+    mapping = dict(zip(index["video"].astype(str), index["generator"].astype(str)))
+    return np.array([mapping.get(str(v), "") for v in videos])

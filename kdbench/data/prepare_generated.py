@@ -286,19 +286,28 @@ MANIFEST_COLUMNS = ("video", "label", "generator", "family", "content", "pair", 
                     "width", "height", "split")
 
 
-def manifest(rows: list[ImageRow]) -> pd.DataFrame:
-    """One manifest row per image: its label, generator, family, content class, pair id, split
-    and its original file format and size (read from the header; NaN when unreadable)."""
+def _header(path: Path) -> tuple[str, float, float]:
+    """(format, width, height) from an image file's header; unreadable: ("unreadable", NaN,
+    NaN)."""
     from PIL import Image, UnidentifiedImageError
 
-    out = []
-    for r in rows:
-        try:
-            with Image.open(r.item.path) as im:
-                fmt, (width, height) = (im.format or "").lower(), im.size
-        except (OSError, UnidentifiedImageError):
-            fmt, width, height = "unreadable", math.nan, math.nan
-        out.append({"video": r.item.video, "label": r.item.label, "generator": r.generator,
-                    "family": r.family, "content": r.content, "pair": r.pair, "format": fmt,
-                    "width": width, "height": height, "split": r.item.split})
+    try:
+        with Image.open(path) as im:
+            return (im.format or "").lower(), im.size[0], im.size[1]
+    except (OSError, UnidentifiedImageError):
+        return "unreadable", math.nan, math.nan
+
+
+def manifest(rows: list[ImageRow], workers: int = 1) -> pd.DataFrame:
+    """One manifest row per image: its label, generator, family, content class, pair id, split
+    and its original file format and size (read from the header by ``workers`` threads; NaN
+    when unreadable)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # file reads: threads overlap them
+        headers = list(pool.map(_header, (r.item.path for r in rows), chunksize=256))
+    out = [{"video": r.item.video, "label": r.item.label, "generator": r.generator,
+            "family": r.family, "content": r.content, "pair": r.pair, "format": fmt,
+            "width": width, "height": height, "split": r.item.split}
+           for r, (fmt, width, height) in zip(rows, headers)]
     return pd.DataFrame(out, columns=list(MANIFEST_COLUMNS))

@@ -159,13 +159,20 @@ def _apply(student: nn.Module, strategy: Strategy) -> nn.Module:
     return _lora(student, strategy.k)
 
 
-def _lora(student: nn.Module, rank: int) -> nn.Module:
-    """PEFT LoRA of ``rank`` on every plain convolution, the head trained alongside."""
+def require_peft() -> None:
+    """One line when PEFT (the transfer extra) is not installed."""
     try:
-        from peft import LoraConfig, get_peft_model
+        import peft  # noqa: F401
     except ImportError:
         raise KdbenchError('--strategy lora needs PEFT: pip install "kdbench[transfer]"') \
             from None
+
+
+def _lora(student: nn.Module, rank: int) -> nn.Module:
+    """PEFT LoRA of ``rank`` on every plain convolution, the head trained alongside."""
+    require_peft()
+    from peft import LoraConfig, get_peft_model
+
     targets = plain_convolutions(student.backbone)
     if not targets:
         raise KdbenchError(f"--strategy lora:{rank} does not fit {student.name}: it has no "
