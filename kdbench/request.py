@@ -369,7 +369,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str,
         help_text = opt.help
         if opt.kind != "bool" and default not in (None, ()) and "default" not in help_text:
             help_text += f" (default: {_display(default)})"
-        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        kw: dict[str, Any] = {"dest": f.name, "default": None,
+                              "help": help_text.replace("%", "%%")}  # argparse formats help
         if opt.kind == "bool":
             kw["action"] = "store_const"
             kw["const"] = f.name != "progress"  # --no-progress stores False

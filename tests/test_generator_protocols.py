@@ -18,7 +18,7 @@ from kdbench.config import RunSpec, protocol_tag, resolve_config
 from kdbench.data.synthetic import generated
 from kdbench.data.synthetic.generated import GENERATORS
 from kdbench.errors import KdbenchError
-from kdbench.report.generators import generators_report, slice_scores
+from kdbench.report.generators import gap_changes, generators_report, slice_scores
 from kdbench.request import RunRequest
 from kdbench.train.predictions import Predictions, load_predictions, save_predictions
 
@@ -132,6 +132,9 @@ def test_the_generator_table_marks_held_out_columns_and_means_them(tmp_path):
     child = rows["s vanilla none + structured-90-ft2"]
     assert child[8] == "-5.00 (2)" and child[9] == "-20.00 (2)"
     assert not math.isnan(parent[5].std)
+    gaps = gap_changes(tmp_path)  # (ΔOOD - ΔID) per seed: (-0.2) - (-0.05)
+    assert list(gaps) == ["vanilla + structured-90-ft2"]
+    assert gaps["vanilla + structured-90-ft2"] == pytest.approx([-0.15, -0.15])
 
 
 def test_a_run_of_every_generator_counts_those_its_training_split_held_as_seen(tmp_path):

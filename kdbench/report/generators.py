@@ -189,3 +189,29 @@ def _deltas(mdl: _Model, parent: _Model | None, ind: list[str], ood: list[str],
         diffs = [d for d in diffs if not math.isnan(d)]
         out.append(f"{np.mean(diffs) * 100:+.2f} ({len(diffs)})" if diffs else "-")
     return out
+
+
+def gap_changes(results: Path, dataset: str | None = None,
+                metric: str = "auc") -> dict[str, list[float]]:
+    """Per compressed model (the name its rows share, training sets pooled): ΔOOD - ΔID
+    against its parent for each (training set, seed) both have, the quantity the review's
+    claim makes negative."""
+    models = collect(Path(results), [metric], dataset)
+    by_key = {(m.dataset, m.train, m.name): m for m in models}
+    out: dict[str, list[float]] = {}
+    for mdl in models:
+        parent = by_key.get((mdl.dataset, mdl.train, mdl.parent))
+        if mdl.parent is None or parent is None or mdl.train is None:
+            continue
+        gens = sorted({g for s in mdl.seeds.values() for g in s})
+        ood = [g for g in gens if g not in mdl.train]
+        ind = [g for g in gens if g in mdl.train]
+        name = mdl.name.replace(mdl.parent, "", 1).lstrip(" +") or mdl.name
+        for k, s in mdl.seeds.items():
+            if k in parent.seeds and ood and ind:
+                p = parent.seeds[k]
+                d = ((_group_mean(s, ood, metric) - _group_mean(p, ood, metric))
+                     - (_group_mean(s, ind, metric) - _group_mean(p, ind, metric)))
+                if not math.isnan(d):
+                    out.setdefault(f"{mdl.parent.split()[1]} + {name}", []).append(d)
+    return out
