@@ -145,6 +145,21 @@ def test_a_run_of_every_generator_counts_those_its_training_split_held_as_seen(t
     assert row[5].mean == pytest.approx(0.9) and row[6].mean == pytest.approx(0.6)
 
 
+def test_the_results_readme_section_reads_the_claim_from_the_store(tmp_path):
+    from tools.readme_generators import generators_section
+
+    assert generators_section(tmp_path) == ""
+    for seed, shift in ((0, 0.2), (1, 0.3)):  # the child loses more on c, the held-out one
+        base = {"a": 0.9, "b": 0.8, "c": 0.7}
+        _write_run(tmp_path / f"runs/synthetic_gen@train=a+b/s/vanilla/none/seed{seed}", base,
+                   seed)
+        _write_run(tmp_path / f"compressed/synthetic_gen@train=a+b/s/vanilla/none/seed{seed}"
+                   / "structured-90-ft2", {**base, "c": 0.7 - shift}, seed)
+    text = generators_section(tmp_path)
+    assert "| synthetic_gen | all but c |" in text
+    assert "(ΔOOD - ΔID) = -25.00 ± 10.00 AUC points" in text and "the claim holds here" in text
+
+
 def test_the_generator_table_says_how_to_make_its_runs(tmp_path):
     with pytest.raises(KdbenchError, match="--train-generators"):
         generators_report(tmp_path)
