@@ -61,6 +61,11 @@ _BASE: dict[str, Any] = {
         "freq_backbone": None,  # the dual teacher's frequency branch (None: teacher.backbone)
         "checkpoint": None,  # a trained detector's weights file: loaded, never trained
         "key_prefix": "",  # stripped from the checkpoint's keys (e.g. backbone.)
+        # the frequency branch's input: dct (x^F, the paper's) or dwt (the stacked wavelet
+        # bands of `wavelet` at `levels` levels, kdbench.models.wavelet)
+        "freq_view": "dct",
+        "wavelet": "haar",
+        "levels": 1,
     },
     "student": {"pretrained": None},
     # per-dataset overrides of the sections above
@@ -79,7 +84,8 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
               "sync_bn": {"choices": [True, False]},
               "tensorboard": {"choices": [True, False]}, "gradcos_every": {"min": 0}},
     "teacher": {"proj_dim": {"min": 1}, "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0},
-                "kind": {"choices": list(TEACHER_KINDS)}},
+                "kind": {"choices": list(TEACHER_KINDS)},
+                "freq_view": {"choices": ["dct", "dwt"]}, "levels": {"min": 1}},
     "student": {},
 }
 
@@ -126,7 +132,8 @@ GRADCOS_TRACE = "gradcos"
 OUTPUT_SETTINGS = {"tensorboard", "gradcos_every", "gradsim_every"}
 # settings added after runs were stored (kdbench 0.4): at their default (_BASE) a run's identity
 # and its teacher folder's name leave them out, so the runs stored before them are still found
-ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix"),
+ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix", "freq_view",
+                              "wavelet", "levels"),
                   "train": ("optimizer",), "data": ("train_generators", "test_generators")}
 GENERATOR_SETTINGS = ("train_generators", "test_generators")  # data.*: the generator protocol
 

@@ -173,6 +173,7 @@ def _check(r: RunRequest, preset: str
                 raise KdbenchError(
                     f"{option}={name}: the backbone {why}, but a dual teacher's RFAMs couple "
                     "the branches after stages 1-3; use another backbone or teacher.kind=single")
+    _check_freq_view(t, int(config["data"]["size"]))
     bad_modes = [m for m in r.modes if m not in ("rgb", "both")]
     if bad_modes:
         raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; modes are rgb, both or "
@@ -198,6 +199,23 @@ def _check(r: RunRequest, preset: str
             for name in names:
                 check_imagenet(name, f"{section}.pretrained")
     return overrides, reg, students, modes
+
+
+def _check_freq_view(t: dict[str, Any], size: int) -> None:
+    """teacher.freq_view=dwt: a known wavelet, and no more levels than ``size`` px allow (each
+    level halves the side, down to 2 px)."""
+    if t.get("freq_view", "dct") != "dwt" or t["kind"] != "dual":
+        return
+    from kdbench.models.wavelet_library import check_wavelet
+
+    check_wavelet(t["wavelet"])
+    most, side = 0, size
+    while side >= 4:
+        side, most = (side + 1) // 2, most + 1
+    if t["levels"] > most:
+        raise KdbenchError(f"teacher.levels={t['levels']}: {size} px allow at most {most} "
+                           f"wavelet levels (each halves the side); give teacher.levels={most} "
+                           "or less, or a larger data.size")
 
 
 def _generator_options(r: RunRequest, overrides: dict[str, Any]) -> None:

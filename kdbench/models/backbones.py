@@ -292,3 +292,18 @@ def _timm_backbone(name: str, pretrained: str | None, setting: str
         return HookedBackbone(model, channels, name)
     stem, stages = split
     return StagedBackbone(stem, stages, channels, name=name)
+
+
+def adapt_input_channels(module: nn.Module, channels: int) -> None:
+    """Make the first convolution of ``module`` (a stem reading RGB) read ``channels`` input
+    channels: its RGB weights repeated across them and scaled by 3 / ``channels`` (as timm's
+    adapt_input_conv), so pretrained weights give the same response to an input whose
+    channels repeat the image's colours."""
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None or conv.in_channels != 3 or conv.groups != 1:
+        raise KdbenchError(f"the stem's first convolution does not read 3 ungrouped channels "
+                           f"({conv}); teacher.freq_view=dwt needs a backbone whose stem does")
+    with torch.no_grad():
+        weight = conv.weight.repeat(1, (channels + 2) // 3, 1, 1)[:, :channels] * 3 / channels
+    conv.in_channels = channels
+    conv.weight = nn.Parameter(weight.contiguous())

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
-from kdbench.models.backbones import build_backbone
+from kdbench.models.backbones import adapt_input_channels, build_backbone
 from kdbench.models.frequency import FrequencyView
 from kdbench.models.outputs import TeacherOut
 from kdbench.models.rfam import RFAM
@@ -55,14 +55,23 @@ class DualBranchTeacher(nn.Module):
         hp_cutoff: float = 0.33,
         pretrained: str | None = None,
         freq_backbone: str | None = None,
+        freq_view: str = "dct",
+        wavelet: str = "haar",
+        levels: int = 1,
     ) -> None:
         super().__init__()
         self.name = backbone if freq_backbone in (None, backbone) else (
             f"{backbone}+{freq_backbone}")
-        self.freq_view = FrequencyView(hp_cutoff)
         self.rgb_branch = build_backbone(backbone, pretrained, "teacher.pretrained")
         self.freq_branch = build_backbone(freq_backbone or backbone, pretrained,
                                           "teacher.pretrained")
+        if freq_view == "dwt":  # the stacked wavelet bands: the frequency stem reads them all
+            from kdbench.models.wavelet import WaveletView
+
+            self.freq_view: nn.Module = WaveletView(wavelet, levels)
+            adapt_input_channels(self.freq_branch.stem, self.freq_view.channels(3))
+        else:
+            self.freq_view = FrequencyView(hp_cutoff)
         for branch in (self.rgb_branch, self.freq_branch):
             if not branch.sequential or len(branch.stage_channels) < 4:
                 why = ("gives fewer than four stage maps" if branch.sequential else

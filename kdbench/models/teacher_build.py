@@ -67,7 +67,8 @@ def build_teacher(cfg: dict[str, Any]) -> Teacher:
                                    "teacher.key_prefix); a detector's checkpoint holds its head")
     else:
         teacher = DualBranchTeacher(t["backbone"], t["proj_dim"], t["hp_cutoff"], weights,
-                                    t.get("freq_backbone"))
+                                    t.get("freq_backbone"), t.get("freq_view", "dct"),
+                                    t.get("wavelet", "haar"), int(t.get("levels", 1)))
         if state is not None:
             teacher.load_counts = load_matching(teacher, state, source, "teacher")
     return teacher
