@@ -76,7 +76,8 @@ def test_a_dwt_teacher_trains_at_the_quick_preset(tmp_path):
     from kdbench.train.teachers import teacher_folder
 
     summary = api.run("kd", "synthetic", preset="quick", modes=["both"], results=tmp_path,
-                      settings={"teacher.freq_view": "dwt", "train.epochs": 1},
+                      settings={"teacher.freq_view": "dwt", "train.epochs": 1,
+                                "data.frames": 2},
                       progress=False)
     assert summary.trained == 1 and summary.teacher is not None
     assert (summary.teacher / "best.pt").is_file()
