@@ -44,6 +44,7 @@ from kdbench.reporting import (
 from kdbench.request import KEEP_CHECKPOINTS, LAUNCHERS, RunRequest
 from kdbench.running import REPRO_LOG, execute, reproduce, run
 from kdbench.summary import LaunchSummary, RunSummary
+from kdbench.transfer.api import transfer
 
 __all__ = [
     "DEFAULT_RESULTS",
@@ -81,4 +82,5 @@ __all__ = [
     "synth",
     "table",
     "table_kinds",
+    "transfer",
 ]

@@ -82,7 +82,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     report = api.report(args.kind, results=args.results, metric=args.metric,
                         dataset=args.dataset, student=args.student, registry=args.registry,
                         preset=args.preset, size=args.size, device=args.device,
-                        measure=not args.no_measure, ci=args.ci)
+                        measure=not args.no_measure, ci=args.ci, data_root=args.data_root)
     text = report.render(args.format)
     if args.out:
         from kdbench.files import atomic_write_text
@@ -235,6 +235,26 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from kdbench import api
+    from kdbench.values import comma_list
+
+    with keeping("the parent run is untouched; an interrupted transfer continues from its "
+                 "last epoch with the same command"):
+        out, m = api.transfer(args.run, to=args.to, strategy=args.strategy, epochs=args.epochs,
+                              shots=args.shots, lr=args.lr,
+                              train_generators=comma_list(args.train_generators or ""),
+                              test_generators=comma_list(args.test_generators or ""),
+                              data_root=args.data_root, device=args.device,
+                              threads=args.threads, progress=not args.no_progress,
+                              registry=args.registry)
+    tr, t = m["transfer"], m["test"]
+    print(f"{out}: {tr['strategy']} trained {tr['trainable_params']:,} of "
+          f"{tr['all_params']:,} parameters on {tr['train_frames']} frames in "
+          f"{tr['train_time_s']:.0f} s; test acc {100 * t['acc']:.2f} AUC {100 * t['auc']:.2f}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -289,7 +309,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                 methods=args.methods, splits=args.splits, frames=args.frames, size=args.size,
                 detector=args.detector, workers=args.workers, val_fraction=args.val_fraction,
                 seed=args.seed, name=args.name, json_file=args.json,
-                progress=not args.no_progress)
+                raise_root=args.raise_root, skip_lists=args.skip_lists, crop=args.crop,
+                reencode=args.reencode, progress=not args.no_progress)
     return 0
 
 

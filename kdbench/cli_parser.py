@@ -10,6 +10,7 @@ from pathlib import Path
 from kdbench import __version__
 from kdbench.compress.settings import FINETUNE_MODES, SCOPES, TECHNIQUES
 from kdbench.config import DEFAULT_RESULTS, METRIC_NAMES
+from kdbench.data.commands import CROPS, PREPARE_SOURCES
 from kdbench.deploy.api import INT8
 from kdbench.report.pareto import AXES
 from kdbench.request import PRESET_NAMES, add_arguments
@@ -120,6 +121,35 @@ def _compress(sub) -> None:
     _common(comp, results=False, device=True, progress=True)
 
 
+def _transfer(sub) -> None:
+    tr = sub.add_parser("transfer", help="adapt a finished run's student to another dataset or "
+                        "other generators (linear, partial:K, full, lora:R, adapter), as a new "
+                        "run")
+    tr.add_argument("run", type=Path, help="a finished run folder (runs/.../seed<k>), or a "
+                    "single-branch teacher's (teachers/<dataset>/<folder>)")
+    tr.add_argument("--to", required=True, metavar="DATASET",
+                    help="the target dataset (as for kdbench run --dataset)")
+    tr.add_argument("--strategy", required=True, metavar="STRATEGY",
+                    help="linear (the head), partial:K (the last K stages and the head), full, "
+                    "lora:R (PEFT LoRA of rank R on the convolutions, the head trained, merged "
+                    "before export; pip install 'kdbench[transfer]') or adapter (a "
+                    "depthwise-separable block after the last stage)")
+    tr.add_argument("--epochs", type=_at_least(1), default=5,
+                    help="epochs of training on the target (default: 5)")
+    tr.add_argument("--shots", type=_at_least(1), default=None, metavar="N",
+                    help="N training images per class (default: the whole training split)")
+    tr.add_argument("--lr", type=float, default=None,
+                    help="learning rate, constant (default: the parent's initial one)")
+    tr.add_argument("--train-generators", default=None, metavar="A,B",
+                    help="the target's generators to train on (default: all)")
+    tr.add_argument("--test-generators", default=None, metavar="C,D",
+                    help="the target's generators to test on (default: all)")
+    tr.add_argument("--data-root", type=Path, default=None,
+                    help="prepared folder of the target dataset (default: as for kdbench run)")
+    _threads(tr)
+    _common(tr, results=False, device=True, progress=True)
+
+
 def _request(parser: argparse.ArgumentParser, command: str) -> None:
     """The options of a run request (:mod:`kdbench.request`), plus the retired --resume."""
     add_arguments(parser, command, _at_least)
@@ -161,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--size", type=_at_least(8), default=None,
                        help="cost: input size (default: the preset's)")
     table.add_argument("--no-measure", action="store_true", help="cost: skip the timing")
+    table.add_argument("--data-root", type=Path, default=None,
+                       help="shortcut: the prepared image dataset whose manifest.csv it reads")
     table.add_argument("--ci", action="store_true",
                        help="comparison: print both - rgb with its two-level bootstrap interval "
                        "at its Holm level and the paired t-test over seeds")
@@ -285,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training frames the activation ranges are calibrated on")
 
     _compress(sub)
+    _transfer(sub)
 
     methods = sub.add_parser("methods", help="list the registered distillers")
     _common(methods, results=False)
@@ -308,9 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(synth, results=False, registry=False, progress=True)
 
     prep = sub.add_parser("prepare", help="videos or images -> face crops + index")
-    prep.add_argument("source", choices=("ff++", "celebdf", "folder", "deepfakebench"),
+    prep.add_argument("source", choices=PREPARE_SOURCES,
                       help="ff++: FaceForensics++; celebdf: Celeb-DF v2; folder: real/ and "
-                      "fake/ image folders; deepfakebench: frames DeepfakeBench extracted")
+                      "fake/ image folders; deepfakebench: frames DeepfakeBench extracted; "
+                      "forensynths, synthbuster, genimage: AI-generated image datasets")
     prep.add_argument("--root", required=True,
                       help="the dataset as downloaded (deepfakebench: its rgb_dir)")
     prep.add_argument("--json", default=None,
@@ -330,10 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
                       "for folder) or full (face crops; default for deepfakebench)")
     prep.add_argument("--workers", type=_at_least(0), default=2, help="worker processes")
     prep.add_argument("--val-fraction", type=float, default=None,
-                      help="celebdf: share of identities held out for val (default 0.1)")
-    prep.add_argument("--seed", type=int, default=None, help="celebdf, folder: split seed (0)")
+                      help="celebdf: share of identities held out for val; genimage: share of "
+                      "its train images held out for val (default 0.1)")
+    prep.add_argument("--seed", type=int, default=None,
+                      help="celebdf, folder, synthbuster, genimage: split seed (0)")
     prep.add_argument("--name", default=None,
                       help="folder (default folder), deepfakebench: the name for --dataset")
+    prep.add_argument("--raise", dest="raise_root", type=Path, default=None, metavar="DIR",
+                      help="synthbuster: the RAISE-1k photographs (its reals)")
+    prep.add_argument("--skip-list", dest="skip_lists", type=Path, action="append", default=[],
+                      metavar="FILE", help="genimage: a published list of corrupt files "
+                      "(repeatable)")
+    prep.add_argument("--crop", choices=tuple(CROPS), default=None,
+                      help="forensynths, synthbuster, genimage: center (the central square, "
+                      "default) or resize (the whole image)")
+    prep.add_argument("--reencode", default=None, metavar="none|jpeg:Q",
+                      help="image sources: write every image in one format first, so reals and "
+                      "fakes do not differ by their files' compression")
     _common(prep, results=False, registry=False, progress=True)
     return p
 

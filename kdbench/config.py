@@ -24,7 +24,10 @@ TEACHER_KINDS = ("dual", "single")
 METRIC_NAMES = ("acc", "auc", "ap", "eer", "video_auc")
 
 _BASE: dict[str, Any] = {
-    "data": {"size": 64, "frames": 8, "workers": 0},
+    # train_generators / test_generators: comma lists of the generators whose fakes the
+    # train+val / test splits keep ("": all; kdbench.data.generators)
+    "data": {"size": 64, "frames": 8, "workers": 0, "train_generators": "",
+             "test_generators": ""},
     "train": {
         "epochs": 12,
         "batch_size": 64,
@@ -124,7 +127,8 @@ OUTPUT_SETTINGS = {"tensorboard", "gradcos_every", "gradsim_every"}
 # settings added after runs were stored (kdbench 0.4): at their default (_BASE) a run's identity
 # and its teacher folder's name leave them out, so the runs stored before them are still found
 ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix"),
-                  "train": ("optimizer",)}
+                  "train": ("optimizer",), "data": ("train_generators", "test_generators")}
+GENERATOR_SETTINGS = ("train_generators", "test_generators")  # data.*: the generator protocol
 
 
 def without_added_defaults(section: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -214,6 +218,14 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
             value = coerce(value, cfg[section][key], name)
             values[key] = check_limits(value, LIMITS[section].get(key), name)
     cfg = deep_merge(cfg, section_overrides)
+    for key in GENERATOR_SETTINGS:  # one spelling per set of generators: sorted, no repeats
+        names = sorted({g.strip() for g in str(cfg["data"][key]).split(",") if g.strip()})
+        bad = [g for g in names if re.search(r"[/\\+=@\s]", g)]
+        if bad:
+            raise KdbenchError(f"data.{key}: the generator name {bad[0]!r} cannot name a run "
+                               "folder (no /, \\, +, =, @ or spaces); name the generators of "
+                               "the dataset's manifest")
+        cfg["data"][key] = ",".join(names)
     for section, key in (("teacher", "pretrained"), ("student", "pretrained"),
                          ("teacher", "checkpoint"), ("teacher", "freq_backbone")):
         if str(cfg[section][key]).lower() in ("none", ""):  # "none": as the default None
@@ -255,6 +267,7 @@ class RunSpec:
     seed: int
     hparams: dict[str, Any] = field(default_factory=dict)
     variant: str = ""  # the hyper-parameters that differ from the registry's, e.g. "d=256"
+    protocol: str = ""  # the generator protocol, e.g. "train=a+b" (protocol_tag)
 
     @property
     def label(self) -> str:
@@ -263,7 +276,16 @@ class RunSpec:
 
     @property
     def relpath(self) -> str:
-        return f"runs/{self.dataset}/{self.student}/{self.label}/{self.mode}/seed{self.seed}"
+        data = f"{self.dataset}@{self.protocol}" if self.protocol else self.dataset
+        return f"runs/{data}/{self.student}/{self.label}/{self.mode}/seed{self.seed}"
+
+
+def protocol_tag(data: dict[str, Any]) -> str:
+    """The generator protocol of a config's data section as a run folder's suffix:
+    ``train=a+b,test=c`` ("" when every generator is used)."""
+    parts = [f"{key.split('_')[0]}={data[key].replace(',', '+')}" for key in GENERATOR_SETTINGS
+             if data.get(key)]
+    return ",".join(parts)
 
 
 def variant_tag(hparams: dict[str, Any], defaults: dict[str, Any]) -> str:

@@ -151,7 +151,7 @@ def _measure(p: Any, specs: list[tuple[RunSpec, MethodEntry]], steps: int, every
     from contextlib import ExitStack
 
     from kdbench.config import for_device
-    from kdbench.data.datasets import open_dataset
+    from kdbench.data.datasets import open_configured
     from kdbench.threads import take_share
     from kdbench.train.runner import Context, pick_device
     from kdbench.train.store import check_locking, locks_in
@@ -165,8 +165,7 @@ def _measure(p: Any, specs: list[tuple[RunSpec, MethodEntry]], steps: int, every
         stack.enter_context(take_share(r.threads))
         device = pick_device(r.device)
         config = for_device(p.config, device.type)
-        data = open_dataset(r.dataset, r.data_root, config["data"]["size"],
-                            config["data"]["frames"], progress=r.progress)
+        data = open_configured(r.dataset, r.data_root, config["data"], progress=r.progress)
         ctx = Context(data, r.dataset, config, r.results, device, progress=r.progress)
         t0 = time.perf_counter()
         teacher = new_teacher(ctx)

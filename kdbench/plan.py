@@ -131,6 +131,7 @@ def _check(r: RunRequest, preset: str
                            "all")
     entries = select_methods(reg, ",".join(r.methods))
     overrides = parse_set(list(r.settings))
+    _generator_options(r, overrides)
     targets = ["data", "train", "teacher", "student", *reg]
     unknown = sorted(set(overrides) - set(targets))
     if unknown:  # a bare key (lrr=0.1) is most likely a section's key without its section
@@ -197,6 +198,21 @@ def _check(r: RunRequest, preset: str
             for name in names:
                 check_imagenet(name, f"{section}.pretrained")
     return overrides, reg, students, modes
+
+
+def _generator_options(r: RunRequest, overrides: dict[str, Any]) -> None:
+    """``--train-generators`` / ``--test-generators`` as their ``data.*`` settings."""
+    from kdbench.config import GENERATOR_SETTINGS
+
+    for key in GENERATOR_SETTINGS:
+        names = getattr(r, key)
+        if not names:
+            continue
+        data = overrides.setdefault("data", {})
+        if not isinstance(data, dict) or key in data:
+            raise KdbenchError(f"--{key.replace('_', '-')} and --set data.{key} name the same "
+                               "setting; give one of them")
+        data[key] = ",".join(names)
 
 
 def _check_backbones(named: list[tuple[str, str]], size: int) -> dict[str, tuple[int, bool]]:
@@ -274,12 +290,15 @@ def _runs(r: RunRequest, reg: dict[str, MethodEntry], overrides: dict[str, Any],
         planned = merge(planned, report_runs(entries, r.dataset, overrides))
     if config["teacher"]["kind"] == "single":  # the report runs of both mode need two branches
         planned = [p for p in planned if p.mode in ("none", *r.modes)]
+    from kdbench.config import protocol_tag
+
+    protocol = protocol_tag(config["data"])
     out = []
     for seed in r.seeds:
         for student in r.students:
             for p in planned:
                 spec = RunSpec(r.dataset, student, p.entry.name, p.mode, seed, p.hparams,
-                               p.variant)
+                               p.variant, protocol)
                 out.append(PlannedRun(spec, p.entry, run_name(spec), r.results / spec.relpath))
     return out
 

@@ -220,7 +220,8 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
 
 
 BUILT_IN_KINDS = ("runs", "comparison", "weighting", "ablation", "teacher", "cross", "cost",
-                  "curves", "deploy", "students", "claims", "gradcos", "compression", "pareto")
+                  "curves", "deploy", "students", "claims", "gradcos", "compression", "pareto",
+                  "shortcut", "generators", "transfer")
 
 
 SWEEP_KEYS = ("title", "mode", "sweep")
@@ -294,6 +295,11 @@ def _check_reports(name: str, reports: Any, defaults: dict, aliases: dict, modes
                     or spec["mode"] == "none":
                 raise bad("compression must be {mode: rgb|both}: the compression plan "
                           "fine-tunes its structured 90 % models with this method in that mode")
+        elif kind == "generators":
+            if not isinstance(spec, dict) or set(spec) != {"mode"} or spec["mode"] not in modes \
+                    or spec["mode"] == "none":
+                raise bad("generators must be {mode: rgb|both}: `reproduce --protocol` trains "
+                          "this method in that mode on each protocol's generators")
         else:
             hint = (f" (a sweep is declared as sweeps: {{{kind}: {{title, mode, sweep}}}})"
                     if isinstance(spec, dict) and "sweep" in spec else "")

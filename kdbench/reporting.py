@@ -68,7 +68,8 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "weighting", "ablation", *_declared(reg, "sweeps"), "teacher",
-            "cross", "cost", "deploy", "students", "claims", "compression"]
+            "cross", "cost", "deploy", "students", "claims", "compression", "shortcut",
+            "generators", "transfer"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -90,14 +91,15 @@ def _known(kind: str, kinds: list[str], what: str) -> None:
 
 
 # the metric a table shows when none is named (the students table compares detectors by AUC)
-KIND_METRIC = {"students": "auc"}
+KIND_METRIC = {"students": "auc", "generators": "auc,ap"}
 
 
 def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
            metric: str | Sequence[str] | None = None, dataset: str | None = None,
            student: str | Sequence[str] | None = None, registry: RegistryArg = None,
            preset: str | None = None, size: int | None = None, device: str | None = None,
-           measure: bool = True, ci: bool = False) -> tables_Report:
+           measure: bool = True, ci: bool = False,
+           data_root: PathLike | None = None) -> tables_Report:
     """The table ``kind`` as a ``kdbench.report.tables.Report`` (``.markdown()``,
     ``.latex()``, ``.csv()``, ``.frame()``): mean ± std over seeds of ``metric``, or of
     several side by side in each cell (``"acc,auc"`` -> ``acc / auc``; None: auc for the
@@ -113,6 +115,10 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
     metrics = _metrics(metric or KIND_METRIC.get(kind, "acc"))
     if kind == "cost":
         return _cost(preset, dataset, student, size, device, measure)
+    if kind == "shortcut":  # a prepared image dataset's files, not the store's runs
+        from kdbench.data.shortcut import shortcut_report
+
+        return shortcut_report(data_root)
     if kind == "deploy":
         from kdbench.report.deploy import deploy_records, deploy_report
 
@@ -121,6 +127,14 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
         from kdbench.report.compression import compression_report
 
         return compression_report(Path(results))
+    if kind == "transfer":
+        from kdbench.report.transfer import transfer_report
+
+        return transfer_report(Path(results))
+    if kind == "generators":
+        from kdbench.report.generators import generators_report
+
+        return generators_report(Path(results), dataset, metrics)
     if kind == "students":
         from kdbench.report.students import students_report
 

@@ -26,6 +26,7 @@ LAUNCHERS = ("inprocess", "print", "local", "slurm")
 KEEP_CHECKPOINTS = ("all", "best", "none")
 PRESET_NAMES = ("quick", "cpu", "mobile", "paper")
 SLURM_CLUSTERS = ("slurm", "local", "debug")
+PROTOCOLS = ("logo", "one-to-all")
 LOCK_DIR_ENV = "KDBENCH_LOCK_DIR"
 
 
@@ -132,6 +133,18 @@ class RunRequest:
         "after a real dataset; none: skip", metavar="DATASET")
     cross_data_root: Path | None = _opt(None, "--cross-data-root", "prepared folder of the cross "
                                         "dataset", kind="path")
+    train_generators: tuple[str, ...] = _opt(
+        (), "--train-generators", "comma list of the generators whose fakes train and validate "
+        "(with their reals; default: all), as the dataset's manifest names them; the same as "
+        "--set data.train_generators=A,B", kind="list")
+    test_generators: tuple[str, ...] = _opt(
+        (), "--test-generators", "comma list of the generators whose fakes are tested (default: "
+        "all; the tables also slice the test split by generator)", kind="list")
+    protocol: str | None = _opt(
+        None, "--protocol", "a generator protocol: logo (one training set per generator, "
+        "leaving it out) or one-to-all (train on the dataset's source generator, or on "
+        "--train-generators); then `kdbench table --kind generators`", choices=PROTOCOLS,
+        commands=("reproduce",))
     lock_dir: Path | None = _opt(
         None, "--lock-dir", "folder on a local disk for the run locks, when the result store's "
         f"file system has no file locks (default: ${LOCK_DIR_ENV}, else beside each run)",
@@ -356,7 +369,8 @@ def add_arguments(parser: argparse.ArgumentParser, command: str,
         help_text = opt.help
         if opt.kind != "bool" and default not in (None, ()) and "default" not in help_text:
             help_text += f" (default: {_display(default)})"
-        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
+        kw: dict[str, Any] = {"dest": f.name, "default": None,
+                              "help": help_text.replace("%", "%%")}  # argparse formats help
         if opt.kind == "bool":
             kw["action"] = "store_const"
             kw["const"] = f.name != "progress"  # --no-progress stores False

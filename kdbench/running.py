@@ -74,20 +74,32 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
     default ``"auto"``): ``synthetic_c23`` after ``synthetic``, nothing after a real dataset;
     ``"none"``: no cross test. ``options`` as for :func:`run`."""
     request = RunRequest.make("reproduce", preset=preset, dataset=dataset, **options)
+    if request.protocol and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise KdbenchError("reproduce --protocol runs its plans one after the other in one "
+                           "process; run it without torchrun (or each plan with `kdbench run "
+                           "--train-generators ...` under torchrun)")
     if request.compression and os.environ.get("WORLD_SIZE", "1") != "1":
         raise KdbenchError("reproduce --compression runs its plan in one process: make the "
                            "runs under torchrun without --compression, then run `kdbench "
                            "reproduce --compression` alone")
     t0, started_at = time.perf_counter(), utc_now()
-    p = plan(request)
-    summary = execute(p)
-    from kdbench import distributed
+    if request.protocol:
+        from kdbench.protocols import reproduce_protocol
 
-    if not distributed.is_main() or not _waited(request, summary):
+        summary, device, complete = reproduce_protocol(request)
+    else:
+        p = plan(request)
+        summary = execute(p)
+        device = p.request.device
+        from kdbench import distributed
+
+        complete = distributed.is_main() and _waited(request, summary)
+        if complete:
+            write_reports(p)
+            if request.compression:
+                write_compression(p)
+    if not complete:
         return summary
-    write_reports(p)
-    if request.compression:
-        write_compression(p)
     wall = time.perf_counter() - t0
     out = request.results
     import torch
@@ -99,7 +111,7 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
             "started_at": started_at, "finished_at": utc_now(), "wall_s": round(wall, 1),
             **summary.counts(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": p.request.device}, sort_keys=True) + "\n")
+            "device": device}, sort_keys=True) + "\n")
     log.info(f"reproduce finished in {wall:.0f} s: tables in {out / 'tables'}, plots in "
              f"{out}, this call logged in {out / REPRO_LOG}")
     summary.wall_s = wall
@@ -128,8 +140,11 @@ def write_reports(p: Plan) -> None:
     r = p.request
     out, registry = r.results, list(r.registry)
     if p.cross:
-        cross_test_rest(out / "runs" / r.dataset, p.cross[0], p.cross[1], r.device, r.progress)
-    for kind in [k for k in reporting.table_kinds(registry) if k not in ("runs", "cost")]:
+        cross_test_rest(out / "runs" / _dataset_folder(p), p.cross[0], p.cross[1], r.device,
+                        r.progress)
+    for kind in [k for k in reporting.table_kinds(registry)
+                 if k not in ("runs", "cost", "shortcut", "generators", "transfer")]:
+        # shortcut: a dataset's files; generators: reproduce --protocol's; transfer: its runs
         atomic_write_text(out / "tables" / f"{kind}.md",
                           reporting.report(kind, results=out, registry=registry).markdown())
     cost = reporting.report("cost", preset=r.preset, dataset=r.dataset,
@@ -142,6 +157,14 @@ def write_reports(p: Plan) -> None:
             log.warning(f"plot {figure} skipped: {exc}")
 
 
+def _dataset_folder(p: Plan) -> str:
+    """The plan's folder under runs/: the dataset, with its generator protocol if any."""
+    from kdbench.config import protocol_tag
+
+    tag = protocol_tag(p.config["data"])
+    return f"{p.request.dataset}@{tag}" if tag else p.request.dataset
+
+
 def write_compression(p: Plan) -> None:
     """reproduce --compression: the compression plan on the first student's vanilla runs of
     the plan's seeds, then the compression table and the Pareto figure."""
@@ -151,7 +174,7 @@ def write_compression(p: Plan) -> None:
 
     r = p.request
     student = p.runs[0].spec.student if p.runs else "resnet18_thin"
-    run_plan(r.results, r.dataset, student, r.seeds, registry=r.registry,
+    run_plan(r.results, _dataset_folder(p), student, r.seeds, registry=r.registry,
              data_root=r.data_root, device=r.device, threads=r.threads, progress=r.progress)
     atomic_write_text(r.results / "tables" / "compression.md",
                       reporting.report("compression", results=r.results).markdown())

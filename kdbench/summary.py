@@ -31,6 +31,17 @@ class RunSummary:
         """No run failed and none was left unstarted."""
         return not self.failed and not self.skipped
 
+    def merged(self, other: RunSummary) -> RunSummary:
+        """This summary and ``other``'s runs together (the later one's teacher, wall time and
+        disk use)."""
+        return RunSummary(
+            self.results, self.trained + other.trained,
+            self.finished_before + other.finished_before,
+            self.left_to_another_process + other.left_to_another_process,
+            self.failed + other.failed, self.skipped + other.skipped, self.runs + other.runs,
+            self.job_ids + other.job_ids, self.wall_s + other.wall_s, other.store_bytes,
+            self.commands + other.commands, other.teacher)
+
     def counts(self) -> dict[str, int]:
         """The counts by name (the reproduce log's fields)."""
         return {"trained": self.trained, "finished_before": self.finished_before,

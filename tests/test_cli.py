@@ -316,6 +316,7 @@ def test_help_text_and_defaults_on_every_option(capsys):
             if action.dest in ("help",) or action.help == argparse.SUPPRESS:
                 continue
             assert action.help, (name, action.dest)
+        command.format_help()  # every command's --help renders (a bare % in a help breaks it)
     assert main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"kdbench {__version__}"
     assert main(["run", "--help"]) == 0

@@ -23,7 +23,8 @@ from kdbench.compress.settings import (
     store_of,
     teacher_free,
 )
-from kdbench.data.datasets import open_dataset
+from kdbench.data.datasets import open_configured
+from kdbench.data.generators import video_generators
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
 from kdbench.deploy.api import run_label
 from kdbench.errors import KdbenchError
@@ -93,8 +94,7 @@ class _Work:
         m = self.metrics
         self.config = _finetune_config(m["config"], c.finetune, device)
         self.size = int(m["config"]["data"]["size"])
-        data = open_dataset(m["dataset"], data_root, self.size, int(m["config"]["data"]["frames"]),
-                            progress=progress)
+        data = open_configured(m["dataset"], data_root, m["config"]["data"], progress=progress)
         self.splits = {s: FrameSplit(data.frames, data.split(s)) for s in ("train", "val", "test")}
         self.data = data
         self.teacher = None
@@ -202,7 +202,7 @@ def _finished_child(out: Path, parent: Path) -> dict[str, Any] | None:
         return None
     done = read_json(out / "metrics.json")
     made_from = done.get("parent", {}).get("best_sha256")
-    if made_from and made_from != _parent_sha(Path(parent), read_json(Path(parent) /
+    if made_from and made_from != weights_sha256(Path(parent), read_json(Path(parent) /
                                                                        "metrics.json")):
         raise KdbenchError(f"{out} was made from other weights of {parent} (trained again "
                            "since); delete that folder to make it from these")
@@ -245,7 +245,7 @@ def _make(parent: Path, c: Compression, registry: dict[str, MethodEntry], out: P
                    "variant": m.get("variant"), "mode": m.get("mode"),
                    "params": parent_params, "gflops": parent_gflops, "test": m.get("test"),
                    "threshold": m.get("threshold"),
-                   "best_sha256": _parent_sha(Path(parent), m)},
+                   "best_sha256": weights_sha256(Path(parent), m)},
         **({"detector": teacher_model.DETECTOR} if work.of_teacher else {}),
         "compression": {**c.record(), **pruned,
                         "bn_recalibration_frames": seen,
@@ -271,7 +271,8 @@ def _make(parent: Path, c: Compression, registry: dict[str, MethodEntry], out: P
         atomic_write_json(out / STRUCTURE_FILE, structure_file.structure_of(student))
     atomic_torch_save(out / "best.pt", {f"student.{k}": v for k, v in student.state_dict().items()})
     test = result.pop("predictions")
-    save_predictions(out / PREDICTIONS, test.prob, test.label, test.video)
+    save_predictions(out / PREDICTIONS, test.prob, test.label, test.video,
+                     video_generators(work.data.index, test.video))
     atomic_write_json(out / "metrics.json", metrics)
     t = metrics["test"]
     log.info(f"done {label}: {metrics['params'] / 1e6:.3f} M parameters "
@@ -281,8 +282,8 @@ def _make(parent: Path, c: Compression, registry: dict[str, MethodEntry], out: P
     return metrics
 
 
-def _parent_sha(parent: Path, m: dict[str, Any]) -> str | None:
-    """The sha256 of the parent's weights: its best.pt, or (a teacher loaded from a
+def weights_sha256(parent: Path, m: dict[str, Any]) -> str | None:
+    """The sha256 of a parent run's weights: its best.pt, or (a teacher loaded from a
     checkpoint) the recorded sha256 of that file."""
     best = parent / "best.pt"
     return file_sha256(best) if best.is_file() else m.get("weights_sha256")

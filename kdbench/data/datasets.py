@@ -18,8 +18,13 @@ REAL_DATASETS = {
     "ff_raw": "kdbench prepare ff++ --root <FaceForensics++ folder> --compression raw --out DIR",
     "celebdf": "kdbench prepare celebdf --root <Celeb-DF folder> --out DIR",
     "folder": "kdbench prepare folder --root <folder of real/ and fake/ images> --out DIR",
+    "forensynths": "kdbench prepare forensynths --root <train/ val/ test/ folder> --out DIR",
+    "synthbuster": "kdbench prepare synthbuster --root <Synthbuster folder> --raise <RAISE-1k> "
+                   "--out DIR",
+    "genimage": "kdbench prepare genimage --root <GenImage folder> --out DIR",
 }
-EMBEDDED_DATASETS = ("synthetic", "synthetic_c23")  # generated on first use (synthetic/domains)
+EMBEDDED_DATASETS = ("synthetic", "synthetic_c23", "synthetic_gen")  # generated on first use
+GENERATED_EMBEDDED = "synthetic_gen"  # images of five generators (synthetic/generated.py)
 DATASETS = (*EMBEDDED_DATASETS, *REAL_DATASETS)
 NAMED_SOURCES = ("folder", "deepfakebench")  # preparations whose --name is the dataset name
 INDEX_COLUMNS = ("row", "video", "frame", "label", "split")
@@ -127,6 +132,10 @@ def load_prepared(root: Path, dataset: str, frames_per_video: int | None = None,
     return PreparedData(root, frames, index, meta)
 
 
+_SIZE = {"synthetic": "about 4 MB of videos plus the prepared frames",
+         GENERATED_EMBEDDED: "about 22 MB of drawn images at 64 px"}
+
+
 def check_dataset(name: str, data_root: Path | None, prefix: str = "--") -> None:
     """The checks of :func:`open_dataset` that need no data read: a known name, and a data
     folder that exists where one is needed (a one-line error otherwise). ``prefix``: of the
@@ -136,7 +145,7 @@ def check_dataset(name: str, data_root: Path | None, prefix: str = "--") -> None
         if data_root is not None and not Path(data_root).is_dir():
             raise DataError(
                 f"data folder {data_root} does not exist; create it (mkdir) to generate the "
-                f"{name} dataset there (about 4 MB of videos plus the prepared frames), or "
+                f"{name} dataset there ({_SIZE.get(name, _SIZE['synthetic'])}), or "
                 f"leave out {prefix}data-root to use the cache {default_data_root() / name}"
             )
         return
@@ -170,6 +179,16 @@ def open_dataset(
     use under ``data_root`` (default: the cache); the real ones need ``data_root`` = a
     prepared folder."""
     check_dataset(name, data_root)
+    if name == GENERATED_EMBEDDED:
+        from kdbench.data.synthetic.generated import ensure_generated, generated_folder
+        from kdbench.train.store import wait_for_lock
+
+        root = Path(data_root) if data_root else default_data_root() / name
+        if not (generated_folder(root, size) / "prepared.json").is_file():
+            root.mkdir(parents=True, exist_ok=True)
+            with wait_for_lock(root):
+                ensure_generated(root, size, progress)
+        return load_prepared(generated_folder(root, size), name, frames, require=require)
     if name in EMBEDDED_DATASETS:
         from kdbench.data.synthetic.domains import EMBEDDED
         from kdbench.data.synthetic.prepare import ensure_synthetic, prepared_folder
@@ -185,6 +204,26 @@ def open_dataset(
                 ensure_synthetic(root, size, frames_prepared, progress, EMBEDDED[name], name)
         return load_prepared(prepared, name, frames, require=require)
     return load_prepared(Path(data_root), name, frames, require)
+
+
+def open_configured(name: str, data_root: Path | None, data: dict, progress: bool = True,
+                    require: tuple[str, ...] = TRAIN_SPLITS) -> PreparedData:
+    """:func:`open_dataset` at a config's ``data`` size and frames, with each frame's generator
+    (:func:`kdbench.data.generators.with_generators`) and the config's generator protocol
+    applied (``train_generators``, ``test_generators``: one line for an unknown one)."""
+    from dataclasses import replace
+
+    from kdbench.config import GENERATOR_SETTINGS
+    from kdbench.data.generators import select, with_generators
+
+    prepared = open_dataset(name, data_root, int(data["size"]), int(data["frames"]), progress,
+                            require)
+    index = with_generators(prepared.index, prepared.root)
+    train, test = ([g for g in str(data.get(k) or "").split(",") if g]
+                   for k in GENERATOR_SETTINGS)
+    if train or test:
+        index = select(index, train, test)
+    return replace(prepared, index=index)
 
 
 def _is_named_folder(root: Path, name: str) -> bool:

@@ -43,6 +43,13 @@ class FullDetector(CenterDetector):
         super().__init__(fraction=1.0)
 
 
+class StretchDetector(FullDetector):
+    """For whole images of any shape (``prepare --crop resize``): the whole frame resized to
+    the crop size, its aspect not kept (nothing cut away)."""
+
+    stretch = True
+
+
 class DlibDetector:
     """dlib's built-in HOG frontal face detector (no weight file), as DeepfakeBench uses it: the
     frame upsampled ``upsample`` times, the largest face kept (ties: the higher score), its box
@@ -73,7 +80,8 @@ class DlibDetector:
         return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-DETECTORS = {"center": CenterDetector, "full": FullDetector, "dlib": DlibDetector}
+DETECTORS = {"center": CenterDetector, "full": FullDetector, "stretch": StretchDetector,
+             "dlib": DlibDetector}
 
 
 def make_detector(name: str) -> Detector:

@@ -105,6 +105,11 @@ def crop_video(video: Sequence[np.ndarray], detector: Detector, size: int) -> np
 def crop_faces(video: Sequence[np.ndarray], detector: Detector,
                size: int) -> tuple[np.ndarray | None, int]:
     """:func:`crop_video`'s crops and the number of frames in which a face was found."""
+    if getattr(detector, "stretch", False):  # the whole image, resized (prepare --crop resize)
+        from PIL import Image
+
+        return np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC),
+                                    np.uint8) for f in video]), len(video)
     found = [detector(frame) for frame in video]
     boxes = fill_boxes(found)
     faces = sum(b is not None for b in found)
@@ -125,10 +130,13 @@ def _read_listed(item: VideoItem) -> tuple[list[np.ndarray], int]:
     return images, missing
 
 
-def _prepare_one(args: tuple[VideoItem, Path, int, int, str]) -> tuple[str, str, int, int]:
-    """Crop one video into its cache file. Returns (status, message, frames written, listed
-    frames missing)."""
-    item, out, frames, size, detector_name = args
+def _prepare_one(args: tuple[VideoItem, Path, int, int, str, tuple[str, int | None]]
+                 ) -> tuple[str, str, int, int]:
+    """Crop one video into its cache file (each frame re-encoded first as ``reencode`` says).
+    Returns (status, message, frames written, listed frames missing)."""
+    from kdbench.data.reencode import reencode as recode
+
+    item, out, frames, size, detector_name, reencode = args
     target = _cache_path(out, item)
     if target.is_file():
         return "skipped", "", 0, 0
@@ -142,6 +150,7 @@ def _prepare_one(args: tuple[VideoItem, Path, int, int, str]) -> tuple[str, str,
             video = read_frames(Path(item.path), frames)
         except KdbenchError as exc:
             return "failed", str(exc), 0, 0
+    video = [recode(frame, reencode) for frame in video]
     crops = crop_video(video, _worker_detector(detector_name), size)
     if crops is None:
         return "failed", f"no face found in {item.path}", 0, missing
@@ -149,14 +158,18 @@ def _prepare_one(args: tuple[VideoItem, Path, int, int, str]) -> tuple[str, str,
     return "prepared", "", len(crops), missing
 
 
-def _check_cache(out: Path, dataset: str, frames: int, size: int, detector: str) -> None:
+def _check_cache(out: Path, dataset: str, frames: int, size: int, detector: str,
+                 reencode: tuple[str, int | None]) -> None:
     """The cache may only be resumed with the settings it was started with."""
     settings = {"dataset": dataset, "frames": frames, "size": size, "detector": detector}
+    if reencode[0] != "none":  # (caches made before --reencode existed stay valid)
+        settings["reencode"] = ":".join(str(v) for v in reencode if v is not None)
     path = out / "cache" / "settings.json"
     if path.is_file():
         old = json.loads(path.read_text())
         if old != settings:
-            diff = ", ".join(f"{k} {old.get(k)!r}" for k in settings if old.get(k) != settings[k])
+            diff = ", ".join(f"{k} {old.get(k)!r}" for k in sorted(set(old) | set(settings))
+                             if old.get(k) != settings.get(k))
             raise DataError(
                 f"{out} was prepared with {diff}; use another --out, or delete {out} to start "
                 "over with the new settings"
@@ -175,9 +188,11 @@ def prepare_items(
     workers: int = 1,
     progress: bool = True,
     meta: dict | None = None,
+    reencode: tuple[str, int | None] = ("none", None),
 ) -> dict[str, int]:
     """Prepare ``items`` into ``out``; failed videos are logged and skipped. ``meta`` is added to
-    ``prepared.json``. Returns counts of videos (prepared, skipped, failed) and of frames
+    ``prepared.json``; ``reencode`` (:mod:`kdbench.data.reencode`) is applied to every frame
+    before it is cropped. Returns counts of videos (prepared, skipped, failed) and of frames
     newly cropped (frames); with listed frames (``VideoItem.frames``) also of those listed but
     missing or unreadable (missing_frames), which are skipped."""
     if frames < 1 or size < 1:
@@ -185,8 +200,8 @@ def prepare_items(
     out = Path(out)
     (out / "cache").mkdir(parents=True, exist_ok=True)
     make_detector(detector)  # validate the name (and dlib's presence) before starting workers
-    _check_cache(out, dataset, frames, size, detector)
-    jobs = [(item, out, frames, size, detector) for item in items]
+    _check_cache(out, dataset, frames, size, detector, reencode)
+    jobs = [(item, out, frames, size, detector, reencode) for item in items]
     counts = {"prepared": 0, "skipped": 0, "failed": 0, "frames": 0}
     if any(item.frames for item in items):
         counts["missing_frames"] = 0

@@ -75,11 +75,13 @@ def predict(inputs: PathLike | Sequence[PathLike], *, run: PathLike | None = Non
 
 def _open_run_data(deployed: DeployedStudent, data_root: PathLike | None,
                    splits: tuple[str, ...]):
-    from kdbench.data.datasets import open_dataset
+    from kdbench.data.datasets import open_configured
     from kdbench.data.loader import FrameSplit
 
-    data = open_dataset(deployed.metrics["dataset"], Path(data_root) if data_root else None,
-                        deployed.size, deployed.frames, progress=False, require=splits)
+    recorded = (deployed.metrics.get("config") or {}).get("data") or {}
+    data = open_configured(deployed.metrics["dataset"], Path(data_root) if data_root else None,
+                           {**recorded, "size": deployed.size, "frames": deployed.frames},
+                           progress=False, require=splits)
     return {s: FrameSplit(data.frames, data.split(s)) for s in splits}
 
 

@@ -49,6 +49,7 @@ def score_file(path: Path, student: DeployedStudent, detector: Detector, frames:
     cropped in each as the preparation does (a frame without a face takes the nearest
     frame's box), the student's probability per frame, aggregated by ``agg``."""
     from kdbench.data.prepare import crop_faces
+    from kdbench.data.reencode import parse_reencode, reencode
 
     kind = media_kind(path) or "video"  # the inputs are checked by kdbench.deploy.inputs
     result = FileScore(str(path), kind)
@@ -58,7 +59,9 @@ def score_file(path: Path, student: DeployedStudent, detector: Detector, frames:
         result.error = f"cannot decode: {exc}"
         return result
     result.frames = len(video)
-    crops, result.faces = crop_faces(list(video), detector, student.crop_size)
+    recode = parse_reencode(student.reencode)
+    crops, result.faces = crop_faces([reencode(f, recode) for f in video], detector,
+                                     student.crop_size)
     if crops is None:
         result.error = f"no face found in any of its {len(video)} frame(s)"
         return result

@@ -48,6 +48,7 @@ class DeployedStudent:
     notes: list[str] = field(default_factory=list)
     run_dir: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    reencode: str = "none"  # as the preparation re-encoded each image (prepare --reencode)
 
     def probability(self) -> FakeProbability:
         return FakeProbability(self.model).eval()
@@ -105,7 +106,8 @@ def from_run(run_dir: Path) -> DeployedStudent:
     return DeployedStudent(
         student.eval(), metrics["student"], int(data["size"]),
         int(prepared.get("size") or data["size"]), int(data["frames"]),
-        prepared.get("detector") or DEFAULT_DETECTOR, float(threshold), notes, run_dir, metrics)
+        prepared.get("detector") or DEFAULT_DETECTOR, float(threshold), notes, run_dir, metrics,
+        prepared.get("reencode") or "none")
 
 
 def from_checkpoint(path: Path, backbone: str, size: int | None = None) -> DeployedStudent:

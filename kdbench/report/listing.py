@@ -96,7 +96,8 @@ def _row(folder: Path, kind: str, results: Path, registry: dict) -> dict:
         sha, teacher_path = m.get("weights_sha256"), None
     else:  # the teacher folder of this store (the recorded path may be another machine's)
         sha, recorded = m.get("teacher_sha256"), m.get("teacher")
-        teacher_path = (str(results / "teachers" / base["dataset"] / Path(recorded).name)
+        dataset = m.get("dataset") or str(base["dataset"]).partition("@")[0]
+        teacher_path = (str(results / "teachers" / dataset / Path(recorded).name)
                         if recorded else None)
     return {**base, "status": status, "best_epoch": m.get("best_epoch"),
             **{k: test.get(k) for k in METRIC_NAMES},

@@ -21,7 +21,8 @@ CROSS_DIR = "cross"  # <run>/cross/<dataset>.json and .npz
 
 def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
     """The student of a finished run at its best validation epoch, and the run's metrics (a
-    structurally pruned child run's student reshaped to its recorded structure first)."""
+    structurally pruned child run's student reshaped to its recorded structure first; a
+    transferred run's with its adapter)."""
     from kdbench.compress.settings import STRUCTURE_FILE
     from kdbench.files import read_json
 
@@ -33,6 +34,10 @@ def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
         student = architecture(metrics["config"])
     else:
         student = create_student(metrics["student"])
+    if (metrics.get("transfer") or {}).get("kind") == "adapter":  # kdbench transfer's adapter
+        from kdbench.transfer.strategies import AdaptedStudent
+
+        student = AdaptedStudent(student)
     if (Path(run_dir) / STRUCTURE_FILE).is_file():
         from kdbench.compress.structure_file import apply_structure
 

@@ -39,7 +39,7 @@ def run_plan(plan: Plan) -> RunSummary:
     selected run of ``plan`` here; a finished run is skipped, an interrupted one continues."""
     from kdbench import distributed
     from kdbench.config import for_device
-    from kdbench.data.datasets import open_dataset
+    from kdbench.data.datasets import open_configured
     from kdbench.threads import take_share
     from kdbench.train.runner import Context, is_finished, pick_device, run_one
     from kdbench.train.store import check_locking, locks_in
@@ -60,8 +60,7 @@ def run_plan(plan: Plan) -> RunSummary:
         share = stack.enter_context(take_share(r.threads))
         device = distributed.setup(pick_device(r.device))  # torchrun: this rank's device
         config = for_device(plan.config, device.type)
-        data = open_dataset(r.dataset, r.data_root, config["data"]["size"],
-                            config["data"]["frames"], progress=r.progress)
+        data = open_configured(r.dataset, r.data_root, config["data"], progress=r.progress)
         where = (f"device {device}" if device.type == "cuda" else
                  f"device cpu, {_plural(share.threads, 'thread')}")
         if distributed.active():

@@ -22,18 +22,21 @@ class Predictions:
     prob: np.ndarray
     label: np.ndarray
     video: np.ndarray
+    generator: np.ndarray | None = None  # each frame's generator, where the data names them
 
     def __len__(self) -> int:
         return len(self.prob)
 
 
-def save_predictions(path: Path, prob: np.ndarray, label: np.ndarray, video: np.ndarray) -> None:
-    """Write ``path`` (.npz, compressed) atomically: float32 probabilities, int8 labels and the
-    video ids as fixed-width strings (no pickle)."""
+def save_predictions(path: Path, prob: np.ndarray, label: np.ndarray, video: np.ndarray,
+                     generator: np.ndarray | None = None) -> None:
+    """Write ``path`` (.npz, compressed) atomically: float32 probabilities, int8 labels, the
+    video ids and (when given) each frame's generator as fixed-width strings (no pickle)."""
+    extra = {} if generator is None else {"generator": np.asarray(generator).astype(str)}
     with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, prob=np.asarray(prob, np.float32),
                             label=np.asarray(label, np.int8),
-                            video=np.asarray(video).astype(str))
+                            video=np.asarray(video).astype(str), **extra)
 
 
 def load_predictions(path: Path) -> Predictions:
@@ -45,7 +48,7 @@ def load_predictions(path: Path) -> Predictions:
     try:
         with np.load(path, allow_pickle=False) as z:
             return Predictions(z["prob"].astype(np.float64), z["label"].astype(np.int64),
-                               z["video"])
+                               z["video"], z["generator"] if "generator" in z.files else None)
     except (OSError, ValueError, KeyError) as exc:
         raise KdbenchError(f"{path} is damaged ({exc}); delete it and run the run again with "
                            "--restart") from None

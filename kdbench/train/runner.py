@@ -23,6 +23,7 @@ from kdbench.config import (
     without_added_defaults,
 )
 from kdbench.data.datasets import PreparedData
+from kdbench.data.generators import video_generators
 from kdbench.data.loader import FrameSplit
 from kdbench.errors import KdbenchError
 from kdbench.files import atomic_write_json, read_json, store_time, utc_now
@@ -237,6 +238,15 @@ def clear_run(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "cross", ignore_errors=True)
 
 
+def _generators(index: Any) -> dict[str, Any]:
+    """``{"generators": {split: [the generators of its fakes]}}`` where the data names them."""
+    if "generator" not in index:
+        return {}
+    fakes = index[index["label"] == 1]
+    return {"generators": {s: sorted(fakes.loc[fakes["split"] == s, "generator"].astype(str)
+                                     .unique()) for s in ("train", "test")}}
+
+
 def record_run(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch.nn.Module,
                extra: dict[str, Any]) -> dict[str, Any]:
     """Write a finished run's metrics.json (and its test predictions); returns the metrics."""
@@ -244,14 +254,17 @@ def record_run(ctx: Context, run_dir: Path, result: dict[str, Any], model: torch
     result.pop("history")
     test = result.pop("predictions", None)
     if test is not None:  # per-frame test predictions (paired comparisons of runs)
-        save_predictions(run_dir / PREDICTIONS, test.prob, test.label, test.video)
+        save_predictions(run_dir / PREDICTIONS, test.prob, test.label, test.video,
+                         video_generators(ctx.data.index, test.video))
     metrics = {
         "status": "finished", **extra, "dataset": ctx.dataset, "preset": ctx.config["preset"],
         "config": ctx.config, "versions": versions(), "git_commit": ctx.commit,
         "device": str(ctx.device), **result, "params": count_params(model),
         # how the frames were cut from the videos (kdbench predict does it the same way)
-        "prepared": {k: ctx.data.meta.get(k) for k in ("detector", "size", "frames")},
+        "prepared": {k: ctx.data.meta.get(k) for k in ("detector", "size", "frames",
+                                                       "reencode")},
         "gflops": gflops(model, ctx.config["data"]["size"]), "finished_at": utc_now(),
+        **_generators(ctx.data.index),
     }
     atomic_write_json(run_dir / "metrics.json", metrics)  # rank 0's call (distributed.on_main)
     return metrics

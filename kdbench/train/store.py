@@ -110,7 +110,7 @@ def finished_student_run(run_dir: Path) -> dict[str, Any]:
     metrics = read_json(metrics_path) if metrics_path.is_file() else {}
     if metrics.get("status") != "finished":
         raise KdbenchError(f"{run_dir} is not a finished run; finish it with `kdbench run`")
-    if metrics.get("role") not in ("student", "compressed"):
+    if metrics.get("role") not in ("student", "compressed", "transferred"):
         raise KdbenchError(f"{run_dir} is not a student run; give a runs/... folder")
     if not (run_dir / "best.pt").is_file():
         raise KdbenchError(f"{run_dir} has no best.pt (checkpoints are not committed, or it was "

@@ -43,8 +43,8 @@ NOT_TEACHER_SETTINGS = (SPEED_SETTINGS - {"eval_batch_size"}) | PARALLEL_SETTING
 
 def teacher_folder(results: Path, dataset: str, cfg: dict[str, Any]) -> Path:
     """``<results>/teachers/<dataset>/<backbone>-<hash of the settings that shape it>``."""
-    key = config_hash({"dataset": dataset, "data": {k: v for k, v in cfg["data"].items()
-                                                    if k != "workers"},
+    key = config_hash({"dataset": dataset, "data": without_added_defaults(
+                           "data", {k: v for k, v in cfg["data"].items() if k != "workers"}),
                        "train": without_added_defaults(
                            "train", {k: v for k, v in cfg["train"].items()
                                      if k not in NOT_TEACHER_SETTINGS}),
