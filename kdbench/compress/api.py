@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kdbench.compress.settings import Compression, check
+from kdbench.compress.settings import Compression, check, check_prunable_teacher
 from kdbench.errors import KdbenchError
 
 PathLike = str | os.PathLike
@@ -27,14 +27,7 @@ def _check_parent(run: Path) -> dict[str, Any]:
                                f"({m.get('parent', {}).get('path', 'the runs/... folder')}) "
                                "with the settings combined (e.g. a higher --target, --steps)")
         if m.get("role") == "teacher":
-            if m.get("kind") != "single":
-                raise KdbenchError(
-                    f"{run} is a dual-branch teacher: its RGB and frequency branches are "
-                    "coupled through the RFAMs, so kdbench does not prune it; prune a student "
-                    "run, or a single-branch teacher (teacher.kind=single)")
-            if m.get("status") != "finished":
-                raise KdbenchError(f"{run} is not a finished teacher; finish it with "
-                                   "`kdbench run`")
+            check_prunable_teacher(Path(run), m)
             return m
     return check_run(Path(run))
 

@@ -26,6 +26,7 @@ from kdbench.compress.settings import (
 from kdbench.data.datasets import open_configured
 from kdbench.data.generators import video_generators
 from kdbench.data.loader import FrameSplit, iterate, to_model_input
+from kdbench.deploy.api import run_label
 from kdbench.errors import KdbenchError
 from kdbench.files import atomic_torch_save, atomic_write_json, read_json, utc_now
 from kdbench.models.cost import count_params, gflops
@@ -214,7 +215,7 @@ def _make(parent: Path, c: Compression, registry: dict[str, MethodEntry], out: P
     t0 = time.perf_counter()
     work = _Work(parent, c, registry, data_root, device, progress)
     m = work.metrics
-    parent_label = f"teacher/{Path(parent).name}" if work.of_teacher else _parent_label(m)
+    parent_label = f"teacher/{Path(parent).name}" if work.of_teacher else run_label(m)
     label = f"{parent_label}+{c.tag()}"
     seed_everything(int(m["seed"]))
     student = work.student.to(device)
@@ -292,7 +293,3 @@ def _what(c: Compression) -> str:
     return ("of the weights zeroed" if c.prune == "unstructured"
             else "of the parameters removed")
 
-
-def _parent_label(m: dict[str, Any]) -> str:
-    variant = f"@{m['variant']}" if m.get("variant") else ""
-    return f"{m['student']}/{m['method']}{variant}/{m['mode']}/seed{m['seed']}"

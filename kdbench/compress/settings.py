@@ -119,6 +119,17 @@ def teacher_free(registry: dict) -> str:
                        "fine-tune with; name a distiller with --finetune-with")
 
 
+def check_prunable_teacher(folder: Path, metrics: dict[str, Any]) -> None:
+    """One line unless the teacher of ``folder`` is a finished single-branch one."""
+    if metrics.get("kind") != "single":
+        raise KdbenchError(
+            f"{folder} is a dual-branch teacher: its RGB and frequency branches are coupled "
+            "through the RFAMs, so kdbench does not prune it; prune a student run, or a "
+            "single-branch teacher (teacher.kind=single)")
+    if metrics.get("status") != "finished":
+        raise KdbenchError(f"{folder} is not a finished teacher; finish it with `kdbench run`")
+
+
 def store_of(parent: Path) -> tuple[Path, Path]:
     """The store holding the run folder ``parent`` and its path under the store's ``runs/``
     (or ``teachers/``) folder; one line if it is in no store."""

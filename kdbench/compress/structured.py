@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
 from kdbench.errors import KdbenchError, first_line
+from kdbench.models.cost import count_params
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,6 @@ def require_torch_pruning() -> ModuleType:
         raise KdbenchError('structured pruning needs Torch-Pruning: pip install '
                            '"kdbench[compress]"') from None
     return torch_pruning
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters of ``model``."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _flat_tensors(out: object) -> list[Tensor]:

@@ -43,15 +43,12 @@ def load_teacher(folder: Path, metrics: dict[str, Any]) -> Classifier:
     """The finished single-branch teacher of ``folder`` (trained here: its best.pt; loaded
     from ``teacher.checkpoint``: that file) as a :class:`Classifier`; one line for a
     dual-branch teacher or missing weights."""
+    from kdbench.compress.settings import check_prunable_teacher
     from kdbench.models.teacher_build import architecture_teacher, build_teacher
     from kdbench.train.teacher_task import TeacherTask
     from kdbench.train.trainer import load_checkpoint
 
-    if metrics.get("kind") != "single":
-        raise KdbenchError(
-            f"{folder} is a dual-branch teacher: its RGB and frequency branches are coupled "
-            "through the RFAMs, so kdbench does not prune it; prune a student run, or a "
-            "single-branch teacher (teacher.kind=single)")
+    check_prunable_teacher(folder, metrics)
     config = metrics["config"]
     checkpoint = config["teacher"].get("checkpoint")
     if checkpoint:

@@ -7,6 +7,7 @@ import gzip
 import io
 import logging
 from collections.abc import Callable, Iterable
+from itertools import chain
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +19,6 @@ from kdbench.compress.settings import SCOPES, check_target
 from kdbench.errors import KdbenchError
 
 log = logging.getLogger(__name__)
-
 
 
 def _ignored(ignore: Iterable[nn.Module]) -> set[int]:
@@ -107,7 +107,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor],
         first = next(batches)
     except StopIteration:
         raise KdbenchError("BatchNorm recalibration got no batches; give it some training "
-                           "images (e.g. --recalibrate N with N > 0)") from None
+                           "images") from None
     run = forward or (lambda m, x: m(x))
     modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in bns]
@@ -118,7 +118,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor],
             bn.momentum = None  # cumulative average over the batches
         model.train()
         with torch.no_grad():
-            for x in _chain(first, batches):
+            for x in chain([first], batches):
                 run(model, x)
                 seen += int(x.shape[0])
     finally:
@@ -128,11 +128,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor],
             m.training = mode
     log.info(f"recalibrated {len(bns)} BatchNorm layers on {seen} images")
     return seen
-
-
-def _chain(first: Tensor, rest: Iterable[Tensor]) -> Iterable[Tensor]:
-    yield first
-    yield from rest
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, Tensor]:

@@ -90,7 +90,9 @@ def _what(deployed: DeployedStudent) -> str:
     return f"the {deployed.backbone} student of {deployed.run_dir}"
 
 
-def _label(metrics: dict[str, Any]) -> str:
+def run_label(metrics: dict[str, Any]) -> str:
+    """A run's name in tables: ``student/method[@variant]/mode/seed<k>``, or a compressed
+    child's recorded label."""
     m = metrics
     if m.get("label"):  # a compressed child run: its parent's label + its compression
         return str(m["label"])
@@ -148,6 +150,7 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
     from kdbench.deploy.student_file import STUDENT_FILE, from_run
     from kdbench.files import atomic_torch_save
     from kdbench.models.cost import count_params
+    from kdbench.train.predictions import save_predictions
 
     deployed = from_run(Path(run_dir))
     test = _open_run_data(deployed, data_root, ("test",))["test"]
@@ -168,8 +171,6 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
                                                       deployed.size)
         onnx_probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
                                                  test, deployed.size)
-        from kdbench.train.predictions import save_predictions
-
         # the int8 files' paired differences are taken against these (the same runtime)
         save_predictions(out / "predictions_onnx_fp32.npz", onnx_probs, test.labels.numpy(),
                          test.videos)
@@ -187,7 +188,7 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
             if entry is not None:
                 entries["teacher_pytorch_fp32"] = entry
     record = measure.update_record(deployed.run_dir, entries, {
-        "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
+        "label": run_label(deployed.metrics), "dataset": deployed.metrics["dataset"],
         "size": deployed.size, **measure.machine(threads, repeats)})
     return record
 
@@ -250,7 +251,7 @@ def quantize(run_dir: PathLike, *, int8: str = "static", calib: int = DEFAULT_CA
             count_params(deployed.model), out, name, measure.onnx_predictor(sess),
             deployed.size, repeats, probs, test, **extra)
     record = measure.update_record(deployed.run_dir, {key: entry}, {
-        "label": _label(deployed.metrics), "dataset": deployed.metrics["dataset"],
+        "label": run_label(deployed.metrics), "dataset": deployed.metrics["dataset"],
         "size": deployed.size, **measure.machine(threads, repeats)})
     t = entry["test"]
     log.info(f"wrote {out / name}: test acc {t['acc']:.4f} auc {t['auc']:.4f} eer "

@@ -147,25 +147,13 @@ def _parent_predictions(results: Path, parent: tuple, seed: int, m: dict) -> Pat
     return folder / PREDICTIONS
 
 
-def _teacher_free() -> set[str]:
-    """The registry's methods that run without a teacher (mode none)."""
-    from kdbench.registry import load_registry
-
-    try:
-        return {name for name, e in load_registry().items() if "none" in e.modes}
-    except KdbenchError:  # a damaged registry: every fine-tuning method counts as a distiller
-        return set()
-
-
-def _distiller(c: dict[str, Any], free: set[str]) -> str | None:
-    """The distiller a child was fine-tuned with (None: not fine-tuned, or teacher-free), by
-    its recorded fine-tuning mode, else by the registry's teacher-free methods ``free``."""
+def _distiller(c: dict[str, Any]) -> str | None:
+    """The distiller a child was fine-tuned with (None: not fine-tuned, or with cross-entropy
+    alone), by its recorded fine-tuning mode (``Compression.record``: None without one)."""
     name = c.get("finetune_with")
     if not name or c.get("finetune_epochs") == 0:
         return None
-    if "finetune_mode" in c:
-        return name if c["finetune_mode"] not in (None, "none") else None
-    return None if name in free else name
+    return name if c.get("finetune_mode") not in (None, "none") else None
 
 
 def _technique(technique: str, scope: str | None, distiller: str | None) -> str:
@@ -193,10 +181,11 @@ def _with_int8(fp32: dict[str, Any], seeds: dict[int, dict[str, Any]]) -> list[d
 
 def _teachers(results: Path, datasets: set[str], several: bool) -> list[dict[str, Any]]:
     """The teachers of ``datasets``, with their PyTorch cost from any deploy.json."""
+    from kdbench.report.deploy import deploy_records
+
     measured: dict[tuple[str, str], dict] = {}
-    for path in sorted(results.rglob("deploy/deploy.json")):
-        rec = _json(path) or {}
-        entry = (rec.get("formats") or {}).get("teacher_pytorch_fp32") or {}
+    for rec in deploy_records(results):
+        entry = rec["formats"].get("teacher_pytorch_fp32") or {}
         if entry.get("teacher"):
             key = (rec.get("dataset"), Path(entry["teacher"]).name)
             measured.setdefault(key, {**entry, "where": (rec.get("cpu"), rec.get("threads"),
@@ -245,7 +234,6 @@ def compression_models(results: Path) -> list[dict[str, Any]]:
     """
     results = Path(results)
     parents, children = _parents(results), _children(results)
-    free = _teacher_free() if children else set()
     wanted = {key for key, runs in parents.items()
               if any(_deploy(folder) for folder, _ in runs.values())}
     wanted |= {key[0] for key in children if key[0] in parents}
@@ -271,7 +259,7 @@ def compression_models(results: Path) -> list[dict[str, Any]]:
             if ckey[0] != key:
                 continue
             _, technique, scope, target, steps, epochs, finetune_with, ft_mode = ckey
-            distiller = _distiller(next(iter(runs.values()))[1]["compression"], free)
+            distiller = _distiller(next(iter(runs.values()))[1]["compression"])
             seeds = {s: _seed_numbers(f, m, _deploy(f), _parent_predictions(results, key, s, m))
                      for s, (f, m) in runs.items()}
             fp32 = _entry({**meta, "technique": _technique(technique, scope, distiller),
