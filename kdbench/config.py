@@ -67,11 +67,17 @@ _BASE: dict[str, Any] = {
         "wavelet": "haar",
         "levels": 1,
     },
-    "student": {"pretrained": None},
+    # size: the student's input side (None: data.size); a smaller one is made from the
+    # teacher's image by the degradation model (kdbench.models.degrade): resized, then blurred
+    # (sigma px), JPEG-compressed (quality; 0: off) and given noise (8-bit levels)
+    "student": {"pretrained": None, "size": None, "blur": 0.0, "jpeg": 0, "noise": 0.0},
     # per-dataset overrides of the sections above
     "datasets": {},
 }
 
+# settings whose default None means "as another setting" and that otherwise take a number of
+# this type (student.size: None is data.size)
+OPTIONAL_NUMBERS = {"student.size": 0}
 # the allowed values of the settings (kdbench.values); a `--set` outside them is an error
 LIMITS: dict[str, dict[str, dict[str, Any]]] = {
     "data": {"size": {"min": 8}, "frames": {"min": 1}, "workers": {"min": 0}},
@@ -86,7 +92,8 @@ LIMITS: dict[str, dict[str, dict[str, Any]]] = {
     "teacher": {"proj_dim": {"min": 1}, "hp_cutoff": {"gt": 0, "lt": 1}, "seed": {"min": 0},
                 "kind": {"choices": list(TEACHER_KINDS)},
                 "freq_view": {"choices": ["dct", "dwt"]}, "levels": {"min": 1}},
-    "student": {},
+    "student": {"size": {"min": 8}, "blur": {"min": 0}, "jpeg": {"min": 0, "max": 100},
+                "noise": {"min": 0}},
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -134,7 +141,8 @@ OUTPUT_SETTINGS = {"tensorboard", "gradcos_every", "gradsim_every"}
 # and its teacher folder's name leave them out, so the runs stored before them are still found
 ADDED_SETTINGS = {"teacher": ("kind", "freq_backbone", "checkpoint", "key_prefix", "freq_view",
                               "wavelet", "levels"),
-                  "train": ("optimizer",), "data": ("train_generators", "test_generators")}
+                  "train": ("optimizer",), "data": ("train_generators", "test_generators"),
+                  "student": ("size", "blur", "jpeg", "noise")}
 GENERATOR_SETTINGS = ("train_generators", "test_generators")  # data.*: the generator protocol
 
 
@@ -220,9 +228,13 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
             name = f"{section}.{key}"
             if isinstance(value, (dict, list)):
                 raise KdbenchError(f"--set {name} takes one value, not {value!r}")
-            if cfg[section][key] is None and value is not None and not isinstance(value, str):
+            default = OPTIONAL_NUMBERS.get(name, cfg[section][key])
+            if default is None and value is not None and not isinstance(value, str):
                 raise KdbenchError(f"--set {name} takes a file path, not {value!r}")
-            value = coerce(value, cfg[section][key], name)
+            if value is None or str(value).lower() == "none":
+                value = None if name in OPTIONAL_NUMBERS else value
+            if value is not None or name not in OPTIONAL_NUMBERS:
+                value = coerce(value, default, name)
             values[key] = check_limits(value, LIMITS[section].get(key), name)
     cfg = deep_merge(cfg, section_overrides)
     for key in GENERATOR_SETTINGS:  # one spelling per set of generators: sorted, no repeats
@@ -275,6 +287,7 @@ class RunSpec:
     hparams: dict[str, Any] = field(default_factory=dict)
     variant: str = ""  # the hyper-parameters that differ from the registry's, e.g. "d=256"
     protocol: str = ""  # the generator protocol, e.g. "train=a+b" (protocol_tag)
+    student_input: str = ""  # a degraded student input, e.g. "32px" (student_input_tag)
 
     @property
     def label(self) -> str:
@@ -284,7 +297,17 @@ class RunSpec:
     @property
     def relpath(self) -> str:
         data = f"{self.dataset}@{self.protocol}" if self.protocol else self.dataset
-        return f"runs/{data}/{self.student}/{self.label}/{self.mode}/seed{self.seed}"
+        student = f"{self.student}@{self.student_input}" if self.student_input else self.student
+        return f"runs/{data}/{student}/{self.label}/{self.mode}/seed{self.seed}"
+
+
+def student_input_tag(config: dict[str, Any]) -> str:
+    """How a student's input differs from the data (cross-resolution) as a run folder's
+    suffix to the student's name: ``32px``, ``32px-blur1-jpeg75-noise2`` ("" for none)."""
+    st, size = config["student"], config["data"]["size"]
+    parts = [f"{st['size']}px"] if st.get("size") not in (None, size) else []
+    parts += [f"{k}{_fmt(st[k])}" for k in ("blur", "jpeg", "noise") if st.get(k)]
+    return "-".join(parts)
 
 
 def protocol_tag(data: dict[str, Any]) -> str:

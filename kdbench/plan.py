@@ -174,6 +174,11 @@ def _check(r: RunRequest, preset: str
                     f"{option}={name}: the backbone {why}, but a dual teacher's RFAMs couple "
                     "the branches after stages 1-3; use another backbone or teacher.kind=single")
     _check_freq_view(t, int(config["data"]["size"]))
+    small = config["student"].get("size")
+    if small is not None and small > config["data"]["size"]:
+        raise KdbenchError(f"student.size={small} is larger than data.size="
+                           f"{config['data']['size']}: the student's input is made from the "
+                           "teacher's by shrinking it; give student.size <= data.size")
     bad_modes = [m for m in r.modes if m not in ("rgb", "both")]
     if bad_modes:
         raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; modes are rgb, both or "
@@ -308,15 +313,15 @@ def _runs(r: RunRequest, reg: dict[str, MethodEntry], overrides: dict[str, Any],
         planned = merge(planned, report_runs(entries, r.dataset, overrides))
     if config["teacher"]["kind"] == "single":  # the report runs of both mode need two branches
         planned = [p for p in planned if p.mode in ("none", *r.modes)]
-    from kdbench.config import protocol_tag
+    from kdbench.config import protocol_tag, student_input_tag
 
-    protocol = protocol_tag(config["data"])
+    protocol, student_input = protocol_tag(config["data"]), student_input_tag(config)
     out = []
     for seed in r.seeds:
         for student in r.students:
             for p in planned:
                 spec = RunSpec(r.dataset, student, p.entry.name, p.mode, seed, p.hparams,
-                               p.variant, protocol)
+                               p.variant, protocol, student_input)
                 out.append(PlannedRun(spec, p.entry, run_name(spec), r.results / spec.relpath))
     return out
 

@@ -69,7 +69,7 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "weighting", "ablation", *_declared(reg, "sweeps"), "teacher",
             "cross", "cost", "deploy", "students", "claims", "compression", "shortcut",
-            "generators", "transfer"]
+            "generators", "transfer", "resolution"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -91,7 +91,7 @@ def _known(kind: str, kinds: list[str], what: str) -> None:
 
 
 # the metric a table shows when none is named (the students table compares detectors by AUC)
-KIND_METRIC = {"students": "auc", "generators": "auc,ap"}
+KIND_METRIC = {"students": "auc", "generators": "auc,ap", "resolution": "auc"}
 
 
 def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
@@ -127,6 +127,14 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
         from kdbench.report.compression import compression_report
 
         return compression_report(Path(results))
+    if kind == "resolution":
+        from kdbench.report.resolution import resolution_report
+
+        listing = runs(results, dataset)
+        if student:  # the student's runs at every input side (folders <student>@<side>px)
+            names = [student] if isinstance(student, str) else list(student)
+            listing = listing[listing["student"].str.partition("@")[0].isin(names)]
+        return resolution_report(listing, metrics, measure)
     if kind == "transfer":
         from kdbench.report.transfer import transfer_report
 

@@ -143,8 +143,9 @@ def write_reports(p: Plan) -> None:
         cross_test_rest(out / "runs" / _dataset_folder(p), p.cross[0], p.cross[1], r.device,
                         r.progress)
     for kind in [k for k in reporting.table_kinds(registry)
-                 if k not in ("runs", "cost", "shortcut", "generators", "transfer")]:
-        # shortcut: a dataset's files; generators: reproduce --protocol's; transfer: its runs
+                 if k not in ("runs", "cost", "shortcut", "generators", "transfer",
+                              "resolution")]:
+        # shortcut: a dataset's files; generators, transfer, resolution: their own runs
         atomic_write_text(out / "tables" / f"{kind}.md",
                           reporting.report(kind, results=out, registry=registry).markdown())
     cost = reporting.report("cost", preset=r.preset, dataset=r.dataset,

@@ -96,7 +96,16 @@ def from_run(run_dir: Path) -> DeployedStudent:
 
     run_dir = Path(run_dir)
     student, metrics = load_student(run_dir)
-    data = metrics["config"]["data"]
+    data = dict(metrics["config"]["data"])
+    from kdbench.models.degrade import DegradedStudent
+
+    if isinstance(student, DegradedStudent):  # cross-resolution: the small model alone
+        d = student.degrade.d
+        if d.blur or d.jpeg or d.noise:
+            raise KdbenchError(f"{run_dir} reads a blurred, JPEG-compressed or noisy image "
+                               "(student.blur/jpeg/noise): kdbench deploys only a resized "
+                               "student so far; deploy a run with student.size alone")
+        student, data["size"] = student.student, d.size or data["size"]
     prepared = metrics.get("prepared") or {}
     notes = []
     threshold = metrics.get("threshold")

@@ -116,3 +116,10 @@ class DegradedStudent(nn.Module):
 
     def forward(self, x: Tensor, preact: bool = False):
         return self.student(self.degrade(x), preact=preact)
+
+
+def degraded(student: nn.Module, config: dict) -> nn.Module:
+    """``student`` reading the degraded image of ``config`` (its ``student`` section against
+    ``data.size``), or ``student`` itself when nothing is degraded."""
+    d = Degradation.of(config.get("student") or {}, int(config["data"]["size"]))
+    return DegradedStudent(student, d) if d.active else student

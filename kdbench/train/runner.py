@@ -28,6 +28,7 @@ from kdbench.data.loader import FrameSplit
 from kdbench.errors import KdbenchError
 from kdbench.files import atomic_write_json, read_json, store_time, utc_now
 from kdbench.models.cost import count_params, gflops
+from kdbench.models.degrade import degraded
 from kdbench.models.students import create_student
 from kdbench.models.teacher_build import Teacher
 from kdbench.provenance import versions
@@ -361,7 +362,8 @@ def _train_one(ctx: Context, spec: RunSpec, entry: MethodEntry,
         atomic_write_json(started, identity)
     cls = entry.resolve()
     seed_everything(spec.seed)
-    student = create_student(spec.student, ctx.config["student"]["pretrained"])
+    student = degraded(create_student(spec.student, ctx.config["student"]["pretrained"]),
+                       ctx.config)  # a smaller or degraded input: the student reads it
     distiller = cls(student, teacher if spec.mode != "none" else None, spec.mode, **spec.hparams)
     result = ctx.trainer(distiller, run_dir, spec.seed, name).fit(resume=True)
     metrics = distributed.on_main(lambda: record_run(ctx, run_dir, result, student, {
