@@ -119,6 +119,10 @@ class RunRequest:
         "and Table 3's three best distillers exported and quantized; the compression table and "
         "the Pareto figure (pip install 'kdbench[compress]')", kind="bool",
         commands=("reproduce",))
+    resolution: bool = _opt(
+        False, "--resolution", "then the students of the teacher-free method and Table 3's "
+        "three best distillers at 32 and 48 px from the data-size teacher (student.size) and "
+        "the resolution table", kind="bool", commands=("reproduce",))
     threads: int | None = _opt(
         None, "--threads", "CPU threads of each run: a number, or auto (the default: the usable "
         "cores divided among the kdbench processes working on this machine, fixed when the run "

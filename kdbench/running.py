@@ -98,6 +98,11 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
             write_reports(p)
             if request.compression:
                 write_compression(p)
+            if request.resolution:
+                from kdbench.resolution_plan import write_resolution
+
+                more = write_resolution(p)
+                summary = summary.merged(more) if more is not None else summary
     if not complete:
         return summary
     wall = time.perf_counter() - t0

@@ -52,3 +52,19 @@ def test_no_small_student_is_one_line(tmp_path):
     listing = _listing(tmp_path)
     with pytest.raises(KdbenchError, match="student.size=32"):
         resolution_report(listing[~listing["student"].str.contains("@")], "auc")
+
+
+def test_the_resolution_plan_trains_the_plain_student_and_the_best_distillers_smaller(tmp_path):
+    from kdbench import api
+    from kdbench.request import RunRequest
+    from kdbench.resolution_plan import resolution_plans
+
+    main = api.plan(RunRequest.make("reproduce", preset="cpu", results=tmp_path, device="cpu",
+                                    resolution=True))
+    plans = resolution_plans(main)  # no finished run yet: no best distiller, the plain one
+    assert [p.config["student"]["size"] for p in plans] == [32, 48]
+    for p, side in zip(plans, (32, 48)):
+        assert {r.spec.method for r in p.runs} == {"vanilla"}
+        assert all(f"resnet18_thin@{side}px/vanilla/none/seed" in str(r.run_dir) for r in p.runs)
+        assert len(p.runs) == 3  # seeds 0, 1, 2
+        assert p.config["teacher"] == main.config["teacher"]
