@@ -68,3 +68,18 @@ def test_the_resolution_plan_trains_the_plain_student_and_the_best_distillers_sm
         assert all(f"resnet18_thin@{side}px/vanilla/none/seed" in str(r.run_dir) for r in p.runs)
         assert len(p.runs) == 3  # seeds 0, 1, 2
         assert p.config["teacher"] == main.config["teacher"]
+
+
+def test_the_pareto_figure_gets_one_point_per_smaller_student(tmp_path):
+    from kdbench.report.pareto import resolution_points
+
+    for seed, auc in ((0, 0.7), (1, 0.6)):
+        run = tmp_path / f"runs/ds/resnet18_thin@32px/kd/both/seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"status": "finished", "gflops": 0.01,
+                                                      "test": {"auc": auc}}))
+    points = resolution_points(tmp_path, "gflops")
+    assert len(points) == 1 and points[0]["name"] == "resnet18_thin@32px/kd/both"
+    assert points[0]["x"] == pytest.approx(0.01) and points[0]["auc"] == pytest.approx(65.0)
+    assert points[0]["family"] == "resolution"
+    assert resolution_points(tmp_path, "latency") == []  # not exported: no latency

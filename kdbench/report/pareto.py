@@ -17,7 +17,8 @@ AXES = {"gflops": "GFLOPs per image",
 TITLES = {"gflops": "GFLOPs", "latency": "CPU latency", "size": "file size"}
 FAMILIES = {"teacher": ("teacher", "s"), "uncompressed": ("none / distilled", "o"),
             "unstructured": ("unstructured", "v"), "structured": ("structured", "^"),
-            "structured + distiller": ("structured + distiller", "P"), "int8": ("int8", "D")}
+            "structured + distiller": ("structured + distiller", "P"), "int8": ("int8", "D"),
+            "resolution": ("smaller input", "<")}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -63,6 +64,39 @@ def pareto_points(results: Path, x: str = "gflops") -> list[dict[str, Any]]:
             name = f"{short}: {name}"
         points.append({"x": cost, "auc": 100 * e["auc"], "family": e["family"], "name": name,
                        "entry": e})
+    return points + resolution_points(Path(results), x)
+
+
+def resolution_points(results: Path, x: str) -> list[dict[str, Any]]:
+    """The students at smaller inputs (run folders ``<student>@<side>px``), one point per
+    student, method and mode: mean test AUC over seeds against their mean GFLOPs, or the ONNX
+    latency / file of their exported model (``kdbench export``) where it was measured."""
+    import numpy as np
+
+    from kdbench.report.listing import read_or_skip
+
+    groups: dict[str, list[dict[str, float]]] = {}
+    for path in sorted(Path(results).glob("runs/*/*@*px*/*/*/seed*/metrics.json")):
+        m = read_or_skip(path)
+        if not isinstance(m, dict) or m.get("status") != "finished" or not m.get("test"):
+            continue
+        run = path.parent
+        deploy = read_or_skip(run / "deploy" / "deploy.json") \
+            if (run / "deploy" / "deploy.json").is_file() else None
+        onnx = ((deploy or {}).get("formats") or {}).get("onnx_fp32") or {}
+        groups.setdefault("/".join(run.relative_to(Path(results) / "runs").parts[1:4]),
+                          []).append({"auc": m["test"]["auc"], "gflops": m.get("gflops"),
+                                      "ms_b32": onnx.get("latency_ms_b32"),
+                                      "mb_file": onnx.get("file_mb")})
+    points = []
+    for name, runs in groups.items():
+        values = [r[{"gflops": "gflops", "latency": "ms_b32", "size": "mb_file"}[x]]
+                  for r in runs]
+        values = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+        if values:
+            points.append({"x": float(np.mean(values)),
+                           "auc": 100 * float(np.mean([r["auc"] for r in runs])),
+                           "family": "resolution", "name": name, "entry": {}})
     return points
 
 
