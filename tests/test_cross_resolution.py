@@ -4,6 +4,8 @@ evaluation, exported to ONNX with the small input; bad sizes are one line."""
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -55,6 +57,31 @@ def test_a_small_student_predicts_as_it_was_tested_and_exports_with_the_small_in
 
     sess = ort.InferenceSession(str(run / "deploy/student.onnx"))
     assert sess.get_inputs()[0].shape[-2:] == [SMALL, SMALL]
+
+
+@pytest.mark.slow
+def test_a_blurred_jpeg_noisy_student_deploys_with_its_degradation_before_the_model(trained):
+    pytest.importorskip("onnxruntime", reason='the deploy extra is not installed (pip install '
+                        '"kdbench[deploy]")')
+    items, prepared, run = trained
+    results = run.parents[4]
+    api.run("kd", "ff_c40", data_root=prepared, preset="quick", modes=["both"],
+            results=results, progress=False,
+            settings={"data.size": 32, "data.frames": 4, "train.epochs": 1,
+                      "student.size": SMALL, "student.blur": 0.8, "student.jpeg": 75,
+                      "student.noise": 1.0})
+    degraded = results / f"runs/ff_c40/resnet18_thin@{SMALL}px-blur0.8-jpeg75-noise1/kd/both/seed0"
+    test = [it for it in items if it.split == "test"]
+    scores, student = api.predict([it.path for it in test], run=degraded, progress=False)
+    assert student.size == SMALL and student.pre is not None
+    saved = load_predictions(degraded / "predictions.npz")
+    means = pd.Series(saved.prob).groupby(saved.video).mean()
+    for item, score in zip(test, scores):  # the same blur, JPEG and (fixed) noise as the test
+        assert score.score == pytest.approx(means[item.video], abs=1e-5)
+    record = api.export(degraded, data_root=prepared, threads=1, repeats=(2, 2), teacher=False)
+    assert record["formats"]["onnx_fp32"]["max_abs_diff"] <= 1e-4
+    assert record["formats"]["onnx_fp32"]["test"]["auc"] == pytest.approx(
+        json.loads((degraded / "metrics.json").read_text())["test"]["auc"], abs=1e-6)
 
 
 def test_a_degraded_students_runs_have_folders_of_their_own():

@@ -51,6 +51,8 @@ def test_noise_is_fresh_in_training_and_repeatable_at_evaluation():
     deg = Degrade(Degradation(noise=2.0))
     a, b = deg.eval()(x), deg(x)
     assert torch.equal(a, b) and a.std().item() == pytest.approx(2 / 127.5, rel=0.2)
+    two = deg(torch.zeros(2, 3, 16, 16))  # the same pattern whatever the batch
+    assert torch.equal(two[0], a[0]) and torch.equal(two[1], a[0])
     deg.train()
     assert not torch.equal(deg(x), deg(x))
 

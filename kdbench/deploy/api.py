@@ -80,7 +80,9 @@ def _open_run_data(deployed: DeployedStudent, data_root: PathLike | None,
 
     recorded = (deployed.metrics.get("config") or {}).get("data") or {}
     data = open_configured(deployed.metrics["dataset"], Path(data_root) if data_root else None,
-                           {**recorded, "size": deployed.size, "frames": deployed.frames},
+                           {**recorded, "size": recorded.get("size") or deployed.size,
+                            "frames": deployed.frames},  # the data's size (a small student's
+                           # input is resized from it)
                            progress=False, require=splits)
     return {s: FrameSplit(data.frames, data.split(s)) for s in splits}
 
@@ -156,7 +158,8 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
     test = _open_run_data(deployed, data_root, ("test",))["test"]
     out = deployed.run_dir / measure.DEPLOY_DIR
     model = deployed.probability()
-    frames = measure.split_images(test, measure.evenly(len(test), 64), deployed.size)
+    frames = measure.split_images(test, measure.evenly(len(test), 64), deployed.size,
+                                  deployed.pre)
     with measure.torch_threads(threads):
         atomic_torch_save(out / STUDENT_FILE, deployed.model.state_dict())
         what = _what(deployed)
@@ -168,9 +171,9 @@ def export(run_dir: PathLike, *, format: str = "onnx", data_root: PathLike | Non
         sess = session(out / ONNX_FILE, threads)
         with torch.no_grad():
             torch_probs = measure.split_probabilities(lambda x: model(x).numpy(), test,
-                                                      deployed.size)
+                                                      deployed.size, pre=deployed.pre)
         onnx_probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
-                                                 test, deployed.size)
+                                                 test, deployed.size, pre=deployed.pre)
         # the int8 files' paired differences are taken against these (the same runtime)
         save_predictions(out / "predictions_onnx_fp32.npz", onnx_probs, test.labels.numpy(),
                          test.videos)
@@ -236,7 +239,7 @@ def quantize(run_dir: PathLike, *, int8: str = "static", calib: int = DEFAULT_CA
     extra: dict[str, Any] = {"int8": int8}
     if int8 == "static":
         picks = measure.evenly(len(train), calib)
-        images = measure.split_images(train, picks, deployed.size).numpy()
+        images = measure.split_images(train, picks, deployed.size, deployed.pre).numpy()
         quantize_int8(out / ONNX_FILE, out / name, images, _what(deployed))
         extra["calibration_frames"] = len(picks)
     else:
@@ -244,7 +247,7 @@ def quantize(run_dir: PathLike, *, int8: str = "static", calib: int = DEFAULT_CA
     with measure.torch_threads(threads):
         sess = session(out / name, threads)
         probs = measure.split_probabilities(lambda x: onnx_probabilities(sess, x.numpy()),
-                                            test, deployed.size)
+                                            test, deployed.size, pre=deployed.pre)
         save_predictions(out / f"predictions_{key}.npz", probs, test.labels.numpy(),
                          test.videos)
         entry = measure.student_entry(

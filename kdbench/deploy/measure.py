@@ -86,23 +86,34 @@ def file_mb(path: Path) -> float:
 
 
 def split_probabilities(probabilities: Callable[[torch.Tensor], np.ndarray], split,
-                        size: int, batch_size: int = 256) -> np.ndarray:
+                        size: int, batch_size: int = 256,
+                        pre: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """``probabilities`` of every frame of a :class:`~kdbench.data.loader.FrameSplit`, in
-    order, on the model input the evaluation makes."""
+    order, on the model input the evaluation makes (then ``pre``: a deployed student's
+    degradation)."""
     from kdbench.data.loader import iterate, to_model_input
 
     cpu = torch.device("cpu")
-    out = [probabilities(to_model_input(b, cpu, size)["image"])
+    out = [probabilities(_pre(to_model_input(b, cpu, size)["image"], pre))
            for b in iterate(split, batch_size, shuffle=False)]
     return np.concatenate(out).astype(np.float64)
 
 
-def split_images(split, positions: np.ndarray, size: int) -> torch.Tensor:
-    """The model input (CPU float) of the frames at ``positions`` of a split, unflipped."""
+def split_images(split, positions: np.ndarray, size: int,
+                 pre: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The model input (CPU float) of the frames at ``positions`` of a split, unflipped (then
+    ``pre``: a deployed student's degradation)."""
     from kdbench.data.loader import to_model_input
 
     batch = split[(np.asarray(positions), np.zeros(len(positions), bool))]
-    return to_model_input(batch, torch.device("cpu"), size)["image"]
+    return _pre(to_model_input(batch, torch.device("cpu"), size)["image"], pre)
+
+
+def _pre(x: torch.Tensor, pre: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    if pre is None:
+        return x
+    with torch.no_grad():
+        return pre(x)
 
 
 def evenly(n: int, k: int) -> np.ndarray:

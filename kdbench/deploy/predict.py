@@ -38,7 +38,7 @@ def fake_probabilities(student: DeployedStudent, crops: np.ndarray, device: torc
                        batch_size: int = 64) -> np.ndarray:
     """The student's fake probability of each uint8 face crop [N, S, S, 3]."""
     model = student.probability().to(device)
-    out = [model(model_input(crops[i:i + batch_size], student.size, device)).cpu()
+    out = [model(model_input(crops[i:i + batch_size], student.size, device, student.pre)).cpu()
            for i in range(0, len(crops), batch_size)]
     return torch.cat(out).double().numpy()
 

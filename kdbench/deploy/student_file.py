@@ -49,6 +49,9 @@ class DeployedStudent:
     run_dir: Path | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     reencode: str = "none"  # as the preparation re-encoded each image (prepare --reencode)
+    # a cross-resolution student's blur, JPEG and noise, applied to its (small) input before
+    # the model, which is exported alone
+    pre: nn.Module | None = None
 
     def probability(self) -> FakeProbability:
         return FakeProbability(self.model).eval()
@@ -99,12 +102,15 @@ def from_run(run_dir: Path) -> DeployedStudent:
     data = dict(metrics["config"]["data"])
     from kdbench.models.degrade import DegradedStudent
 
+    pre = None
     if isinstance(student, DegradedStudent):  # cross-resolution: the small model alone
+        from dataclasses import replace as with_changes
+
+        from kdbench.models.degrade import Degrade
+
         d = student.degrade.d
-        if d.blur or d.jpeg or d.noise:
-            raise KdbenchError(f"{run_dir} reads a blurred, JPEG-compressed or noisy image "
-                               "(student.blur/jpeg/noise): kdbench deploys only a resized "
-                               "student so far; deploy a run with student.size alone")
+        if d.blur or d.jpeg or d.noise:  # after the resize, before the model
+            pre = Degrade(with_changes(d, size=None)).eval()
         student, data["size"] = student.student, d.size or data["size"]
     prepared = metrics.get("prepared") or {}
     notes = []
@@ -116,7 +122,7 @@ def from_run(run_dir: Path) -> DeployedStudent:
         student.eval(), metrics["student"], int(data["size"]),
         int(prepared.get("size") or data["size"]), int(data["frames"]),
         prepared.get("detector") or DEFAULT_DETECTOR, float(threshold), notes, run_dir, metrics,
-        prepared.get("reencode") or "none")
+        prepared.get("reencode") or "none", pre)
 
 
 def from_checkpoint(path: Path, backbone: str, size: int | None = None) -> DeployedStudent:
@@ -145,10 +151,16 @@ def load_deployed(run_dir: Path | None = None, checkpoint: Path | None = None,
     return from_checkpoint(Path(checkpoint), student, size)
 
 
-def model_input(crops: np.ndarray, size: int, device: torch.device) -> Tensor:
+def model_input(crops: np.ndarray, size: int, device: torch.device,
+                pre: nn.Module | None = None) -> Tensor:
     """uint8 face crops [N, S, S, 3] -> the model's float input [N, 3, size, size] on
-    ``device``, exactly as training and evaluation make it."""
+    ``device``, exactly as training and evaluation make it (``pre``: a cross-resolution
+    student's blur, JPEG and noise)."""
     from kdbench.data.loader import to_model_input
 
     batch = {"image": torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)}
-    return to_model_input(batch, device, size)["image"]
+    x = to_model_input(batch, device, size)["image"]
+    if pre is not None:
+        with torch.no_grad():
+            x = pre.to(device)(x)
+    return x

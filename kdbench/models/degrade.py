@@ -3,7 +3,9 @@ teacher's (an image in [-1, 1] at ``data.size``): resized to ``student.size`` (b
 antialiasing), then optionally blurred (a Gaussian of ``student.blur`` px), JPEG-compressed at
 quality ``student.jpeg`` (1-100; 0: off) and given Gaussian noise of ``student.noise`` 8-bit
 levels (0: off), in that order. The same at training, test and prediction time; the noise is
-drawn afresh while training and from a fixed seed otherwise, so a test is repeatable."""
+drawn afresh for each image while training, and outside training it is one pattern drawn from
+a fixed seed and added to every image, so a test is repeatable and an image's input does not
+depend on the batch it comes in."""
 
 from __future__ import annotations
 
@@ -63,9 +65,11 @@ class Degrade(nn.Module):
             x = _blur(x, d.blur)
         if d.jpeg:
             x = _jpeg(x, d.jpeg)
-        if d.noise:
+        if d.noise:  # training: fresh noise per image; otherwise one fixed pattern for all,
+            # so an image's input does not depend on its batch
             gen = None if self.training else torch.Generator(x.device).manual_seed(NOISE_SEED)
-            x = x + torch.randn(x.shape, generator=gen, device=x.device,
+            shape = x.shape if self.training else (1, *x.shape[1:])
+            x = x + torch.randn(shape, generator=gen, device=x.device,
                                 dtype=x.dtype) * (d.noise / 127.5)
         return x
 
