@@ -77,7 +77,7 @@ _BASE: dict[str, Any] = {
 
 # settings whose default None means "as another setting" and that otherwise take a number of
 # this type (student.size: None is data.size)
-OPTIONAL_NUMBERS = {"student.size": 0}
+OPTIONAL_NUMBERS = {"student.size": 32}
 # the allowed values of the settings (kdbench.values); a `--set` outside them is an error
 LIMITS: dict[str, dict[str, dict[str, Any]]] = {
     "data": {"size": {"min": 8}, "frames": {"min": 1}, "workers": {"min": 0}},
@@ -237,6 +237,8 @@ def resolve_config(preset: str, dataset: str, overrides: dict[str, Any]) -> dict
                 value = coerce(value, default, name)
             values[key] = check_limits(value, LIMITS[section].get(key), name)
     cfg = deep_merge(cfg, section_overrides)
+    if cfg["student"].get("size") == cfg["data"]["size"]:  # the data's size: no resize at all
+        cfg["student"]["size"] = None
     for key in GENERATOR_SETTINGS:  # one spelling per set of generators: sorted, no repeats
         names = sorted({g.strip() for g in str(cfg["data"][key]).split(",") if g.strip()})
         bad = [g for g in names if re.search(r"[/\\+=@\s]", g)]

@@ -179,6 +179,11 @@ def _check(r: RunRequest, preset: str
         raise KdbenchError(f"student.size={small} is larger than data.size="
                            f"{config['data']['size']}: the student's input is made from the "
                            "teacher's by shrinking it; give student.size <= data.size")
+    blur, side = config["student"].get("blur") or 0, small or config["data"]["size"]
+    if blur and max(1, round(3 * blur)) >= side:
+        raise KdbenchError(f"student.blur={blur:g}: the blur's reach (3 sigma) is as large as "
+                           f"the student's {side} px input; give student.blur below "
+                           f"{(side - 0.5) / 3:.2f}")
     bad_modes = [m for m in r.modes if m not in ("rgb", "both")]
     if bad_modes:
         raise KdbenchError(f"unknown mode {(bad_modes or [''])[0]!r}; modes are rgb, both or "
@@ -209,14 +214,20 @@ def _check(r: RunRequest, preset: str
 def _check_freq_view(t: dict[str, Any], size: int) -> None:
     """teacher.freq_view=dwt: a known wavelet, and no more levels than ``size`` px allow (each
     level halves the side, down to 2 px)."""
-    if t.get("freq_view", "dct") != "dwt" or t["kind"] != "dual":
+    view = t.get("freq_view", "dct")
+    if view == "dct" and (t.get("wavelet", "haar") != "haar" or t.get("levels", 1) != 1):
+        raise KdbenchError("teacher.wavelet and teacher.levels shape the wavelet view: give "
+                           "them with teacher.freq_view=dwt (the DCT view ignores them)")
+    if view != "dwt":
         return
-    from kdbench.models.wavelet_library import check_wavelet
+    if t["kind"] != "dual":
+        raise KdbenchError("teacher.freq_view=dwt is the frequency branch's input; "
+                           "teacher.kind=single has no frequency branch: leave it out, or use "
+                           "teacher.kind=dual")
+    from kdbench.models.wavelet_library import check_wavelet, max_levels
 
     check_wavelet(t["wavelet"])
-    most, side = 0, size
-    while side >= 4:
-        side, most = (side + 1) // 2, most + 1
+    most = max_levels(t["wavelet"], size)
     if t["levels"] > most:
         raise KdbenchError(f"teacher.levels={t['levels']}: {size} px allow at most {most} "
                            f"wavelet levels (each halves the side); give teacher.levels={most} "

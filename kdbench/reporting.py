@@ -147,8 +147,15 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
         from kdbench.report.students import students_report
 
         order = list(reg) + sorted(set(runs(results)["method"]) - set(reg) - {"teacher"})
-        return students_report(runs(results, dataset, student), Path(results), order, metrics)
-    return tables.build(kind, runs(results, dataset, student), reg, metrics, ci)
+        return students_report(_full_input(runs(results, dataset, student)), Path(results),
+                               order, metrics)
+    return tables.build(kind, _full_input(runs(results, dataset, student)), reg, metrics, ci)
+
+
+def _full_input(listing: pd.DataFrame) -> pd.DataFrame:
+    """The runs of students that read the data's image (not ``<student>@<side>px``: those
+    are the resolution table's)."""
+    return listing[~listing["student"].astype(str).str.contains("@", regex=False)]
 
 
 def _metrics(metric: str | Sequence[str]) -> list[str]:
@@ -180,7 +187,7 @@ def compare(a: str, b: str, *, results: PathLike = DEFAULT_RESULTS, dataset: str
         if m not in METRIC_NAMES:
             raise KdbenchError(f"unknown metric {m!r}{did_you_mean(m, METRIC_NAMES)}; "
                                f"choose from {', '.join(METRIC_NAMES)}")
-    return compare_cells(runs(results, dataset, student), a, b, wanted, n_boot)
+    return compare_cells(_full_input(runs(results, dataset, student)), a, b, wanted, n_boot)
 
 
 def plan_report(summary: Any) -> tables_Report:
@@ -319,10 +326,11 @@ def plot(figure: str = "curves", *, results: PathLike = DEFAULT_RESULTS,
         points = plot_pareto(Path(results), path, x)
         detail = f"{points} point{'s' * (points != 1)}"
     elif figure == "curves":
-        lines, n = plot_curves(runs(results, dataset), path, None if all_runs else reg)
+        lines, n = plot_curves(_full_input(runs(results, dataset)), path,
+                               None if all_runs else reg)
         detail = f"{lines} line{'s' * (lines != 1)}, {n} runs"
     else:
-        points = plot_sweep(runs(results, dataset), reg, figure, path)
+        points = plot_sweep(_full_input(runs(results, dataset)), reg, figure, path)
         detail = f"{points} point{'s' * (points != 1)}"
     log.info(f"wrote {path} ({detail})")
     return path

@@ -26,7 +26,7 @@ def resolution_plans(p: Plan) -> list[Plan]:
     r = p.request
     plain = teacher_free(p.registry)
     listing = collect_runs(r.results, p.registry)
-    listing = listing[listing["dataset"] == r.dataset]
+    listing = listing[(listing["dataset"] == r.dataset) & listing["student"].isin(r.students)]
     best = best_distillers(listing, plain)
     methods = (plain, *dict.fromkeys(m for m, _ in best))
     modes = tuple(dict.fromkeys(mode for _, mode in best)) or ("rgb",)

@@ -78,6 +78,10 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
         raise KdbenchError("reproduce --protocol runs its plans one after the other in one "
                            "process; run it without torchrun (or each plan with `kdbench run "
                            "--train-generators ...` under torchrun)")
+    if request.resolution and os.environ.get("WORLD_SIZE", "1") != "1":
+        raise KdbenchError("reproduce --resolution runs its plans after the main one in one "
+                           "process; make the runs under torchrun without --resolution, then "
+                           "run `kdbench reproduce --resolution` alone")
     if request.compression and os.environ.get("WORLD_SIZE", "1") != "1":
         raise KdbenchError("reproduce --compression runs its plan in one process: make the "
                            "runs under torchrun without --compression, then run `kdbench "
@@ -96,13 +100,13 @@ def reproduce(preset: str | None = None, dataset: str = "synthetic",
         complete = distributed.is_main() and _waited(request, summary)
         if complete:
             write_reports(p)
-            if request.compression:
-                write_compression(p)
-            if request.resolution:
+            if request.resolution:  # before the compression plan's Pareto figure
                 from kdbench.resolution_plan import write_resolution
 
                 more = write_resolution(p)
                 summary = summary.merged(more) if more is not None else summary
+            if request.compression:
+                write_compression(p)
     if not complete:
         return summary
     wall = time.perf_counter() - t0

@@ -7,12 +7,13 @@ For each of the four stages k, with S_k the student's map and T_k the teacher br
     A_k(S_k) = BN(Conv1x1(S_k))                  the adaptor, to T_k's channels
     Ŝ_k      = bilinear(A_k(S_k), size of T_k)   only where the sizes differ (a smaller student)
     (LL, H)  = one level of the orthonormal Haar DWT (kdbench.models.wavelet) of each map,
-               a side that is odd padded by reflection at the right / bottom first
+               a side that is odd padded by repeating its last row / column first
     L_k      = (||LL(Ŝ_k) - LL(T_k)||² + w_high ||H(Ŝ_k) - H(T_k)||²) / numel(T_k)
     L_wkd    = mean over k of L_k,   the run's loss  CE + beta L_wkd  (per branch in both mode)
 
-H holds the LH, HL and HH bands. The Haar transform keeps the energy, so with w_high = 1 L_k is
-the mean squared error of Ŝ_k and T_k (FitNet's distance on every stage); the default w_high = 0
+H holds the LH, HL and HH bands. The Haar transform keeps the energy, so with w_high = 1 and even
+sides L_k is the mean squared error of Ŝ_k and T_k (FitNet's distance on every stage; an odd
+side counts its repeated edge twice); the default w_high = 0
 matches the low-frequency structure alone, which a smaller or degraded student can follow.
 """
 
@@ -28,7 +29,7 @@ from kdbench.models.wavelet import haar_dwt
 
 def _even(x: Tensor) -> Tensor:
     h, w = x.shape[-2:]
-    return F.pad(x, (0, w % 2, 0, h % 2), mode="reflect") if h % 2 or w % 2 else x
+    return F.pad(x, (0, w % 2, 0, h % 2), mode="replicate") if h % 2 or w % 2 else x
 
 
 @full_precision

@@ -91,11 +91,18 @@ def test_a_degraded_students_runs_have_folders_of_their_own():
         return student_input_tag(resolve_config("cpu", "synthetic", {"student": st}))
 
     assert tag() == "" and tag(size=64) == "" and tag(size=32) == "32px"
+    assert resolve_config("cpu", "synthetic", {"student": {"size": 64}})["student"]["size"] \
+        is None  # the data's size: the plain run, not another one
     assert tag(size=32, blur=1.0, jpeg=75, noise=2.5) == "32px-blur1-jpeg75-noise2.5"
 
 
-def test_a_student_larger_than_the_data_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("settings, message", [
+    (["student.size=96"], "student.size=96 is larger than data.size=64"),
+    (["student.size=16", "student.blur=6"], "student.blur=6: the blur's reach"),
+])
+def test_a_student_input_that_cannot_be_made_is_one_line(tmp_path, capsys, settings, message):
+    sets = [a for s in settings for a in ("--set", s)]
     code = main(["run", "--methods", "kd", "--preset", "quick", "--results", str(tmp_path),
-                 "--launcher", "print", "--set", "student.size=96"])
+                 "--launcher", "print", *sets])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "student.size=96 is larger than data.size=64" in err[0]
+    assert code == 2 and len(err) == 1 and message in err[0], err

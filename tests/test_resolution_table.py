@@ -21,7 +21,8 @@ def _listing(tmp_path) -> pd.DataFrame:
                                     ("resnet18_thin", 1, 0.8, 0.04),
                                     ("resnet18_thin@32px", 0, 0.7, 0.01),
                                     ("resnet18_thin@32px", 1, 0.6, 0.01),
-                                    ("resnet18_thin@48px", 0, 0.75, 0.0225)):
+                                    ("resnet18_thin@48px", 0, 0.75, 0.0225),
+                                    ("resnet18_thin@32px-jpeg75", 0, 0.55, 0.01)):
         rows.append({"student": student, "method": "kd", "variant": "", "mode": "both",
                      "seed": seed, "status": "finished", "auc": auc, "gflops": gfl,
                      "path": str(plain) if "@" not in student else str(tmp_path / student)})
@@ -33,18 +34,21 @@ def _listing(tmp_path) -> pd.DataFrame:
 
 def test_the_table_lists_each_side_with_its_cost_and_auc(tmp_path):
     report = resolution_report(_listing(tmp_path), "auc", measure=False)
-    sides = [(r[3], r[4], r[7]) for r in report.rows]
-    assert [s for s, _, _ in sides] == ["64", "48", "32"]
+    sides = [(r[3], r[5], r[8]) for r in report.rows]
+    assert [s for s, _, _ in sides] == ["64", "48", "32", "32"]
+    assert [r[4] for r in report.rows] == ["-", "-", "-", "jpeg75"]  # its own row
+    assert report.rows[3][8].mean == pytest.approx(0.55)
+    sides = sides[:3]
     assert [g for _, g, _ in sides] == ["0.0400", "0.0225", "0.0100"]
     cells = {s: c for s, _, c in sides}
     assert cells["64"].mean == pytest.approx(0.85) and cells["64"].n == 2
     assert cells["32"].mean == pytest.approx(0.65) and cells["48"].n == 1
-    assert all(r[5] == "-" for r in report.rows)  # not measured
+    assert all(r[6] == "-" for r in report.rows)  # not measured
 
 
 def test_latency_is_measured_for_each_side(tmp_path):
     report = resolution_report(_listing(tmp_path), "auc", measure=True)
-    ms = {r[3]: float(r[6]) for r in report.rows}
+    ms = {r[3]: float(r[7]) for r in report.rows[:3]}
     assert set(ms) == {"64", "48", "32"} and all(v > 0 for v in ms.values())
 
 
@@ -79,7 +83,7 @@ def test_the_pareto_figure_gets_one_point_per_smaller_student(tmp_path):
         (run / "metrics.json").write_text(json.dumps({"status": "finished", "gflops": 0.01,
                                                       "test": {"auc": auc}}))
     points = resolution_points(tmp_path, "gflops")
-    assert len(points) == 1 and points[0]["name"] == "resnet18_thin@32px/kd/both"
+    assert len(points) == 1 and points[0]["name"] == "ds/resnet18_thin@32px/kd/both"
     assert points[0]["x"] == pytest.approx(0.01) and points[0]["auc"] == pytest.approx(65.0)
     assert points[0]["family"] == "resolution"
     assert resolution_points(tmp_path, "latency") == []  # not exported: no latency

@@ -90,3 +90,16 @@ def test_frozen_batchnorm_keeps_its_statistics_while_the_head_trains():
     full = apply(create_student("resnet18_thin"), parse_strategy("full")).train()
     full(X * 5 + 3)
     assert not torch.equal(full.backbone.stem[1].running_mean, before)
+
+
+def test_a_small_students_adapter_reads_the_small_image():
+    from kdbench.models.degrade import Degradation, DegradedStudent
+
+    student = DegradedStudent(create_student("resnet18_thin"), Degradation(16))
+    model = apply(student, parse_strategy("adapter"))
+    assert isinstance(model, DegradedStudent) and isinstance(model.student, AdaptedStudent)
+    seen = []
+    model.student.backbone.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    model.eval()(torch.zeros(1, 3, 32, 32))
+    assert seen == [(1, 3, 16, 16)]
+    assert finalize(model) is model

@@ -59,6 +59,7 @@ def test_a_dual_teacher_reads_the_wavelet_view_with_its_branches_aligned():
     ("teacher.wavelet=haarr", "teacher.wavelet"),
     ("teacher.levels=6", "64 px allow at most 5 wavelet levels"),
     ("teacher.freq_view=fft", "teacher.freq_view='fft' is not allowed"),
+    ("teacher.kind=single", "teacher.kind=single has no frequency branch"),
 ])
 def test_bad_wavelet_settings_are_one_line(tmp_path, capsys, setting, message):
     from kdbench.cli import main
@@ -67,6 +68,15 @@ def test_bad_wavelet_settings_are_one_line(tmp_path, capsys, setting, message):
                  "--launcher", "print", "--set", "teacher.freq_view=dwt", "--set", setting])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_wavelet_settings_without_the_wavelet_view_are_one_line(tmp_path, capsys):
+    from kdbench.cli import main
+
+    code = main(["run", "--methods", "kd", "--preset", "quick", "--results", str(tmp_path),
+                 "--launcher", "print", "--set", "teacher.levels=2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "with teacher.freq_view=dwt" in err[0]
 
 
 @pytest.mark.slow

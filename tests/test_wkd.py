@@ -15,9 +15,9 @@ from kdbench.models.outputs import StudentOut, TeacherOut
 def _haar_np(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One Haar level by 2x2 blocks: LL and the three high bands stacked."""
     if x.shape[-2] % 2:
-        x = np.concatenate([x, x[..., -2:-1, :]], axis=-2)  # reflect the last row
+        x = np.concatenate([x, x[..., -1:, :]], axis=-2)  # repeat the last row
     if x.shape[-1] % 2:
-        x = np.concatenate([x, x[..., :, -2:-1]], axis=-1)
+        x = np.concatenate([x, x[..., :, -1:]], axis=-1)
     a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
     c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
     low = (a + b + c + d) / 2
@@ -63,6 +63,12 @@ def test_with_all_bands_weighted_it_is_the_mean_squared_error():
     assert wavelet_similarity(s, t, 1.0).item() == pytest.approx(F.mse_loss(s, t).item(),
                                                                   rel=1e-5)
     assert wavelet_similarity(s, t, 0.0).item() < F.mse_loss(s, t).item()
+
+
+def test_a_1x1_map_is_padded_by_repetition():
+    s, t = torch.randn(2, 3, 1, 1), torch.randn(2, 3, 1, 1)
+    expected = _reference(s.double().numpy(), t.double().numpy(), 0.0)
+    assert wavelet_similarity(s, t, 0.0).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_wkd_trains_both_branches_with_an_adaptor_each():

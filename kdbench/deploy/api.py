@@ -99,7 +99,14 @@ def run_label(metrics: dict[str, Any]) -> str:
     if m.get("label"):  # a compressed child run: its parent's label + its compression
         return str(m["label"])
     variant = f"@{m['variant']}" if m.get("variant") else ""
-    return f"{m['student']}/{m['method']}{variant}/{m['mode']}/seed{m['seed']}"
+    student = m["student"]
+    if m.get("config"):  # a cross-resolution student: its folder's name, e.g. resnet18_thin@32px
+        from kdbench.config import student_input_tag
+
+        tag = student_input_tag({"student": m["config"].get("student") or {},
+                                 "data": m["config"]["data"]})
+        student = f"{student}@{tag}" if tag else student
+    return f"{student}/{m['method']}{variant}/{m['mode']}/seed{m['seed']}"
 
 
 def _teacher_entry(deployed: DeployedStudent, threads: int,
@@ -118,8 +125,8 @@ def _teacher_entry(deployed: DeployedStudent, threads: int,
     t = metrics["config"]["teacher"]
     teacher = architecture_teacher(t).eval()
     return {"model": "teacher", "params": count_params(teacher), "file_mb": state_mb(teacher),
-            "file": None, **latencies(torch_predictor(_LogitsOnly(teacher)), deployed.size,
-                                      repeats),
+            "file": None, **latencies(torch_predictor(_LogitsOnly(teacher)),
+                                      int(metrics["config"]["data"]["size"]), repeats),
             "test": metrics["teacher_test"], "teacher": metrics.get("teacher"),
             "backbone": t["backbone"], "kind": t.get("kind") or "dual",
             "freq_backbone": t.get("freq_backbone")}

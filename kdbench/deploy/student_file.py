@@ -68,6 +68,10 @@ def _student_state(state: Any, path: Path) -> dict[str, Tensor]:
     prefix = "student."
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if any(k.startswith(prefix) for k in state):  # a cross-resolution run: its degradation
+        raise KdbenchError(f"{path} is the checkpoint of a student that reads a degraded input "
+                           "(student.size, blur, JPEG, noise), which a bare checkpoint does "
+                           "not record; give its run with --run instead")
     return state
 
 

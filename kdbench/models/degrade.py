@@ -67,10 +67,12 @@ class Degrade(nn.Module):
             x = _jpeg(x, d.jpeg)
         if d.noise:  # training: fresh noise per image; otherwise one fixed pattern for all,
             # so an image's input does not depend on its batch
-            gen = None if self.training else torch.Generator(x.device).manual_seed(NOISE_SEED)
-            shape = x.shape if self.training else (1, *x.shape[1:])
-            x = x + torch.randn(shape, generator=gen, device=x.device,
-                                dtype=x.dtype) * (d.noise / 127.5)
+            if self.training:
+                noise = torch.randn(x.shape, device=x.device, dtype=x.dtype)
+            else:  # drawn on the CPU: the same numbers whatever the device
+                gen = torch.Generator().manual_seed(NOISE_SEED)
+                noise = torch.randn((1, *x.shape[1:]), generator=gen).to(x.device, x.dtype)
+            x = x + noise * (d.noise / 127.5)
         return x
 
 

@@ -65,13 +65,6 @@ class DualBranchTeacher(nn.Module):
         self.rgb_branch = build_backbone(backbone, pretrained, "teacher.pretrained")
         self.freq_branch = build_backbone(freq_backbone or backbone, pretrained,
                                           "teacher.pretrained")
-        if freq_view == "dwt":  # the stacked wavelet bands: the frequency stem reads them all
-            from kdbench.models.wavelet import WaveletView
-
-            self.freq_view: nn.Module = WaveletView(wavelet, levels)
-            adapt_input_channels(self.freq_branch.stem, self.freq_view.channels(3))
-        else:
-            self.freq_view = FrequencyView(hp_cutoff)
         for branch in (self.rgb_branch, self.freq_branch):
             if not branch.sequential or len(branch.stage_channels) < 4:
                 why = ("gives fewer than four stage maps" if branch.sequential else
@@ -79,6 +72,13 @@ class DualBranchTeacher(nn.Module):
                 raise KdbenchError(
                     f"teacher.kind=dual: backbone {branch.name} {why}, but the RFAMs couple the "
                     "branches after stages 1-3; use another backbone or teacher.kind=single")
+        if freq_view == "dwt":  # the stacked wavelet bands: the frequency stem reads them all
+            from kdbench.models.wavelet import WaveletView
+
+            self.freq_view: nn.Module = WaveletView(wavelet, levels)
+            adapt_input_channels(self.freq_branch.stem, self.freq_view.channels(3))
+        else:
+            self.freq_view = FrequencyView(hp_cutoff)
         chans, fchans = self.rgb_branch.stage_channels, self.freq_branch.stage_channels
         self.rfams = nn.ModuleList(RFAM(c, cf) for c, cf in zip(chans[:3], fchans[:3]))
         self.pool = nn.AdaptiveAvgPool2d(1)

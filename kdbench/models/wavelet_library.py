@@ -52,6 +52,19 @@ def check_wavelet(name: str) -> None:
         raise KdbenchError(f"teacher.wavelet={name} needs ptwt ({INSTALL})") from None
 
 
+def max_levels(name: str, size: int) -> int:
+    """The most levels a side of ``size`` px allows: Haar halves it down to 2 px; another
+    wavelet as PyWavelets counts them for its filter length (dwt_max_level)."""
+    if name != "haar":
+        import pywt
+
+        return int(pywt.dwt_max_level(size, pywt.Wavelet(name).dec_len))
+    most = 0
+    while size >= 4:
+        size, most = (size + 1) // 2, most + 1
+    return most
+
+
 def transform(name: str, levels: int) -> Callable[[Tensor], tuple[Tensor, list[Tensor]]]:
     """x -> (the coarsest LL, [highs [N, C, 3, h, w] of level 1 (finest), ..., ``levels``])."""
     check_wavelet(name)

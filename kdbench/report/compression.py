@@ -117,9 +117,11 @@ def _parents(results: Path) -> dict[tuple, dict[int, tuple[Path, dict]]]:
     out: dict[tuple, dict[int, tuple[Path, dict]]] = {}
     for path in sorted((results / "runs").glob("*/*/*/*/seed*/metrics.json")):
         m, seed = _json(path), _seed(path.parent.name)
+        key = path.relative_to(results / "runs").parts[:4]
+        if "@" in key[1]:  # a student at a smaller input: the resolution table's and figure's
+            continue
         if _finished(m) and seed is not None and m.get("role", "student") == "student":
-            out.setdefault(path.relative_to(results / "runs").parts[:4], {})[seed] = (
-                path.parent, m)
+            out.setdefault(key, {})[seed] = (path.parent, m)
     return out
 
 

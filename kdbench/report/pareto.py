@@ -84,7 +84,7 @@ def resolution_points(results: Path, x: str) -> list[dict[str, Any]]:
         deploy = read_or_skip(run / "deploy" / "deploy.json") \
             if (run / "deploy" / "deploy.json").is_file() else None
         onnx = ((deploy or {}).get("formats") or {}).get("onnx_fp32") or {}
-        groups.setdefault("/".join(run.relative_to(Path(results) / "runs").parts[1:4]),
+        groups.setdefault("/".join(run.relative_to(Path(results) / "runs").parts[:4]),
                           []).append({"auc": m["test"]["auc"], "gflops": m.get("gflops"),
                                       "ms_b32": onnx.get("latency_ms_b32"),
                                       "mb_file": onnx.get("file_mb")})

@@ -46,13 +46,15 @@ def resolution_report(runs: pd.DataFrame, metric: Metrics = "auc", measure: bool
                       threads: int = 1) -> Report:
     """The resolution table of the store's run listing (see the module doc)."""
     runs = _sides(runs[(runs["status"] == "finished") & (runs["method"] != "teacher")])
-    small = runs[runs["side"].notna()]
+    small = runs[runs["degraded"] != ""]
     if small.empty:
         raise KdbenchError("the store has no run of a student at a smaller input; " + MAKE)
     bases = set(small["base"])
     plain = runs[runs["base"].isin(bases) & (runs["degraded"] == "")]
     full = _data_side(plain) if not plain.empty else None
+    small = small.assign(side=[s if s == s and s is not None else full for s in small["side"]])
     runs = pd.concat([small, plain.assign(side=full)])
+    runs["degraded"] = runs["degraded"].fillna("")
     keys = sorted({(b, m, v, mo) for b, m, v, mo in zip(
         small["base"], small["method"], small["variant"].fillna(""), small["mode"])})
     latency = _latencies(sorted({(b, int(s)) for b, s in zip(runs["base"], runs["side"])
@@ -61,12 +63,14 @@ def resolution_report(runs: pd.DataFrame, metric: Metrics = "auc", measure: bool
     for base, method, variant, mode in keys:
         sel = runs[(runs["base"] == base) & (runs["method"] == method)
                    & (runs["variant"].fillna("") == variant) & (runs["mode"] == mode)]
-        for side in sorted({int(s) for s in sel["side"] if s == s and s is not None},
-                           reverse=True):
-            at = sel[sel["side"] == side]
+        inputs = sorted({(int(s), t) for s, t in zip(sel["side"], sel["degraded"])
+                         if s == s and s is not None}, key=lambda st: (-st[0], st[1]))
+        for side, tag in inputs:
+            at = sel[(sel["side"] == side) & (sel["degraded"] == tag)]
             gfl = at["gflops"].dropna()
             lat = latency.get((base, side), {})
             rows.append([base, f"{method}@{variant}" if variant else method, mode, str(side),
+                         _degradation(tag),
                          f"{gfl.mean():.4f}" if len(gfl) else "-",
                          _ms(lat.get("latency_ms_b1")), _ms(lat.get("latency_ms_b32")),
                          metric_cell(at, metric)])
@@ -79,8 +83,14 @@ def resolution_report(runs: pd.DataFrame, metric: Metrics = "auc", measure: bool
              f"the side {full} px rows are the plain runs of the data's size"
              if full else "no plain run of the data's size in the store"]
     return Report(f"Resolution: students at smaller inputs, {label}",
-                  ["student", "method", "mode", "side (px)", "GFLOPs", "ms b1", "ms b32",
-                   label], rows, notes)
+                  ["student", "method", "mode", "side (px)", "degraded", "GFLOPs", "ms b1",
+                   "ms b32", label], rows, notes)
+
+
+def _degradation(tag: str) -> str:
+    """The blur / JPEG / noise part of a student's input tag ("-" for none)."""
+    rest = [p for p in tag.split("-") if p and not _PX.match(p)]
+    return ", ".join(rest) or "-"
 
 
 def _ms(v: float | None) -> str:

@@ -34,13 +34,13 @@ def load_student(run_dir: Path) -> tuple[Student, dict[str, Any]]:
         student = architecture(metrics["config"])
     else:
         student = create_student(metrics["student"])
-    from kdbench.models.degrade import degraded
-
-    student = degraded(student, metrics["config"])  # cross-resolution: reads the small image
     if (metrics.get("transfer") or {}).get("kind") == "adapter":  # kdbench transfer's adapter
         from kdbench.transfer.strategies import AdaptedStudent
 
         student = AdaptedStudent(student)
+    from kdbench.models.degrade import degraded
+
+    student = degraded(student, metrics["config"])  # cross-resolution: reads the small image
     if (Path(run_dir) / STRUCTURE_FILE).is_file():
         from kdbench.compress.structure_file import apply_structure
 

@@ -126,7 +126,13 @@ def freeze_batchnorm(model: nn.Module) -> int:
 def apply(student: nn.Module, strategy: Strategy) -> nn.Module:
     """The model to train for ``strategy``, its trainable parameters set (the others frozen,
     their BatchNorm layers kept in eval mode); a strategy the backbone cannot take is one
-    line."""
+    line. A cross-resolution student keeps its degradation outermost (the adapted model reads
+    the small image)."""
+    from kdbench.models.degrade import DegradedStudent
+
+    if isinstance(student, DegradedStudent):
+        student.student = apply(student.student, strategy)
+        return student
     model = _apply(student, strategy)
     freeze_batchnorm(model)
     return model
@@ -188,6 +194,11 @@ def _lora(student: nn.Module, rank: int) -> nn.Module:
 def finalize(model: nn.Module) -> nn.Module:
     """The trained model as it is exported: LoRA merged into its convolutions (the student's
     own architecture again); the others as they are."""
+    from kdbench.models.degrade import DegradedStudent
+
+    if isinstance(model, DegradedStudent):
+        model.student = finalize(model.student)
+        return model
     if hasattr(model, "merge_and_unload"):
         return model.merge_and_unload()
     return model
