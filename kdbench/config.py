@@ -288,7 +288,7 @@ class RunSpec:
     seed: int
     hparams: dict[str, Any] = field(default_factory=dict)
     variant: str = ""  # the hyper-parameters that differ from the registry's, e.g. "d=256"
-    protocol: str = ""  # the generator protocol, e.g. "train=a+b" (protocol_tag)
+    protocol: str = ""  # the dataset folder's suffix, e.g. "train=a+b" (dataset_folder)
     student_input: str = ""  # a degraded student input, e.g. "32px" (student_input_tag)
 
     @property
@@ -310,6 +310,26 @@ def student_input_tag(config: dict[str, Any]) -> str:
     parts = [f"{st['size']}px"] if st.get("size") not in (None, size) else []
     parts += [f"{k}{_fmt(st[k])}" for k in ("blur", "jpeg", "noise") if st.get(k)]
     return "-".join(parts)
+
+
+def view_tag(teacher: dict[str, Any]) -> str:
+    """A dual teacher's frequency view other than the DCT as a run folder's suffix:
+    ``view=dwt`` (``,wavelet=db2``, ``,levels=2`` where not the defaults; "" for the DCT)."""
+    if teacher.get("freq_view", "dct") != "dwt":
+        return ""
+    parts = ["view=dwt"]
+    if teacher.get("wavelet", "haar") != "haar":
+        parts.append(f"wavelet={teacher['wavelet']}")
+    if int(teacher.get("levels", 1)) != 1:
+        parts.append(f"levels={teacher['levels']}")
+    return ",".join(parts)
+
+
+def dataset_folder(dataset: str, config: dict[str, Any]) -> str:
+    """A plan's folder under ``runs/``: the dataset, then its generator protocol and teacher
+    view where not the defaults (``synthetic_gen@train=a+b``, ``synthetic@view=dwt``)."""
+    tag = ",".join(t for t in (protocol_tag(config["data"]), view_tag(config["teacher"])) if t)
+    return f"{dataset}@{tag}" if tag else dataset
 
 
 def protocol_tag(data: dict[str, Any]) -> str:

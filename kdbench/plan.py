@@ -324,9 +324,10 @@ def _runs(r: RunRequest, reg: dict[str, MethodEntry], overrides: dict[str, Any],
         planned = merge(planned, report_runs(entries, r.dataset, overrides))
     if config["teacher"]["kind"] == "single":  # the report runs of both mode need two branches
         planned = [p for p in planned if p.mode in ("none", *r.modes)]
-    from kdbench.config import protocol_tag, student_input_tag
+    from kdbench.config import dataset_folder, student_input_tag
 
-    protocol, student_input = protocol_tag(config["data"]), student_input_tag(config)
+    protocol = dataset_folder(r.dataset, config).partition("@")[2]
+    student_input = student_input_tag(config)
     out = []
     for seed in r.seeds:
         for student in r.students:

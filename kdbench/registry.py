@@ -221,7 +221,7 @@ def _entry(name: str, raw: Any, source: Path) -> MethodEntry:
 
 BUILT_IN_KINDS = ("runs", "comparison", "weighting", "ablation", "teacher", "cross", "cost",
                   "curves", "deploy", "students", "claims", "gradcos", "compression", "pareto",
-                  "shortcut", "generators", "transfer", "resolution")
+                  "shortcut", "generators", "transfer", "resolution", "views")
 
 
 SWEEP_KEYS = ("title", "mode", "sweep")

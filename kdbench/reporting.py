@@ -69,7 +69,7 @@ def table_kinds(registry: RegistryArg = None) -> list[str]:
 def _table_kinds(reg: dict) -> list[str]:
     return ["runs", "comparison", "weighting", "ablation", *_declared(reg, "sweeps"), "teacher",
             "cross", "cost", "deploy", "students", "claims", "compression", "shortcut",
-            "generators", "transfer", "resolution"]
+            "generators", "transfer", "resolution", "views"]
 
 
 def trace_kinds(registry: RegistryArg = None) -> list[str]:
@@ -91,7 +91,7 @@ def _known(kind: str, kinds: list[str], what: str) -> None:
 
 
 # the metric a table shows when none is named (the students table compares detectors by AUC)
-KIND_METRIC = {"students": "auc", "generators": "auc,ap", "resolution": "auc"}
+KIND_METRIC = {"students": "auc", "generators": "auc,ap", "resolution": "auc", "views": "auc"}
 
 
 def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
@@ -127,6 +127,10 @@ def report(kind: str = "comparison", *, results: PathLike = DEFAULT_RESULTS,
         from kdbench.report.compression import compression_report
 
         return compression_report(Path(results))
+    if kind == "views":
+        from kdbench.report.views import views_report
+
+        return views_report(runs(results, student=student), Path(results), metrics)
     if kind == "resolution":
         from kdbench.report.resolution import resolution_report
 

@@ -153,7 +153,7 @@ def write_reports(p: Plan) -> None:
                         r.progress)
     for kind in [k for k in reporting.table_kinds(registry)
                  if k not in ("runs", "cost", "shortcut", "generators", "transfer",
-                              "resolution")]:
+                              "resolution", "views")]:
         # shortcut: a dataset's files; generators, transfer, resolution: their own runs
         atomic_write_text(out / "tables" / f"{kind}.md",
                           reporting.report(kind, results=out, registry=registry).markdown())
@@ -168,11 +168,10 @@ def write_reports(p: Plan) -> None:
 
 
 def _dataset_folder(p: Plan) -> str:
-    """The plan's folder under runs/: the dataset, with its generator protocol if any."""
-    from kdbench.config import protocol_tag
+    """The plan's folder under runs/ (:func:`kdbench.config.dataset_folder`)."""
+    from kdbench.config import dataset_folder
 
-    tag = protocol_tag(p.config["data"])
-    return f"{p.request.dataset}@{tag}" if tag else p.request.dataset
+    return dataset_folder(p.request.dataset, p.config)
 
 
 def write_compression(p: Plan) -> None:
