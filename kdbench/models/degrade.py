@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdbench.models.students import WrappedStudent
+
 NOISE_SEED = 0  # the noise of evaluation and prediction
 
 
@@ -94,31 +96,14 @@ def _jpeg(x: Tensor, quality: int) -> Tensor:
     return decoded / 127.5 - 1
 
 
-class DegradedStudent(nn.Module):
+class DegradedStudent(WrappedStudent):
     """A student that reads the degraded image (the student interface: ``stage_channels``,
     ``backbone``, ``fc``, ``pool``, ``forward(x, preact)``); ``student`` is the model that is
     exported, taking the small image."""
 
     def __init__(self, student: nn.Module, d: Degradation) -> None:
-        super().__init__()
-        self.student, self.degrade = student, Degrade(d)
-        self.name = getattr(student, "name", "student")
-
-    @property
-    def stage_channels(self) -> list[int]:
-        return self.student.stage_channels
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.student.backbone
-
-    @property
-    def fc(self) -> nn.Module:
-        return self.student.fc
-
-    @property
-    def pool(self) -> nn.Module:
-        return self.student.pool
+        super().__init__(student)
+        self.degrade = Degrade(d)
 
     def forward(self, x: Tensor, preact: bool = False):
         return self.student(self.degrade(x), preact=preact)

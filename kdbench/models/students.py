@@ -33,6 +33,32 @@ class Student(nn.Module):
         return StudentOut(logits=self.fc(pooled), feats=feats, pooled=pooled, preact=maps)
 
 
+class WrappedStudent(nn.Module):
+    """A module around a student (``self.student``) that keeps the student interface: its
+    stage widths, backbone, classifier and pool are the wrapped student's."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self.name = getattr(student, "name", "student")
+
+    @property
+    def stage_channels(self) -> list[int]:
+        return self.student.stage_channels
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.student.backbone
+
+    @property
+    def fc(self) -> nn.Module:
+        return self.student.fc
+
+    @property
+    def pool(self) -> nn.Module:
+        return self.student.pool
+
+
 def create_student(name: str, pretrained: str | None = None) -> Student:
     """Create a student by backbone name (resnet18_thin, resnet34_thin, xception)."""
     return Student(name, pretrained=pretrained)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from kdbench.errors import KdbenchError
 from kdbench.models.outputs import StudentOut
+from kdbench.models.students import WrappedStudent
 
 STRATEGIES = ("linear", "partial:K", "full", "lora:R", "adapter")
 
@@ -52,30 +53,12 @@ class Adapter(nn.Module):
         return x + self.pointwise(torch.relu(self.depthwise(x)))
 
 
-class AdaptedStudent(nn.Module):
+class AdaptedStudent(WrappedStudent):
     """A student with an :class:`Adapter` on its last stage map (the student interface)."""
 
     def __init__(self, student: nn.Module) -> None:
-        super().__init__()
-        self.student = student
+        super().__init__(student)
         self.adapter = Adapter(student.stage_channels[-1])
-        self.name = getattr(student, "name", "student")
-
-    @property
-    def stage_channels(self) -> list[int]:
-        return self.student.stage_channels
-
-    @property
-    def backbone(self) -> nn.Module:
-        return self.student.backbone
-
-    @property
-    def fc(self) -> nn.Module:
-        return self.student.fc
-
-    @property
-    def pool(self) -> nn.Module:
-        return self.student.pool
 
     def forward(self, x: Tensor, preact: bool = False) -> StudentOut:
         """As :meth:`Student.forward`, the last stage map passed through the adapter (its
