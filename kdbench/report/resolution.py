@@ -66,14 +66,14 @@ def resolution_report(runs: pd.DataFrame, metric: Metrics = "auc", measure: bool
         inputs = sorted({(int(s), t) for s, t in zip(sel["side"], sel["degraded"])
                          if s == s and s is not None}, key=lambda st: (-st[0], st[1]))
         for side, tag in inputs:
-            at = sel[(sel["side"] == side) & (sel["degraded"] == tag)]
-            gfl = at["gflops"].dropna()
+            chosen = sel[(sel["side"] == side) & (sel["degraded"] == tag)]
+            gfl = chosen["gflops"].dropna()
             lat = latency.get((base, side), {})
             rows.append([base, f"{method}@{variant}" if variant else method, mode, str(side),
                          _degradation(tag),
                          f"{gfl.mean():.4f}" if len(gfl) else "-",
                          _ms(lat.get("latency_ms_b1")), _ms(lat.get("latency_ms_b32")),
-                         metric_cell(at, metric)])
+                         metric_cell(chosen, metric)])
     label = " / ".join(m.upper() for m in metric_names(metric))
     notes = [f"{label}: test, in %, mean ± std over seeds (number of seeds); GFLOPs: recorded "
              "by each run at its input side",
