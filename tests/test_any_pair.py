@@ -1,7 +1,8 @@
 """Any timm CNN as student or teacher: every registry method trains a step on every pair of
 {mobilenetv3_small_050, efficientnet_b0} students and {dual resnet18_thin, single timm resnet18}
-teachers; backbones a method cannot read are refused in one line; a detector's checkpoint
-loads as a single-branch teacher without being written."""
+teachers, and in both mode against a wavelet-view teacher; backbones a method cannot read are
+refused in one line; a detector's checkpoint loads as a single-branch teacher without being
+written."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ STUDENTS = ("mobilenetv3_small_050", "efficientnet_b0")
 TEACHERS = {  # id -> teacher settings
     "dual_resnet18_thin": {"kind": "dual", "backbone": "resnet18_thin"},
     "single_resnet18": {"kind": "single", "backbone": "resnet18"},
+    # the wavelet view (teacher.freq_view=dwt): both mode of every method, one student
+    "dual_resnet18_thin_dwt": {"kind": "dual", "backbone": "resnet18_thin", "freq_view": "dwt",
+                               "levels": 2},
 }
+DWT = "dual_resnet18_thin_dwt"
 REGISTRY = load_registry([])
 TRAIN_LABELS = torch.tensor([0, 1] * 5)  # a tiny training set: CRD's banks and negatives
 POS = torch.tensor([0, 3, 5, 8])  # the batch's frames in it: labels 0, 1, 1, 0
@@ -43,6 +48,8 @@ def _cases():
             for teacher in TEACHERS:
                 # the single-branch teacher has no frequency branch: rgb mode only
                 modes = ["rgb"] if teacher.startswith("single") else entry.modes
+                if teacher == DWT:
+                    modes = ["both"] if "both" in modes and student == STUDENTS[0] else []
                 for mode in modes:
                     yield pytest.param(name, mode, student, teacher,
                                        id=f"{name}-{mode}-{student}-{teacher}")
