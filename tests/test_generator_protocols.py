@@ -160,6 +160,15 @@ def test_the_results_readme_section_reads_the_claim_from_the_store(tmp_path):
     assert "(ΔOOD - ΔID) = -25.00 ± 10.00 AUC points" in text and "the claim holds here" in text
 
 
+def test_runs_of_a_wavelet_view_teacher_are_rows_of_their_own(tmp_path):
+    _write_run(tmp_path / "runs/ds@train=a/s/vanilla/none/seed0", {"a": 0.9, "b": 0.6}, 0)
+    _write_run(tmp_path / "runs/ds@train=a,view=dwt/s/vanilla/none/seed0", {"a": 0.8, "b": 0.7},
+               0)
+    rows = generators_report(tmp_path, "ds", metrics=["auc"]).rows
+    assert sorted(r[0] for r in rows) == ["ds", "ds@view=dwt"]
+    assert all(r[3].n == 1 for r in rows)
+
+
 def test_the_generator_table_says_how_to_make_its_runs(tmp_path):
     with pytest.raises(KdbenchError, match="--train-generators"):
         generators_report(tmp_path)

@@ -58,13 +58,17 @@ class _Model:
 
 
 def _parse_protocol(folder: str) -> tuple[str, tuple[str, ...] | None]:
+    """(the dataset with its folder's other settings, e.g. ``synthetic_gen@view=dwt``; the
+    training generators, None for all) of a run folder's dataset part."""
     dataset, _, protocol = folder.partition("@")
-    train = None
-    for part in protocol.split(","):
+    train, other = None, []
+    for part in (p for p in protocol.split(",") if p):
         key, _, value = part.partition("=")
         if key == "train" and value:
             train = tuple(sorted(value.split("+")))
-    return dataset, train
+        elif key != "test":
+            other.append(part)
+    return (f"{dataset}@{','.join(other)}" if other else dataset), train
 
 
 def _seed(name: str) -> int | None:
@@ -92,7 +96,7 @@ def _add(models: dict[tuple, _Model], run: Path, ds_folder: str, name: str, pare
          metrics: Sequence[str], dataset: str | None, seed_folder: str | None = None) -> None:
     seed = _seed(seed_folder or run.name)
     ds, train = _parse_protocol(ds_folder)
-    if seed is None or (dataset and ds != dataset):
+    if seed is None or (dataset and ds.partition("@")[0] != dataset):
         return
     m = read_or_skip(run / "metrics.json") if (run / "metrics.json").is_file() else None
     if not isinstance(m, dict) or m.get("status") != "finished":
