@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -210,7 +211,10 @@ def prepare_items(
             "the videos prepared so far are kept - run the same command again to prepare the "
             "rest"):
         task = bar.add_task(f"prepare {dataset}", total=len(jobs))
-        pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        # spawned, not forked: a fork copies the locks that PyAV's (FFmpeg's) and torch's
+        # threads hold at that moment, and a worker then waits on one forever
+        pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                if workers > 1 else None)
         try:
             results = pool.map(_prepare_one, jobs, chunksize=4) if pool else map(_prepare_one, jobs)
             for status, msg, n, missing in results:
