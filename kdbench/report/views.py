@@ -22,7 +22,7 @@ from kdbench.report.tables import (
     metric_names,
 )
 
-MAKE = ("train runs from a wavelet-view teacher with `kdbench run --methods tokd --modes both "
+MAKE = ("train runs from a wavelet-view teacher with `kdbench run --methods METHOD --modes both "
         "--set teacher.freq_view=dwt` beside the same runs of the default teacher")
 
 
